@@ -1,0 +1,1 @@
+"""Command-line tools. Each module defines its absl flags and a `run()` entry point."""

@@ -1,0 +1,59 @@
+"""bin/eval: mean cross-entropy of a checkpoint on a split (torch-rnn's eval.lua)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from absl import flags
+
+from kerascharrnn import checkpoint as ckpt
+from kerascharrnn import data, files
+from kerascharrnn.cli import common
+from kerascharrnn.errors import UserError
+from kerascharrnn.vocab import Vocabulary
+
+flags.DEFINE_string("checkpoint", "", "Checkpoint to evaluate: a .keras file (or its .json).")
+flags.DEFINE_string("input_h5", "", "HDF5 corpus to evaluate on (from bin/preprocess).")
+flags.DEFINE_string("input_json", "", "Its JSON vocabulary (default: --input_h5 with .json), checked against"
+                    " the checkpoint's.")
+flags.DEFINE_enum("split", "val", ["val", "test"], "Which split to evaluate.")
+flags.DEFINE_integer("seq_length", 50, "T: characters per stream per minibatch.")
+flags.DEFINE_integer("gpu", 0, "GPU index to use when TensorFlow sees one; -1 = CPU only.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    if not FLAGS.checkpoint:
+        raise UserError("--checkpoint is required")
+    if not FLAGS.input_h5:
+        raise UserError("--input_h5 is required")
+    if FLAGS.seq_length < 1:
+        raise UserError("--seq_length must be at least 1")
+    model_path = ckpt.model_path_for(FLAGS.checkpoint)
+    vocab = ckpt.read_vocab(model_path)
+    files.require_file(FLAGS.input_h5, "HDF5 file")
+    lengths = data.split_lengths(FLAGS.input_h5)
+    json_path = FLAGS.input_json or os.path.splitext(FLAGS.input_h5)[0] + ".json"
+    if FLAGS.input_json or os.path.exists(json_path):
+        if Vocabulary.load(json_path) != vocab:
+            raise UserError(f"{json_path} is not the vocabulary the checkpoint was trained on")
+    data.check_ids_match(FLAGS.input_h5, vocab, f"the checkpoint {model_path}")
+
+    common.quiet_tensorflow()
+    from kerascharrnn import train
+
+    train.configure_devices(FLAGS.gpu, None)
+    model = ckpt.load_model(model_path)
+    batch_size = model.inputs[0].shape[0]
+    layout = data.stream_layout(lengths[FLAGS.split], batch_size, FLAGS.seq_length, allow_fewer_streams=True)
+    if layout.num_batches == 0:
+        raise UserError(f"the {FLAGS.split} split of {FLAGS.input_h5} has too few tokens to evaluate")
+    loss = train.split_loss(model, FLAGS.input_h5, FLAGS.split, layout)
+    print(f"{FLAGS.split} loss: {loss:.6f} nats/char, {loss / math.log(2):.6f} bits/char"
+          f" ({layout.num_batches * layout.num_streams * layout.seq_length} characters)")
+
+
+def run():
+    common.run_main(main)

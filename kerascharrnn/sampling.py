@@ -1,0 +1,176 @@
+"""Sampling over a step function `(ids, states) -> (logits, states)`: temperature, argmax, top-k, top-p.
+
+One sampler serves every engine. The RNN state is carried from character to character (never
+recomputed from a window). Generation runs as compiled TensorFlow in chunks of characters: each chunk
+is one `tf.while_loop` (XLA-compiled when asked; the categorical draw is Gumbel-max, which compiles
+where `tf.random.categorical` does not), and the chunks let a caller print text as it is made.
+
+A row's sequence is its prompt followed by the generated characters. At loop step t a row feeds its
+prompt character while t is inside its prompt, else the character just sampled, so prompts of
+different lengths share one batched run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+_TINY = float(np.finfo(np.float32).tiny)
+
+
+@dataclasses.dataclass(frozen=True)
+class Filters:
+    """Which logit filters a compiled sampler contains (static: they change the graph)."""
+
+    greedy: bool = False
+    top_k: bool = False
+    top_p: bool = False
+
+
+def filter_logits(logits, temperature, top_k, top_p, filters: Filters):
+    """Scales by temperature (N,) and masks to the top-k / nucleus (top-p) set; -inf elsewhere.
+
+    top_k = 0 and top_p = 1 mean off. Sorting keeps k a tensor, so this also compiles under XLA.
+    """
+    logits = logits / temperature[:, None]  # (N, V)
+    if not (filters.top_k or filters.top_p):
+        return logits
+    neg_inf = tf.constant(-np.inf, logits.dtype)
+    vocab_size = tf.shape(logits)[1]
+    if filters.top_k:
+        ordered = tf.sort(logits, axis=1, direction="DESCENDING")
+        kth = tf.gather(ordered, tf.clip_by_value(top_k - 1, 0, vocab_size - 1), axis=1)[:, None]
+        logits = tf.where((top_k > 0) & (logits < kth), neg_inf, logits)
+    if filters.top_p:
+        ordered = tf.sort(logits, axis=1, direction="DESCENDING")
+        before = tf.math.cumsum(tf.nn.softmax(ordered, axis=1), axis=1, exclusive=True)
+        # keep the smallest prefix whose probability reaches top_p (the first token always stays)
+        threshold = tf.reduce_min(tf.where(before < top_p, ordered, np.inf), axis=1, keepdims=True)
+        logits = tf.where(logits < threshold, neg_inf, logits)
+    return logits
+
+
+def choose(logits, seed_pair, filters: Filters):
+    """Argmax, or a categorical draw by Gumbel-max: argmax(logits + Gumbel noise)."""
+    if filters.greedy:
+        return tf.argmax(logits, axis=1, output_type=tf.int32)
+    uniform = tf.random.stateless_uniform(tf.shape(logits), seed=seed_pair, minval=_TINY, maxval=1.0)
+    gumbel = -tf.math.log(-tf.math.log(uniform))
+    return tf.argmax(logits + gumbel, axis=1, output_type=tf.int32)
+
+
+def make_chunk_fn(step_fn: Callable, filters: Filters, jit_compile: bool = False):
+    """Builds run_chunk(prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, t0).
+
+    Args of run_chunk:
+      prompt: (N, C) int32 ids to feed where `in_prompt` is True.
+      in_prompt: (N, C) bool, True while a row is still inside its prompt.
+      logits: (N, V) float32, the scores for the first character of the chunk.
+      states: tuple of (N, H_k) recurrent states.
+      temperature: (N,) float32; top_k: int32 scalar; top_p: float32 scalar.
+      seed: int64 scalar; t0: int32 scalar, the chunk's first step (so each step draws new noise).
+    Returns:
+      (ids (N, C) int32 = the sequence for these steps, logits, states) to continue from.
+    """
+
+    def run_chunk(prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, t0):
+        steps = tf.shape(prompt)[1]
+        out = tf.TensorArray(tf.int32, size=steps)
+
+        def body(t, logits, states, out):
+            scores = filter_logits(logits, temperature, top_k, top_p, filters)
+            seed_pair = tf.stack([seed, tf.cast(t0 + t, tf.int64)])
+            sampled = choose(scores, seed_pair, filters)
+            ids = tf.where(in_prompt[:, t], prompt[:, t], sampled)
+            logits, states = step_fn(ids, states)
+            return t + 1, logits, tuple(states), out.write(t, ids)
+
+        _, logits, states, out = tf.while_loop(
+            lambda t, *_: t < steps, body, (tf.constant(0), logits, tuple(states), out))
+        return tf.transpose(out.stack()), logits, states
+
+    return tf.function(run_chunk, jit_compile=jit_compile)
+
+
+def random_seed() -> int:
+    return secrets.randbelow(2**62) + 1
+
+
+class Sampler:
+    """Batched, chunked generation for one step function and vocabulary size."""
+
+    def __init__(self, step_fn: Callable, state_sizes: Sequence[int], vocab_size: int,
+                 jit_compile: bool = True, chunk_size: int = 256):
+        self._step_fn = step_fn
+        self._state_sizes = list(state_sizes)
+        self._vocab_size = vocab_size
+        self._jit_compile = jit_compile
+        self._chunk_size = chunk_size
+        self._compiled = {}
+
+    def _chunk_fn(self, filters: Filters):
+        if filters not in self._compiled:
+            self._compiled[filters] = make_chunk_fn(self._step_fn, filters, self._jit_compile)
+        return self._compiled[filters]
+
+    def generate(
+        self,
+        prompts: Sequence[np.ndarray],
+        num_new: int,
+        temperature=1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        greedy: bool = False,
+        seed: Optional[int] = None,
+        on_chunk: Optional[Callable[[List[np.ndarray]], None]] = None,
+    ) -> List[np.ndarray]:
+        """Continues each prompt by `num_new` ids.
+
+        Args:
+          prompts: one 1-D array of 0-based ids per row (may be empty: the first id is then drawn
+            uniformly, as torch-rnn does).
+          num_new: ids to add after each prompt.
+          temperature: a float or one per row.
+          top_k, top_p: filters (0 / 1.0 = off).
+          greedy: argmax instead of sampling.
+          seed: fixes the draws; None = random.
+          on_chunk: called with each row's newly generated ids after every compiled chunk.
+
+        Returns:
+          One array per row: the prompt followed by the new ids.
+        """
+        num_rows = len(prompts)
+        lengths = np.array([len(p) for p in prompts], dtype=np.int64)
+        total = int(lengths.max(initial=0)) + num_new
+        prompt = np.zeros((num_rows, max(total, 1)), dtype=np.int32)
+        for row, ids in enumerate(prompts):
+            prompt[row, :len(ids)] = ids
+        in_prompt = np.arange(prompt.shape[1])[None, :] < lengths[:, None]
+        temperature = np.broadcast_to(np.asarray(temperature, dtype=np.float32), (num_rows,)).copy()
+        filters = Filters(greedy=greedy, top_k=top_k > 0 and not greedy, top_p=top_p < 1.0 and not greedy)
+        run_chunk = self._chunk_fn(filters)
+        seed = random_seed() if seed is None else int(seed)
+        logits = tf.zeros((num_rows, self._vocab_size), tf.float32)  # uniform: a random first id
+        states = tuple(tf.zeros((num_rows, size), tf.float32) for size in self._state_sizes)
+        pieces = []
+        for start in range(0, total, self._chunk_size):
+            stop = min(start + self._chunk_size, total)
+            width = self._chunk_size if self._jit_compile else stop - start  # XLA: one static shape
+            chunk_prompt = np.zeros((num_rows, width), np.int32)
+            chunk_mask = np.zeros((num_rows, width), bool)
+            chunk_prompt[:, :stop - start] = prompt[:, start:stop]
+            chunk_mask[:, :stop - start] = in_prompt[:, start:stop]
+            ids, logits, states = run_chunk(
+                chunk_prompt, chunk_mask, logits, states, temperature,
+                tf.constant(top_k, tf.int32), tf.constant(top_p, tf.float32),
+                tf.constant(seed, tf.int64), tf.constant(start, tf.int32))
+            ids = ids.numpy()[:, :stop - start]
+            pieces.append(ids)
+            if on_chunk is not None:
+                on_chunk([ids[row, max(0, lengths[row] - start):] for row in range(num_rows)])
+        sequence = np.concatenate(pieces, axis=1) if pieces else np.zeros((num_rows, 0), np.int32)
+        return [sequence[row, :lengths[row] + num_new] for row in range(num_rows)]
