@@ -82,8 +82,8 @@ def tiny_shakespeare_text() -> str:
     import keras
 
     try:
-        return keras.utils.get_file(TINY_SHAKESPEARE_FILE, TINY_SHAKESPEARE_URL,
-                                    file_hash=TINY_SHAKESPEARE_SHA256, cache_subdir="datasets")
+        return keras.utils.get_file(TINY_SHAKESPEARE_FILE, TINY_SHAKESPEARE_URL, file_hash=TINY_SHAKESPEARE_SHA256,
+                                    cache_dir=keras_home(), cache_subdir="datasets")
     except Exception as e:  # network errors come in many types
         raise UserError(f"could not fetch tiny-shakespeare from {TINY_SHAKESPEARE_URL}: {e}") from None
 

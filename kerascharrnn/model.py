@@ -151,8 +151,8 @@ def make_step_fn(model: keras.Model) -> StepFn:
                 new_states.extend(updated)
             elif isinstance(layer, keras.layers.Dropout):
                 continue
-            else:
-                x = layer(x, training=False)
+            else:  # layers built on (N, T, ...) inputs: give them a time axis of one
+                x = layer(x[:, None], training=False)[:, 0]
         return x, tuple(new_states)
 
     return step

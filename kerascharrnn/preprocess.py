@@ -62,9 +62,12 @@ def iter_units(path: str, encoding: str, chunk_bytes: int = CHUNK_BYTES) -> Iter
                 yield np.frombuffer(block, dtype=np.uint8)
             return
         decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+        wide = encoding.startswith(("utf-16", "utf-32"))  # these encode ASCII with NUL bytes
         offset = 0
         while True:
             block = f.read(chunk_bytes)
+            if b"\0" in block and not wide:  # before decoding: a binary file gets the clearer message
+                raise UserError(f"{path}: looks like a binary file (it contains NUL bytes), not text")
             try:
                 text = decoder.decode(block, final=not block)
             except UnicodeDecodeError as e:

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kerascharrnn.sampling import Filters, Sampler, filter_logits
+
+V = 6
+
+
+def counting_step(ids, states):
+    """A fake model: after id i the most likely next id is i + 1 (mod V); the state counts steps."""
+    (count,) = states
+    logits = tf.one_hot((ids + 1) % V, V) * 5.0
+    return logits, (count + 1.0,)
+
+
+def sampler(jit_compile=False, chunk_size=4):
+    return Sampler(counting_step, [1], V, jit_compile=jit_compile, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_argmax_known_answer_and_prompt_kept(jit_compile):
+    out = sampler(jit_compile).generate([np.array([2, 3]), np.array([5])], num_new=5, greedy=True)
+    assert out[0].tolist() == [2, 3, 4, 5, 0, 1, 2]
+    assert out[1].tolist() == [5, 0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_seeded_runs_repeat_and_seeds_differ(jit_compile):
+    s = sampler(jit_compile)
+    prompts = [np.array([1])] * 3
+    a = s.generate(prompts, 40, temperature=3.0, seed=7)
+    b = s.generate(prompts, 40, temperature=3.0, seed=7)
+    c = s.generate(prompts, 40, temperature=3.0, seed=8)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert not np.array_equal(a[0], a[1])  # rows draw independently
+
+
+def test_empty_prompt_draws_a_first_character():
+    out = sampler().generate([np.array([], np.int32)] * 2, num_new=3, greedy=True)
+    assert [len(o) for o in out] == [3, 3]
+
+
+def test_streamed_chunks_are_the_continuation():
+    seen = []
+    out = sampler(chunk_size=3).generate([np.array([0, 1, 2, 3])], 5, greedy=True,
+                                          on_chunk=lambda rows: seen.append(rows[0].tolist()))
+    assert sum(seen, []) == out[0][4:].tolist() == [4, 5, 0, 1, 2]
+
+
+def test_top_k_and_top_p_masks():
+    logits = tf.math.log(tf.constant([[0.5, 0.2, 0.15, 0.1, 0.05, 0.0001]]))
+    one = tf.constant([1.0])
+    k2 = filter_logits(logits, one, tf.constant(2), tf.constant(1.0), Filters(top_k=True)).numpy()
+    assert np.isfinite(k2).tolist() == [[True, True, False, False, False, False]]
+    off = filter_logits(logits, one, tf.constant(0), tf.constant(1.0), Filters(top_k=True)).numpy()
+    assert np.isfinite(off).all()
+    p = filter_logits(logits, one, tf.constant(0), tf.constant(0.8), Filters(top_p=True)).numpy()
+    assert np.isfinite(p).tolist() == [[True, True, True, False, False, False]]  # 0.5+0.2 < 0.8 <= 0.85
+    p_small = filter_logits(logits, one, tf.constant(0), tf.constant(0.1), Filters(top_p=True)).numpy()
+    assert np.isfinite(p_small).sum() == 1
+    hot = filter_logits(logits, tf.constant([0.5]), tf.constant(0), tf.constant(1.0), Filters()).numpy()
+    np.testing.assert_allclose(hot, logits.numpy() / 0.5)
+
+
+def test_top_k_one_is_argmax():
+    s = Sampler(lambda ids, st: (tf.tile(tf.constant([[0.0, 3.0, 1.0, 2.0, 0.0, 0.0]]), [tf.shape(ids)[0], 1]), st),
+                [1], V, jit_compile=False)
+    out = s.generate([np.array([0])] * 4, 10, top_k=1, seed=3)
+    assert all((o[1:] == 1).all() for o in out)
+
+
+def test_sampled_frequencies_follow_temperature():
+    probs = np.array([0.6, 0.3, 0.1, 0, 0, 0]) + 1e-9
+    fixed = tf.constant(np.log(probs)[None], tf.float32)
+    s = Sampler(lambda ids, st: (tf.tile(fixed, [tf.shape(ids)[0], 1]), st), [1], V, jit_compile=False,
+                chunk_size=512)
+    out = np.concatenate([o[1:] for o in s.generate([np.array([0])] * 50, 400, seed=1)])
+    freq = np.bincount(out, minlength=V) / out.size
+    np.testing.assert_allclose(freq[:3], probs[:3], atol=0.02)
