@@ -10,7 +10,21 @@ import tempfile
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_SHAKESPEARE = os.path.join(os.path.dirname(REPO), "shared", "data", "tiny-shakespeare.txt")
+
+
+def _shared_dir() -> str:
+    """../shared beside the checkout (as CI has it); for a local clone, beside the repo it came from."""
+    candidates = [os.environ.get("KERASCHARRNN_SHARED", ""), os.path.join(os.path.dirname(REPO), "shared")]
+    origin = subprocess.run(["git", "-C", REPO, "config", "remote.origin.url"], capture_output=True, text=True)
+    if origin.returncode == 0 and os.path.isdir(origin.stdout.strip()):
+        candidates.append(os.path.join(os.path.dirname(os.path.abspath(origin.stdout.strip())), "shared"))
+    for candidate in candidates:
+        if candidate and os.path.exists(os.path.join(candidate, "data", "tiny-shakespeare.txt")):
+            return candidate
+    raise RuntimeError("tests need ../shared/data/tiny-shakespeare.txt beside the checkout (or $KERASCHARRNN_SHARED)")
+
+
+SHARED_SHAKESPEARE = os.path.join(_shared_dir(), "data", "tiny-shakespeare.txt")
 
 # Set before anything imports Keras, which reads KERAS_HOME once; tests never touch the user's cache.
 _KERAS_HOME = tempfile.mkdtemp(prefix="kerascharrnn-keras-home-")
