@@ -45,6 +45,15 @@ def test_preprocess_train_sample_eval(workdir):
     first, second = result.stdout.rstrip("\n").split("\n----\n")
     assert first == second and len(first) == 40  # argmax: identical samples
 
+    result = run_cli("train", "--input_h5", w / "d.h5", "--init_from", w / "cv/ck_24.json", "--reset_iterations", 0,
+                     "--batch_size", 2, "--seq_length", 8, "--max_iters", 27, "--checkpoint_name", w / "cv/init",
+                     "--tensorboard_dir", w / "tb", "--speed_benchmark=1", "--print_every", 1)
+    assert result.returncode == 0, result.stderr
+    assert "i = 25 / 27" in result.stdout and "Forward / backward pass took" in result.stdout
+    record = json.load(open(w / "cv/init_27.json"))
+    assert record["model_config"]["rnn_size"] == 16 and len(record["forward_backward_times"]) == 3
+    assert os.listdir(w / "tb")
+
     result = run_cli("eval", "--checkpoint", w / "cv/ck_24.keras", "--input_h5", w / "d.h5", "--split", "test")
     assert result.returncode == 0, result.stderr
     assert "test loss:" in result.stdout and "bits/char" in result.stdout

@@ -7,6 +7,7 @@ mistake costs a second and prints one line.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import shlex
 import signal
@@ -145,6 +146,8 @@ def main(argv):
     if init and init[1] != vocab:
         raise UserError(f"{train_config.input_json} is not the vocabulary of --init_from {init[0]}")
     files.require_writable_dir_for(train_config.checkpoint_name + "_0.json")
+    if train_config.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("--tensorboard_dir needs TensorBoard: pip install 'kerascharrnn[tensorboard]'")
     if not resume:
         model_config = dataclasses.replace(model_config, vocab_size=vocab.size)
 
