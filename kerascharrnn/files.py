@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from typing import Iterator
 
@@ -59,3 +60,31 @@ def require_writable_dir_for(path: str) -> None:
         raise UserError(f"cannot create directory {directory}: {e.strerror}") from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise UserError(f"directory {directory} is not writable")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str, overwrite: bool = False) -> Iterator[str]:
+    """Yields an empty temporary directory beside `path`; it becomes `path` only if the block succeeds.
+
+    The temporary name starts with a dot, so a watcher of the parent (TensorFlow Serving polls for
+    integer-named version directories) never sees a half-written directory. With `overwrite`, an
+    existing `path` is swapped out and deleted after the new one is in place; without it, an existing
+    `path` is an error and stays untouched.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(path):
+            if not overwrite:
+                raise UserError(f"{path} already exists (pass --overwrite to replace it)")
+            old = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".old", dir=parent)
+            os.replace(path, os.path.join(old, "previous"))
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)

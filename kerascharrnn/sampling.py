@@ -54,13 +54,45 @@ def filter_logits(logits, temperature, top_k, top_p, filters: Filters):
     return logits
 
 
-def choose(logits, seed_pair, filters: Filters):
-    """Argmax, or a categorical draw by Gumbel-max: argmax(logits + Gumbel noise)."""
+def next_ids(logits, temperature, top_k, top_p, seed_pair, filters: Filters):
+    """The next id of each row: argmax (all rows when filters.greedy, else rows whose temperature is
+    <= 0) or a categorical draw by Gumbel-max, argmax(filtered logits + Gumbel noise)."""
+    best = tf.argmax(logits, axis=1, output_type=tf.int32)
     if filters.greedy:
-        return tf.argmax(logits, axis=1, output_type=tf.int32)
-    uniform = tf.random.stateless_uniform(tf.shape(logits), seed=seed_pair, minval=_TINY, maxval=1.0)
+        return best
+    greedy_rows = temperature <= 0
+    scores = filter_logits(logits, tf.where(greedy_rows, tf.ones_like(temperature), temperature), top_k, top_p,
+                           filters)
+    uniform = tf.random.stateless_uniform(tf.shape(scores), seed=seed_pair, minval=_TINY, maxval=1.0)
     gumbel = -tf.math.log(-tf.math.log(uniform))
-    return tf.argmax(logits + gumbel, axis=1, output_type=tf.int32)
+    return tf.where(greedy_rows, best, tf.argmax(scores + gumbel, axis=1, output_type=tf.int32))
+
+
+def filter_logits_np(logits: np.ndarray, temperature: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
+    """numpy twin of filter_logits (for engines whose step runs outside TensorFlow, e.g. TFLite)."""
+    logits = logits / temperature[:, None]
+    if top_k > 0:
+        kth = -np.partition(-logits, min(top_k, logits.shape[1]) - 1, axis=1)[:, min(top_k, logits.shape[1]) - 1]
+        logits = np.where(logits < kth[:, None], -np.inf, logits)
+    if top_p < 1.0:
+        ordered = -np.sort(-logits, axis=1)
+        probs = np.exp(ordered - ordered[:, :1])
+        probs /= probs.sum(axis=1, keepdims=True)
+        before = np.cumsum(probs, axis=1) - probs
+        threshold = np.where(before < top_p, ordered, np.inf).min(axis=1, keepdims=True)
+        logits = np.where(logits < threshold, -np.inf, logits)
+    return logits
+
+
+def next_ids_np(logits, temperature, top_k, top_p, rng: np.random.Generator, filters: Filters) -> np.ndarray:
+    """numpy twin of next_ids; the noise comes from `rng`, so draws differ from TensorFlow's."""
+    best = logits.argmax(axis=1).astype(np.int32)
+    if filters.greedy:
+        return best
+    greedy_rows = temperature <= 0
+    scores = filter_logits_np(logits, np.where(greedy_rows, 1.0, temperature).astype(np.float32), top_k, top_p)
+    gumbel = -np.log(-np.log(rng.uniform(_TINY, 1.0, size=scores.shape)))
+    return np.where(greedy_rows, best, (scores + gumbel).argmax(axis=1)).astype(np.int32)
 
 
 def make_chunk_fn(step_fn: Callable, filters: Filters, jit_compile: bool = False):
@@ -82,9 +114,8 @@ def make_chunk_fn(step_fn: Callable, filters: Filters, jit_compile: bool = False
         out = tf.TensorArray(tf.int32, size=steps)
 
         def body(t, logits, states, out):
-            scores = filter_logits(logits, temperature, top_k, top_p, filters)
             seed_pair = tf.stack([seed, tf.cast(t0 + t, tf.int64)])
-            sampled = choose(scores, seed_pair, filters)
+            sampled = next_ids(logits, temperature, top_k, top_p, seed_pair, filters)
             ids = tf.where(in_prompt[:, t], prompt[:, t], sampled)
             logits, states = step_fn(ids, states)
             return t + 1, logits, tuple(states), out.write(t, ids)
@@ -96,25 +127,59 @@ def make_chunk_fn(step_fn: Callable, filters: Filters, jit_compile: bool = False
     return tf.function(run_chunk, jit_compile=jit_compile)
 
 
+def make_numpy_chunk_fn(step_fn: Callable, filters: Filters):
+    """make_chunk_fn's contract for a step function on numpy arrays (a TFLite interpreter, say)."""
+
+    def run_chunk(prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, t0):
+        rng = np.random.default_rng([int(seed), int(t0)])
+        out = np.zeros(prompt.shape, np.int32)
+        for t in range(prompt.shape[1]):
+            sampled = next_ids_np(logits, temperature, int(top_k), float(top_p), rng, filters)
+            out[:, t] = np.where(in_prompt[:, t], prompt[:, t], sampled)
+            logits, states = step_fn(out[:, t], states)
+        return out, logits, states
+
+    return run_chunk
+
+
 def random_seed() -> int:
     return secrets.randbelow(2**62) + 1
 
 
-class Sampler:
-    """Batched, chunked generation for one step function and vocabulary size."""
+ChunkFnFactory = Callable[[Filters], Callable]
 
-    def __init__(self, step_fn: Callable, state_sizes: Sequence[int], vocab_size: int,
-                 jit_compile: bool = True, chunk_size: int = 256):
-        self._step_fn = step_fn
+
+class Sampler:
+    """Batched, chunked generation over one engine's step, for one vocabulary size.
+
+    `chunk_fn_for(filters)` builds the loop that runs a chunk of steps (see make_chunk_fn); use
+    Sampler.for_tf_step or Sampler.for_numpy_step.
+    """
+
+    def __init__(self, chunk_fn_for: ChunkFnFactory, state_sizes: Sequence[int], vocab_size: int,
+                 chunk_size: int = 256, fixed_width: bool = False):
+        self._chunk_fn_for = chunk_fn_for
         self._state_sizes = list(state_sizes)
         self._vocab_size = vocab_size
-        self._jit_compile = jit_compile
         self._chunk_size = chunk_size
+        self._fixed_width = fixed_width  # XLA compiles one program per shape: pad every chunk to one width
         self._compiled = {}
+
+    @classmethod
+    def for_tf_step(cls, step_fn: Callable, state_sizes: Sequence[int], vocab_size: int, jit_compile: bool = True,
+                    chunk_size: int = 256) -> "Sampler":
+        return cls(lambda filters: make_chunk_fn(step_fn, filters, jit_compile), state_sizes, vocab_size,
+                   chunk_size=chunk_size, fixed_width=jit_compile)
+
+    @classmethod
+    def for_numpy_step(cls, step_fn: Callable, state_sizes: Sequence[int], vocab_size: int,
+                       chunk_size: int = 256) -> "Sampler":
+        return cls(lambda filters: make_numpy_chunk_fn(step_fn, filters), state_sizes, vocab_size,
+                   chunk_size=chunk_size)
 
     def _chunk_fn(self, filters: Filters):
         if filters not in self._compiled:
-            self._compiled[filters] = make_chunk_fn(self._step_fn, filters, self._jit_compile)
+            self._compiled[filters] = self._chunk_fn_for(filters)
         return self._compiled[filters]
 
     def generate(
@@ -154,21 +219,20 @@ class Sampler:
         filters = Filters(greedy=greedy, top_k=top_k > 0 and not greedy, top_p=top_p < 1.0 and not greedy)
         run_chunk = self._chunk_fn(filters)
         seed = random_seed() if seed is None else int(seed)
-        logits = tf.zeros((num_rows, self._vocab_size), tf.float32)  # uniform: a random first id
-        states = tuple(tf.zeros((num_rows, size), tf.float32) for size in self._state_sizes)
+        logits = np.zeros((num_rows, self._vocab_size), np.float32)  # uniform: a random first id
+        states = tuple(np.zeros((num_rows, size), np.float32) for size in self._state_sizes)
         pieces = []
         for start in range(0, total, self._chunk_size):
             stop = min(start + self._chunk_size, total)
-            width = self._chunk_size if self._jit_compile else stop - start  # XLA: one static shape
+            width = self._chunk_size if self._fixed_width else stop - start
             chunk_prompt = np.zeros((num_rows, width), np.int32)
             chunk_mask = np.zeros((num_rows, width), bool)
             chunk_prompt[:, :stop - start] = prompt[:, start:stop]
             chunk_mask[:, :stop - start] = in_prompt[:, start:stop]
             ids, logits, states = run_chunk(
                 chunk_prompt, chunk_mask, logits, states, temperature,
-                tf.constant(top_k, tf.int32), tf.constant(top_p, tf.float32),
-                tf.constant(seed, tf.int64), tf.constant(start, tf.int32))
-            ids = ids.numpy()[:, :stop - start]
+                np.int32(top_k), np.float32(top_p), np.int64(seed), np.int32(start))
+            ids = np.asarray(ids)[:, :stop - start]
             pieces.append(ids)
             if on_chunk is not None:
                 on_chunk([ids[row, max(0, lengths[row] - start):] for row in range(num_rows)])

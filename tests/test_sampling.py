@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerascharrnn.sampling import Filters, Sampler, filter_logits
+from kerascharrnn.sampling import Filters, Sampler, filter_logits, filter_logits_np
 
 V = 6
 
@@ -15,7 +15,7 @@ def counting_step(ids, states):
 
 
 def sampler(jit_compile=False, chunk_size=4):
-    return Sampler(counting_step, [1], V, jit_compile=jit_compile, chunk_size=chunk_size)
+    return Sampler.for_tf_step(counting_step, [1], V, jit_compile=jit_compile, chunk_size=chunk_size)
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
@@ -65,7 +65,7 @@ def test_top_k_and_top_p_masks():
 
 
 def test_top_k_one_is_argmax():
-    s = Sampler(lambda ids, st: (tf.tile(tf.constant([[0.0, 3.0, 1.0, 2.0, 0.0, 0.0]]), [tf.shape(ids)[0], 1]), st),
+    s = Sampler.for_tf_step(lambda ids, st: (tf.tile(tf.constant([[0.0, 3.0, 1.0, 2.0, 0.0, 0.0]]), [tf.shape(ids)[0], 1]), st),
                 [1], V, jit_compile=False)
     out = s.generate([np.array([0])] * 4, 10, top_k=1, seed=3)
     assert all((o[1:] == 1).all() for o in out)
@@ -74,8 +74,40 @@ def test_top_k_one_is_argmax():
 def test_sampled_frequencies_follow_temperature():
     probs = np.array([0.6, 0.3, 0.1, 0, 0, 0]) + 1e-9
     fixed = tf.constant(np.log(probs)[None], tf.float32)
-    s = Sampler(lambda ids, st: (tf.tile(fixed, [tf.shape(ids)[0], 1]), st), [1], V, jit_compile=False,
+    s = Sampler.for_tf_step(lambda ids, st: (tf.tile(fixed, [tf.shape(ids)[0], 1]), st), [1], V, jit_compile=False,
                 chunk_size=512)
     out = np.concatenate([o[1:] for o in s.generate([np.array([0])] * 50, 400, seed=1)])
     freq = np.bincount(out, minlength=V) / out.size
     np.testing.assert_allclose(freq[:3], probs[:3], atol=0.02)
+
+
+def counting_step_np(ids, states):
+    (count,) = states
+    return np.eye(V, dtype=np.float32)[(ids + 1) % V] * 5.0, (count + 1.0,)
+
+
+def test_numpy_engine_sampler_matches_known_answer_and_repeats():
+    s = Sampler.for_numpy_step(counting_step_np, [1], V, chunk_size=4)
+    out = s.generate([np.array([2, 3]), np.array([5])], num_new=5, greedy=True)
+    assert out[0].tolist() == [2, 3, 4, 5, 0, 1, 2] and out[1].tolist() == [5, 0, 1, 2, 3, 4]
+    a = s.generate([np.array([1])] * 3, 30, temperature=3.0, seed=7)
+    b = s.generate([np.array([1])] * 3, 30, temperature=3.0, seed=7)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (2, 1.0), (0, 0.8), (3, 0.5), (0, 0.1), (10, 1.0)])
+def test_numpy_filters_match_tensorflow(top_k, top_p):
+    logits = np.log(np.array([[0.5, 0.2, 0.15, 0.1, 0.05, 0.0001], [0.1, 0.1, 0.3, 0.2, 0.2, 0.1]], np.float32))
+    temperature = np.array([1.0, 0.7], np.float32)
+    expected = filter_logits(tf.constant(logits), tf.constant(temperature), tf.constant(top_k), tf.constant(top_p),
+                             Filters(top_k=True, top_p=True)).numpy()
+    np.testing.assert_allclose(filter_logits_np(logits, temperature, top_k, top_p), expected, rtol=1e-6)
+
+
+def test_zero_temperature_rows_take_the_argmax():
+    probs = np.log(np.array([0.4, 0.35, 0.25, 1e-9, 1e-9, 1e-9]))[None]
+    for s in (Sampler.for_tf_step(lambda ids, st: (tf.tile(tf.constant(probs, tf.float32), [tf.shape(ids)[0], 1]), st),
+                                  [1], V, jit_compile=False),
+              Sampler.for_numpy_step(lambda ids, st: (np.tile(probs.astype(np.float32), (len(ids), 1)), st), [1], V)):
+        out = s.generate([np.array([5])] * 2, 200, temperature=np.array([0.0, 1.0]), seed=2)
+        assert (out[0][1:] == 0).all() and len(set(out[1][1:].tolist())) == 3

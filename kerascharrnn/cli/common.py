@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import Callable, List
+from typing import Callable, Iterator, List
 
 from absl import app, flags
 
@@ -51,13 +52,34 @@ def run_main(main: Callable[[List[str]], None]) -> None:
     app.run(guarded, flags_parser=parse_flags)
 
 
+@contextlib.contextmanager
+def stderr_silenced() -> Iterator[None]:
+    """Points file descriptor 2 at /dev/null: TensorFlow's C++ start-up lines bypass Python logging."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def quiet_tensorflow() -> None:
-    """Silences Python-side TensorFlow/absl warnings once TensorFlow is imported."""
+    """Imports TensorFlow without its start-up chatter (set KERASCHARRNN_TF_LOGS=1 to see it) and
+    silences Python-side TensorFlow/absl warnings."""
     import logging
 
-    import tensorflow as tf
-
-    tf.get_logger().setLevel(logging.ERROR)
     from absl import logging as absl_logging
 
+    if os.environ.get("KERASCHARRNN_TF_LOGS") == "1":
+        import tensorflow as tf
+    else:
+        with stderr_silenced():
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # device discovery logs too (e.g. "failed call to cuInit")
+    tf.get_logger().setLevel(logging.ERROR)
     absl_logging.set_verbosity(absl_logging.ERROR)

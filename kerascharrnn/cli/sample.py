@@ -1,4 +1,5 @@
-"""bin/sample: generate text from a checkpoint (torch-rnn's sample.lua, plus top-k/top-p and batches)."""
+"""bin/sample: generate text from a checkpoint, a SavedModel or a TFLite model (torch-rnn's sample.lua,
+plus top-k/top-p and batches)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import time
 
 from absl import flags
 
+from kerascharrnn import artifacts
 from kerascharrnn import checkpoint as ckpt
 from kerascharrnn.cli import common
 from kerascharrnn.config import SampleConfig
 from kerascharrnn.errors import UserError
 
 flags.DEFINE_string("checkpoint", "", "Checkpoint to sample from: a .keras file (or its .json).")
+flags.DEFINE_string("saved_model", "", "Or an exported SavedModel: a version directory, or a model directory"
+                    " holding versions (the highest is used).")
+flags.DEFINE_string("tflite", "", "Or an exported model.tflite (its vocab.json must be beside it).")
 flags.DEFINE_integer("length", 2000, "Characters of output in all, the start text included.")
 flags.DEFINE_string("start_text", "", "Text to prime the model with; the output starts with it.")
 flags.DEFINE_integer("sample", 1, "1 = sample from the distribution, 0 = take the most likely character (argmax).",
@@ -40,10 +45,19 @@ def _sample_config() -> SampleConfig:
 def main(argv):
     del argv
     config = _sample_config().validate()
-    if not FLAGS.checkpoint:
-        raise UserError("--checkpoint is required (a .keras file written by bin/train)")
-    model_path = ckpt.model_path_for(FLAGS.checkpoint)
-    vocab = ckpt.read_vocab(model_path)
+    sources = [name for name in ("checkpoint", "saved_model", "tflite") if FLAGS[name].value]
+    if len(sources) != 1:
+        raise UserError("give exactly one of --checkpoint (.keras), --saved_model (directory) or --tflite (file)")
+    source = sources[0]
+    if source == "checkpoint":
+        path = ckpt.model_path_for(FLAGS.checkpoint)
+        vocab = ckpt.read_vocab(path)
+    elif source == "saved_model":
+        path = artifacts.resolve_saved_model(FLAGS.saved_model)
+        vocab = artifacts.saved_model_vocab(path)
+    else:
+        path = FLAGS.tflite
+        vocab = artifacts.tflite_vocab(path)
     prompt = vocab.encode(config.start_text)  # names unknown characters before TensorFlow loads
     if config.length < len(prompt):
         raise UserError(f"--length {config.length} is shorter than --start_text ({len(prompt)} tokens)")
@@ -52,7 +66,8 @@ def main(argv):
     from kerascharrnn import generate, train
 
     train.configure_devices(FLAGS.gpu, None)
-    engine = generate.KerasEngine(ckpt.load_model(model_path), vocab)
+    with common.stderr_silenced():  # LiteRT announces its CPU delegate on stderr
+        engine = generate.open_engine(source, path, vocab)
     if FLAGS.verbose:
         print(f'Seeding with: "{config.start_text}"', file=sys.stderr)
     stream = sys.stdout if config.num_samples == 1 and not FLAGS.jsonl and sys.stdout.isatty() else None
@@ -69,6 +84,7 @@ def main(argv):
             print(json.dumps(text, ensure_ascii=False))
     else:
         print(f"\n{SEPARATOR}\n".join(texts))
+
 
 def run():
     common.run_main(main)

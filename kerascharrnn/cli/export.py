@@ -1,0 +1,58 @@
+"""bin/export: a checkpoint -> a SavedModel version for TensorFlow Serving (+ a TFLite model)."""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from kerascharrnn import artifacts
+from kerascharrnn import checkpoint as ckpt
+from kerascharrnn import files
+from kerascharrnn.cli import common
+from kerascharrnn.errors import UserError
+
+flags.DEFINE_string("checkpoint", "", "Checkpoint to export: a .keras file (or its .json).")
+flags.DEFINE_string("export_dir", "export/models", "Base directory; the model goes to export_dir/model_name/version.")
+flags.DEFINE_string("model_name", "", "Model name (TF Serving's MODEL_NAME); default: the checkpoint name, e.g."
+                    " cv/shakespeare_5000.keras -> shakespeare.")
+flags.DEFINE_integer("version", None, "Version number (default: one more than the highest there).", lower_bound=1)
+flags.DEFINE_bool("tflite", False, "Also write tflite/model.tflite (the `step` signature) and tflite/vocab.json.")
+flags.DEFINE_enum("quantize", "none", list(artifacts.QUANTIZE_MODES),
+                  "TFLite weights: none (float32), float16, or dynamic (int8 weights, float activations).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing version directory.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    if not FLAGS.checkpoint:
+        raise UserError("--checkpoint is required (a .keras file written by bin/train)")
+    if FLAGS.quantize != "none" and not FLAGS.tflite:
+        raise UserError("--quantize applies to the TFLite model: add --tflite")
+    model_path = ckpt.model_path_for(FLAGS.checkpoint)
+    vocab = ckpt.read_vocab(model_path)
+    name = artifacts.check_model_name(FLAGS.model_name or artifacts.default_model_name(model_path))
+    model_dir = os.path.join(FLAGS.export_dir, name)
+    version = FLAGS.version or artifacts.next_version(model_dir)
+    version_dir = os.path.join(model_dir, str(version))
+    if os.path.exists(version_dir) and not FLAGS.overwrite:
+        raise UserError(f"{version_dir} already exists; pass --overwrite to replace it, or another --version")
+    files.require_writable_dir_for(version_dir)
+
+    common.quiet_tensorflow()
+    from kerascharrnn import export, train
+
+    train.configure_devices(-1, None)  # the cells export the same anywhere; a CPU trace is the safe one
+    info = export.export(ckpt.load_model(model_path), vocab, version_dir, source=model_path, tflite=FLAGS.tflite,
+                         quantize=FLAGS.quantize, overwrite=FLAGS.overwrite)
+    print(f"Exported {model_path} to {version_dir} (signatures: generate = serving_default, step)")
+    for state in info["states"]:
+        print(f"  step {state['name']}: {state['layer']} {state['part']} [batch, {state['size']}]")
+    if FLAGS.tflite:
+        path = os.path.join(version_dir, artifacts.TFLITE_DIR, artifacts.TFLITE_FILE)
+        print(f"TFLite ({FLAGS.quantize}): {path}, {os.path.getsize(path):,} bytes, vocabulary beside it")
+
+
+def run():
+    common.run_main(main)

@@ -1,0 +1,181 @@
+"""Export a trained model: a SavedModel for TensorFlow Serving and a TFLite/LiteRT step model.
+
+Both are built from the recurrent layers' *cells* (model.make_step_fn), never from the layers'
+whole-sequence call: on a GPU that call becomes CudnnRNNV3, which has no CPU kernel, so a model
+exported there would not load on a CPU-only server. The cells are plain matmuls on any device.
+
+SavedModel signatures (see export/README.md):
+  generate (= serving_default): start_text string [N], num_new_chars int32 [], temperature float32 [N]
+      (or [1] for all rows; <= 0 means argmax), top_k int32 [] (0 = off), seed int64 [] (0 = random)
+      -> text string [N] = start_text + continuation. One tf.while_loop, no XLA (TF Serving does not
+      compile it by default). Characters the vocabulary lacks are left out of the priming and kept in
+      the returned text.
+  step: ids int32 [N] (0-based = torch-rnn id - 1), state_0..state_K float32 [N, H]
+      -> logits float32 [N, V], state_0..state_K. Explicit state, no variables changed: concurrent
+      callers never share state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import List
+
+import keras
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+import kerascharrnn
+from kerascharrnn import artifacts, files
+from kerascharrnn import model as model_lib
+from kerascharrnn import sampling
+from kerascharrnn.errors import UserError
+from kerascharrnn.vocab import Vocabulary
+
+GENERATE_SIGNATURE = [
+    tf.TensorSpec([None], tf.string, name="start_text"),
+    tf.TensorSpec([], tf.int32, name="num_new_chars"),
+    tf.TensorSpec([None], tf.float32, name="temperature"),
+    tf.TensorSpec([], tf.int32, name="top_k"),
+    tf.TensorSpec([], tf.int64, name="seed"),
+]
+
+
+def token_bytes(vocab: Vocabulary) -> List[bytes]:
+    """Each token as the bytes it stands for in a UTF-8 string tensor."""
+    if vocab.is_bytes:
+        return [bytes([b]) for b in vocab.tokens]
+    return [t.encode("utf-8") for t in vocab.tokens]
+
+
+def state_descriptions(model: keras.Model) -> List[dict]:
+    return [{"name": f"state_{k}", "layer": name.split()[0], "part": name.split()[1], "size": size}
+            for k, (name, size) in enumerate(zip(model_lib.state_names(model), model_lib.state_sizes(model)))]
+
+
+class CharRNNModule(tf.Module):
+    """What the SavedModel holds: the weights, the vocabulary as constants, and the signatures."""
+
+    def __init__(self, model: keras.Model, vocab: Vocabulary):
+        super().__init__(name="charrnn")
+        # Track the tf.Variables behind the Keras weights, not the Keras objects: loaders that build a
+        # TF1 session (TensorFlow Serving, `saved_model_cli run`) create and restore exactly the tracked
+        # variables, and with the Keras wrappers tracked instead they fail with "Could not find variable".
+        self.model_variables = [weight.value for weight in model.weights]
+        self._step_fn = model_lib.make_step_fn(model)
+        self._state_sizes = model_lib.state_sizes(model)
+        self._vocab_size = vocab.size
+        self._split_units = (tf.strings.bytes_split if vocab.is_bytes
+                             else lambda text: tf.strings.unicode_split(text, "UTF-8", errors="replace"))
+        tokens = token_bytes(vocab)
+        self._tokens = tf.constant(tokens, tf.string)
+        self.token_ids = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(tokens, tf.string), tf.range(vocab.size, dtype=tf.int32)),
+            default_value=-1)
+        # top_k is an input, so its filter is in the graph (top_k = 0 switches it off at run time)
+        self._run_chunk = sampling.make_chunk_fn(self._step_fn, sampling.Filters(top_k=True), jit_compile=False)
+        self.generate = tf.function(self._generate, input_signature=GENERATE_SIGNATURE)
+        state_specs = [tf.TensorSpec([None, size], tf.float32, name=f"state_{k}")
+                       for k, size in enumerate(self._state_sizes)]
+        self.step = tf.function(self._step, input_signature=[tf.TensorSpec([None], tf.int32, name="ids")] + state_specs)
+
+    def _step(self, ids, *states):
+        logits, new_states = self._step_fn(ids, states)
+        return {"logits": logits, **{f"state_{k}": s for k, s in enumerate(new_states)}}
+
+    def _generate(self, start_text, num_new_chars, temperature, top_k, seed):
+        num_rows = tf.shape(start_text)[0]
+        ids = tf.ragged.map_flat_values(self.token_ids.lookup, self._split_units(start_text))
+        ids = tf.ragged.boolean_mask(ids, ids >= 0)  # unknown characters: left out of the priming
+        lengths = tf.cast(ids.row_lengths(), tf.int32)
+        num_new = tf.maximum(num_new_chars, 0)
+        width = tf.maximum(tf.reduce_max(tf.concat([lengths, [0]], 0)) + num_new, 1)
+        prompt = ids.to_tensor(default_value=0)
+        prompt = tf.pad(prompt, [[0, 0], [0, width - tf.shape(prompt)[1]]])
+        in_prompt = tf.sequence_mask(lengths, width)
+        temperature = tf.broadcast_to(temperature, [num_rows])
+        seed = tf.where(seed == 0, tf.random.uniform([], 1, 2**62, dtype=tf.int64), seed)
+        logits = tf.zeros([num_rows, self._vocab_size])  # uniform: an empty prompt starts anywhere
+        states = tuple(tf.zeros([num_rows, size]) for size in self._state_sizes)
+        sequence, _, _ = self._run_chunk(prompt, in_prompt, logits, states, temperature, top_k,
+                                         tf.constant(1.0), seed, tf.constant(0))
+        new_ids = tf.gather(sequence, lengths[:, None] + tf.range(num_new)[None, :], batch_dims=1)
+        continuation = tf.strings.reduce_join(tf.gather(self._tokens, new_ids), axis=1)
+        return {"text": tf.strings.join([start_text, continuation])}
+
+
+def write_saved_model(model: keras.Model, vocab: Vocabulary, directory: str, info: dict) -> None:
+    """Writes the SavedModel and its assets.extra/ files into `directory` (which must be empty)."""
+    module = CharRNNModule(model, vocab)
+    tf.saved_model.save(module, directory, signatures={
+        "serving_default": module.generate, "generate": module.generate, "step": module.step})
+    extra = os.path.join(directory, artifacts.EXTRA_DIR)
+    os.makedirs(extra, exist_ok=True)
+    files.write_text_atomic(os.path.join(extra, artifacts.VOCAB_FILE), vocab.to_json())
+    files.write_text_atomic(os.path.join(extra, artifacts.INFO_FILE), json.dumps(info, indent=1))
+
+
+def tflite_model(saved_model_dir: str, quantize: str = "none") -> bytes:
+    """The `step` signature of a written SavedModel as a TFLite flatbuffer: builtin ops only, weights inside.
+
+    The variables are frozen into constants first: converting the SavedModel's `step` directly gives a
+    file without the weights, whose outputs are NaN.
+    """
+    loaded = tf.saved_model.load(saved_model_dir)  # keep a reference: the signature needs its variables
+    step = loaded.signatures["step"]
+    frozen = convert_variables_to_constants_v2(step)
+    holder = tf.Module()
+    holder.step = tf.function(lambda **inputs: tf.nest.pack_sequence_as(step.structured_outputs, frozen(**inputs)))
+    signature = holder.step.get_concrete_function(**step.structured_input_signature[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        tf.saved_model.save(holder, tmp, signatures={"step": signature})
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["step"])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # LiteRT runs no Select TF ops
+        if quantize != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]  # alone: dynamic-range int8 weights
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        return converter.convert()
+
+
+def export(model: keras.Model, vocab: Vocabulary, version_dir: str, *, source: str, tflite: bool = False,
+           quantize: str = "none", overwrite: bool = False) -> dict:
+    """Writes one version directory (atomically: it appears complete or not at all); returns its info."""
+    if quantize not in artifacts.QUANTIZE_MODES:
+        raise UserError(f"--quantize {quantize!r}: choose one of {', '.join(artifacts.QUANTIZE_MODES)}")
+    info = {
+        "format": "kerascharrnn_export",
+        "kerascharrnn_version": kerascharrnn.__version__,
+        "source_checkpoint": os.path.abspath(source),
+        "model_config": dict(model_lib.model_config_of(model).__dict__),
+        "vocab_size": vocab.size,
+        "encoding": vocab.encoding,
+        "signatures": ["generate", "serving_default", "step"],
+        "states": state_descriptions(model),
+        "tflite": {"file": f"{artifacts.TFLITE_DIR}/{artifacts.TFLITE_FILE}", "quantize": quantize} if tflite else None,
+    }
+    with files.atomic_dir(version_dir, overwrite=overwrite) as tmp:
+        write_saved_model(model, vocab, tmp, info)
+        if tflite:
+            flatbuffer = tflite_model(tmp, quantize)
+            os.makedirs(os.path.join(tmp, artifacts.TFLITE_DIR))
+            with open(os.path.join(tmp, artifacts.TFLITE_DIR, artifacts.TFLITE_FILE), "wb") as f:
+                f.write(flatbuffer)
+            files.write_text_atomic(os.path.join(tmp, artifacts.TFLITE_DIR, artifacts.VOCAB_FILE), vocab.to_json())
+    return info
+
+
+def graph_ops(saved_model_dir: str) -> set:
+    """Every op type in a SavedModel's graph, its function library included."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    ops = set()
+    for meta_graph in proto.meta_graphs:
+        ops.update(node.op for node in meta_graph.graph_def.node)
+        for function in meta_graph.graph_def.library.function:
+            ops.update(node.op for node in function.node_def)
+    return ops

@@ -1,0 +1,277 @@
+"""bin/export: the SavedModel (generate/step signatures, TF1-session loading as TF Serving does it, no
+cuDNN ops) and the TFLite model (builtin ops, parity), and sampling from every artifact."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import run_cli
+from kerascharrnn import artifacts, export, generate
+from kerascharrnn import checkpoint as ckpt
+from kerascharrnn import model as model_lib
+from kerascharrnn.config import ModelConfig
+from kerascharrnn.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 200
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("models") / "tiny"
+    model = ckpt.load_model(trained["keras"])
+    version_dir = str(model_dir / "1")
+    export.export(model, trained["vocab"], version_dir, source=trained["keras"], tflite=True)
+    return {"model_dir": str(model_dir), "dir": version_dir, "model": model, "vocab": trained["vocab"],
+            "tflite": os.path.join(version_dir, "tflite", "model.tflite"), "keras": trained["keras"],
+            "loaded": tf.saved_model.load(version_dir)}
+
+
+def generate_signature(exported, prompts, num_new, temperature=(1.0,), top_k=0, seed=1):
+    out = exported["loaded"].signatures["generate"](
+        start_text=tf.constant(prompts, tf.string), num_new_chars=tf.constant(num_new, tf.int32),
+        temperature=tf.constant(temperature, tf.float32), top_k=tf.constant(top_k, tf.int32),
+        seed=tf.constant(seed, tf.int64))
+    return [t.decode("utf-8") for t in out["text"].numpy()]
+
+
+def keras_logits(exported, text):
+    """Whole-sequence logits of the stateful Keras model, every row fed `text` from a zero state."""
+    model = exported["model"]
+    model_lib.reset_states(model)
+    ids = exported["vocab"].encode(text)
+    return model(np.tile(ids[None], (model.inputs[0].shape[0], 1))).numpy(), ids
+
+
+def test_layout_versions_and_info(exported, trained):
+    d = exported["dir"]
+    assert {"saved_model.pb", "variables", "assets.extra", "tflite"} <= set(os.listdir(d))
+    assert sorted(os.listdir(os.path.join(d, "tflite"))) == ["model.tflite", "vocab.json"]
+    assert artifacts.saved_model_vocab(d) == trained["vocab"] == artifacts.tflite_vocab(exported["tflite"])
+    info = artifacts.read_info(d)
+    assert [s["name"] for s in info["states"]] == ["state_0", "state_1", "state_2", "state_3"]
+    assert [(s["layer"], s["part"], s["size"]) for s in info["states"][:2]] == [("lstm_0", "h", 32), ("lstm_0", "c", 32)]
+    model_dir = exported["model_dir"]
+    assert artifacts.next_version(model_dir) == 2
+    export.export(exported["model"], trained["vocab"], os.path.join(model_dir, "2"), source=trained["keras"])
+    assert sorted(artifacts.version_dirs(model_dir)) == [1, 2]
+    assert artifacts.resolve_saved_model(model_dir) == os.path.join(model_dir, "2")
+    assert artifacts.resolve_saved_model(d) == d
+    with pytest.raises(UserError, match="already exists"):
+        export.export(exported["model"], trained["vocab"], os.path.join(model_dir, "2"), source=trained["keras"])
+    export.export(exported["model"], trained["vocab"], os.path.join(model_dir, "2"), source=trained["keras"],
+                  overwrite=True)
+    assert sorted(os.listdir(model_dir)) == ["1", "2"]  # no temporary directories left behind
+
+
+def test_generate_repeats_keeps_prompts_and_lengths(exported):
+    prompts = ["ROMEO:", "", "First Citizen:\nWe"]
+    a = generate_signature(exported, prompts, 60, temperature=[0.7, 1.0, 1.3], seed=5)
+    b = generate_signature(exported, prompts, 60, temperature=[0.7, 1.0, 1.3], seed=5)
+    assert a == b
+    assert [t[:len(p)] for t, p in zip(a, prompts)] == prompts
+    assert [len(t) for t in a] == [len(p) + 60 for p in prompts]
+    # seed 0 draws a fresh seed each call
+    fresh = {generate_signature(exported, ["A"], 80, temperature=[2.0], seed=0)[0] for _ in range(3)}
+    assert len(fresh) > 1
+
+
+def test_generate_zero_temperature_is_argmax_and_unknown_characters_are_skipped(exported):
+    engine = generate.KerasEngine(exported["model"], exported["vocab"], jit_compile=False)
+    vocab = exported["vocab"]
+    expected = vocab.decode(engine.generate_ids([vocab.encode("ROMEO")], 50, greedy=True)[0])
+    assert generate_signature(exported, ["ROMEO"], 50, temperature=[0.0]) == [expected]
+    assert generate_signature(exported, ["R€OMEO☃"], 50, temperature=[0.0]) == ["R€OMEO☃" + expected[5:]]
+
+
+def test_step_signature_and_tflite_match_keras_for_200_steps(exported):
+    text = (open(os.path.join(REPO, "README.md"), encoding="utf-8").read() * 2)
+    text = "".join(c for c in text if c in set(exported["vocab"].tokens))[:STEPS]
+    expected, ids = keras_logits(exported, text)
+    batch = expected.shape[0]
+    sizes = model_lib.state_sizes(exported["model"])
+    step = exported["loaded"].signatures["step"]
+    runner = generate.load_interpreter(exported["tflite"]).get_signature_runner("step")
+    for call, tolerance in ((step, 1e-5), (runner, 1e-5)):
+        states = {f"state_{k}": np.zeros((batch, h), np.float32) for k, h in enumerate(sizes)}
+        worst = 0.0
+        for t in range(STEPS):
+            out = call(ids=np.full(batch, ids[t], np.int32), **states)
+            worst = max(worst, float(np.abs(np.asarray(out["logits"]) - expected[:, t]).max()))
+            states = {k: np.asarray(out[k]) for k in states}
+        assert worst < tolerance
+
+
+def test_tflite_builtin_ops_dynamic_batch_weights_inside(exported):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    # the builtin kernels alone, no XNNPACK delegate (which would replace the ops it takes over)
+    interpreter = Interpreter(model_path=exported["tflite"],
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert ops and not any(op.upper().startswith(("FLEX", "CUSTOM", "DELEGATE")) for op in ops)
+    assert {"FULLY_CONNECTED", "LOGISTIC", "TANH"} <= ops
+    runner = interpreter.get_signature_runner("step")
+    for batch in (1, 7):
+        states = {f"state_{k}": np.zeros((batch, 32), np.float32) for k in range(4)}
+        out = runner(ids=np.zeros(batch, np.int32), **states)
+        assert out["logits"].shape == (batch, exported["vocab"].size) and np.isfinite(out["logits"]).all()
+    weight_bytes = 4 * exported["model"].count_params()
+    assert os.path.getsize(exported["tflite"]) > 0.9 * weight_bytes
+
+
+@pytest.mark.parametrize("quantize,tolerance", [("float16", 5e-2), ("dynamic", 2e-1)])
+def test_quantized_tflite_runs_close_to_float(exported, quantize, tolerance, tmp_path):
+    path = tmp_path / "q.tflite"
+    path.write_bytes(export.tflite_model(exported["dir"], quantize))
+    assert path.stat().st_size < os.path.getsize(exported["tflite"]) * 0.75
+    expected, ids = keras_logits(exported, "ROMEO: What say")
+    runner = generate.load_interpreter(str(path)).get_signature_runner("step")
+    states = {f"state_{k}": np.zeros((expected.shape[0], 32), np.float32) for k in range(4)}
+    for t in range(len(ids)):
+        out = runner(ids=np.full(expected.shape[0], ids[t], np.int32), **states)
+        states = {k: out[k] for k in states}
+        np.testing.assert_allclose(out["logits"], expected[:, t], atol=tolerance)
+
+
+def test_graph_has_no_cudnn_ops_and_export_calls_only_cells(exported, tmp_path, monkeypatch):
+    ops = export.graph_ops(exported["dir"])
+    assert "While" in ops and not [op for op in ops if "Cudnn" in op or "BlockLSTM" in op]
+
+    def whole_sequence_call(*args, **kwargs):
+        raise AssertionError("export must not call a recurrent layer's whole-sequence call")
+
+    config = ModelConfig(vocab_size=exported["vocab"].size, model_type="gru", wordvec_size=8, rnn_size=8,
+                         num_layers=2, batchnorm=True, dropout=0.1)
+    model = model_lib.build_model(config, 3)
+    model(np.zeros((3, 2), np.int32))  # built (the whole-sequence call is fine here, before the spy)
+    for layer_class in (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN):
+        monkeypatch.setattr(layer_class, "call", whole_sequence_call)
+    export.export(model, exported["vocab"], str(tmp_path / "gru" / "1"), source="gru.keras", tflite=True)
+    assert not [op for op in export.graph_ops(str(tmp_path / "gru" / "1")) if "Cudnn" in op]
+
+
+FRESH_PROCESS = r"""
+import json, sys
+sys.modules["kerascharrnn"] = None  # the package must not be needed (an import would raise)
+import tensorflow as tf
+m = tf.saved_model.load(sys.argv[1])
+g = m.signatures["generate"](start_text=tf.constant(["ROMEO:", "A"]), num_new_chars=tf.constant(30),
+                             temperature=tf.constant([0.0, 0.0]), top_k=tf.constant(0), seed=tf.constant(1, tf.int64))
+s = m.signatures["step"](ids=tf.constant([0]), **{f"state_{k}": tf.zeros([1, 32]) for k in range(4)})
+print(json.dumps({"text": [t.decode() for t in g["text"].numpy()], "logits": s["logits"].numpy().tolist(),
+                  "modules": sorted(k for k in sys.modules if k.startswith("kerascharrnn") and sys.modules[k])}))
+"""
+
+
+def test_fresh_process_loads_without_the_package(exported, tmp_path):
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, exported["dir"]], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    reply = json.loads(result.stdout.strip().splitlines()[-1])
+    assert reply["modules"] == []
+    assert reply["text"] == generate_signature(exported, ["ROMEO:", "A"], 30, temperature=[0.0, 0.0])
+    expected, _ = keras_logits(exported, exported["vocab"].tokens[0])
+    np.testing.assert_allclose(reply["logits"][0], expected[0, 0], atol=1e-5)
+
+
+def test_saved_model_cli_show_and_run(exported, tmp_path):
+    """saved_model_cli run loads through a TF1 session, as TensorFlow Serving does."""
+    cli = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+    show = subprocess.run(cli + ["show", "--all", "--dir", exported["dir"]], capture_output=True, text=True,
+                          timeout=300)
+    assert show.returncode == 0, show.stderr[-2000:]
+    for name in ("signature_def['generate']", "signature_def['serving_default']", "signature_def['step']",
+                 "inputs['state_3']", "outputs['logits']", "inputs['num_new_chars']"):
+        assert name in show.stdout
+    zeros = str([[0.0] * 32])
+    run = subprocess.run(cli + ["run", "--dir", exported["dir"], "--tag_set", "serve", "--signature_def", "generate",
+                                "--input_exprs", 'start_text=["ROMEO:"];num_new_chars=25;temperature=[0.0];top_k=0;seed=3',
+                                ], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    expected = generate_signature(exported, ["ROMEO:"], 25, temperature=[0.0])[0]
+    assert repr(expected.encode())[2:-1] in run.stdout.replace("\n ", "")
+    out_dir = tmp_path / "out"
+    step = subprocess.run(cli + ["run", "--dir", exported["dir"], "--tag_set", "serve", "--signature_def", "step",
+                                 "--input_exprs", f"ids=[0];state_0={zeros};state_1={zeros};state_2={zeros};state_3={zeros}",
+                                 "--outdir", str(out_dir)], capture_output=True, text=True, timeout=300)
+    assert step.returncode == 0, step.stderr[-2000:]
+    expected_logits, _ = keras_logits(exported, exported["vocab"].tokens[0])
+    np.testing.assert_allclose(np.load(out_dir / "logits.npy")[0], expected_logits[0, 0], atol=1e-5)
+
+
+def test_documented_rest_request_fits_the_generate_signature(exported):
+    """The columnar request in export/README.md, turned into tensors by the signature's dtypes (what TF
+    Serving's REST front end does), runs and returns one text per prompt."""
+    readme = open(os.path.join(REPO, "export", "README.md"), encoding="utf-8").read()
+    bodies = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", readme, re.S)
+              if '"signature_name": "generate"' in block]
+    assert bodies
+    signature = exported["loaded"].signatures["generate"]
+    specs = signature.structured_input_signature[1]
+    for body in bodies:
+        inputs = {name: tf.constant(value, specs[name].dtype) for name, value in body["inputs"].items()}
+        texts = signature(**inputs)["text"].numpy()
+        assert len(texts) == len(body["inputs"]["start_text"])
+        assert all(t.decode().startswith(p) for t, p in zip(texts, body["inputs"]["start_text"]))
+
+
+def test_cli_export_then_sample_identically_from_all_three(trained, tmp_path):
+    base = tmp_path / "models"
+    result = run_cli("export", "--checkpoint", trained["keras"], "--export_dir", base, "--model_name", "tiny",
+                     "--tflite")
+    assert result.returncode == 0, result.stderr
+    version_dir = base / "tiny" / "1"
+    assert (version_dir / "tflite" / "model.tflite").exists() and "state_3: lstm_1 c" in result.stdout
+    before = (version_dir / "saved_model.pb").stat().st_mtime_ns
+
+    refused = run_cli("export", "--checkpoint", trained["keras"], "--export_dir", base, "--model_name", "tiny",
+                      "--version", 1)
+    assert refused.returncode == 1 and "--overwrite" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert (version_dir / "saved_model.pb").stat().st_mtime_ns == before
+
+    outputs = []
+    for source in (["--checkpoint", trained["keras"]], ["--saved_model", base / "tiny"],
+                   ["--tflite", version_dir / "tflite" / "model.tflite"]):
+        result = run_cli("sample", *source, "--sample", 0, "--length", 500, "--start_text", "ROMEO:")
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+    assert len(outputs[0]) == 501 and outputs[0].startswith("ROMEO:")
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--checkpoint", "missing.keras"], "missing.keras: no such file"),
+    (["--checkpoint", "{keras}", "--quantize", "float16"], "add --tflite"),
+    (["--checkpoint", "{keras}", "--model_name", "../x"], "--model_name"),
+    (["--checkpoint", "{keras}", "--quantize", "int4", "--tflite"], "--quantize"),
+])
+def test_export_bad_input(trained, tmp_path, args, message):
+    args = [a.replace("{keras}", trained["keras"]) for a in args]
+    result = run_cli("export", *args, "--export_dir", tmp_path / "m")
+    assert result.returncode != 0 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_sample_bad_artifacts(exported, tmp_path):
+    lonely = tmp_path / "lonely.tflite"
+    lonely.write_bytes(open(exported["tflite"], "rb").read())
+    cases = [
+        (["--tflite", lonely], "no vocab.json beside it"),
+        (["--saved_model", tmp_path], "no saved_model.pb"),
+        (["--saved_model", exported["dir"], "--start_text", "€"], "'€'"),
+        (["--saved_model", exported["dir"], "--tflite", exported["tflite"]], "exactly one of"),
+    ]
+    for args, message in cases:
+        result = run_cli("sample", *args)
+        assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
