@@ -275,3 +275,28 @@ def test_sample_bad_artifacts(exported, tmp_path):
         result = run_cli("sample", *args)
         assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_step_keeps_no_state_between_concurrent_clients(exported):
+    """Two clients stepping through different texts at once, from threads, each get exactly what they
+    get alone: the state lives in the request, not in the model."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    step = exported["loaded"].signatures["step"]
+    vocab = exported["vocab"]
+
+    def run(text):
+        states = {f"state_{k}": tf.zeros([1, 32]) for k in range(4)}
+        rows = []
+        for i in vocab.encode(text):
+            out = step(ids=tf.constant([i]), **states)
+            states = {k: out[k] for k in states}
+            rows.append(out["logits"].numpy()[0])
+        return np.array(rows)
+
+    texts = ["ROMEO: But soft, what light", "JULIET: Ay me! what news?"]
+    alone = [run(t) for t in texts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(run, texts * 2))
+    for got, want in zip(together, alone * 2):
+        np.testing.assert_allclose(got, want, atol=1e-6)
