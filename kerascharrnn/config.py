@@ -110,3 +110,28 @@ class SampleConfig:
         if self.num_samples < 1:
             raise UserError(f"--num_samples must be at least 1, got {self.num_samples}")
         return self
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """bin/serve: torch-rnn-server's behaviour and this server's limits."""
+
+    word_limit_short: int = 3  # completions with fewer words are redrawn (torch-rnn-server)
+    word_limit_long: int = 20  # ... and with more words
+    max_n: int = 10  # /generate's n is clamped to this (torch-rnn-server: 10)
+    lowercase: bool = True  # lower-case the start text (the reference model was trained lower-case)
+    completion_chars: int = 140  # a completion stops here if no sentence end came first
+    max_start_text: int = 2000  # characters; longer start texts are refused (413)
+    max_redraw_rounds: int = 8  # torch-rnn-server redrew without limit; then answer with what passed
+    max_num_new_chars: int = 2000  # POST /v1/generate caps
+    max_num_samples: int = 32
+    max_batch_rows: int = 64  # rows one model run may merge from concurrent requests
+
+    def validate(self) -> "ServeConfig":
+        if not 0 <= self.word_limit_short <= self.word_limit_long:
+            raise UserError("--word_limit_short must be >= 0 and <= --word_limit_long")
+        for name in ("max_n", "completion_chars", "max_start_text", "max_redraw_rounds", "max_num_new_chars",
+                     "max_num_samples", "max_batch_rows"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1")
+        return self

@@ -88,14 +88,20 @@ def load_interpreter(path: str):
     return interpreter
 
 
-def open_engine(kind: str, path: str, vocab: Vocabulary):
-    """kind: "checkpoint" (.keras), "saved_model" (version directory) or "tflite"; load errors -> UserError."""
+def open_engine(kind: str, path: str, vocab: Vocabulary, jit_compile: bool = True):
+    """kind: "checkpoint" (.keras), "saved_model" (version directory) or "tflite"; load errors -> UserError.
+
+    jit_compile (TensorFlow engines): XLA pays off for long single runs (bin/sample); a server whose
+    batch sizes vary is better off without it.
+    """
     from kerascharrnn import checkpoint as ckpt
 
     if kind == "checkpoint":
-        return KerasEngine(ckpt.load_model(path), vocab)
+        return KerasEngine(ckpt.load_model(path), vocab, jit_compile=jit_compile)
     try:
-        return SavedModelEngine(path, vocab) if kind == "saved_model" else TFLiteEngine(path, vocab)
+        if kind == "saved_model":
+            return SavedModelEngine(path, vocab, jit_compile=jit_compile)
+        return TFLiteEngine(path, vocab)
     except Exception as e:  # a damaged or foreign file fails in many ways inside TensorFlow / LiteRT
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"{path}: cannot load this {kind}: {reason}") from None

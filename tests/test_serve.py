@@ -1,0 +1,305 @@
+"""bin/serve: torch-rnn-server's rules as functions, then the real server on 127.0.0.1 replaying
+rnn-writer's requests, concurrent clients, bad input, the JSON API and schema-driven fuzzing."""
+
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+
+import httpx
+import pytest
+
+from conftest import REPO, run_cli
+from kerascharrnn import serve
+
+# --- the rules ------------------------------------------------------------------------------------
+
+
+def encode_uri_component(text: str) -> str:
+    """JavaScript's encodeURIComponent, which rnn-writer uses."""
+    return urllib.parse.quote(text, safe="-_.!~*'()")
+
+
+def rnn_writer_decode(value: str) -> str:
+    """rnn-writer: decodeURIComponent(body["start_text"]).replace(/\\+/g, " ")."""
+    return urllib.parse.unquote(value, errors="strict").replace("+", " ")
+
+
+def test_raw_query_value_keeps_the_encoding():
+    query = b"n=3&start_text=I%27m+here%20%2B%20%E2%98%83&x=1"
+    assert serve.raw_query_value(query, "start_text") == "I%27m+here%20%2B%20%E2%98%83"
+    assert serve.raw_query_value(query, "n") == "3"
+    assert serve.raw_query_value(query, "missing") is None
+    assert serve.raw_query_value(b"start_text", "start_text") == ""
+
+
+def test_decode_component_is_form_decoding_and_strict():
+    assert serve.decode_component("I%27m+here%20%2B%20%E2%98%83", "s") == "I'm here + ☃"
+    for bad, message in (("%ZZ", "percent-encoding"), ("50%", "percent-encoding"), ("%E2%98", "UTF-8"),
+                         ("%FF", "UTF-8")):
+        with pytest.raises(serve.ClientError, match=message):
+            serve.decode_component(bad, "s")
+
+
+@pytest.mark.parametrize("raw,expected", [(None, 1), ("", 1), ("3", 3), ("10", 10), ("11", 10), ("500", 10),
+                                          ("+4", 4)])
+def test_parse_n_defaults_and_clamps(raw, expected):
+    assert serve.parse_n(raw, 10) == expected
+
+
+@pytest.mark.parametrize("raw", ["abc", "2.5", "0", "-3", "99999999999", "1" * 40, "%ZZ", "1e3"])
+def test_parse_n_rejects(raw):
+    with pytest.raises(serve.ClientError) as error:
+        serve.parse_n(raw, 10)
+    assert error.value.status == 400
+
+
+def test_start_text_normalisation_and_completion_cuts():
+    assert serve.normalize_start_text("The  CAT\n\tsat ", True) == "the cat sat "
+    assert serve.normalize_start_text("The  CAT", False) == "The CAT"
+    assert serve.cut_completion(" no. it is. the end of it. more", 140) == " no. it is. the end of it."
+    assert serve.cut_completion(" one two three four five! six", 140) == " one two three four five!"
+    assert serve.cut_completion("x" * 300, 140) == "x" * 140
+    assert serve.cut_at_stop("abc\ndef", ["\n", "c"]) == ("ab", "stop")
+    assert serve.cut_at_stop("abc", ["z"]) == ("abc", "length")
+    assert [serve.bucket(r) for r in (1, 2, 3, 5, 20, 64)] == [1, 2, 4, 8, 32, 64]
+
+
+# --- the real server ------------------------------------------------------------------------------
+
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "she", "said", "zoë", "café", "ran", "to", "park", "dog", "big",
+         "red", "it's", '"yes"', "5%", "+", "3", "and", "we", "go", "home", "I'm", "here"]
+
+
+def sentence_corpus(size: int, rng: random.Random) -> str:
+    """Short sentences (3-8 words, ending in . ! ?) over a vocabulary holding every character the
+    replayed requests use: a tiny model learns to end sentences in a few hundred steps."""
+    sentences = []
+    while sum(len(s) + 1 for s in sentences) < size:
+        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))]
+        sentences.append(" ".join(words) + rng.choice(".!?"))
+    return " ".join(sentences)
+
+
+@pytest.fixture(scope="module")
+def sentence_model(tmp_path_factory):
+    from kerascharrnn import data, train
+    from kerascharrnn.config import ModelConfig, TrainConfig
+    from kerascharrnn.preprocess import preprocess
+    from kerascharrnn.vocab import Vocabulary
+
+    root = tmp_path_factory.mktemp("sentences")
+    (root / "s.txt").write_text(sentence_corpus(30_000, random.Random(0)), encoding="utf-8")
+    preprocess(str(root / "s.txt"), str(root / "s.h5"), str(root / "s.json"), quiet=True)
+    config = TrainConfig(input_h5=str(root / "s.h5"), input_json=str(root / "s.json"), batch_size=8,
+                         seq_length=32, max_epochs=3, max_iters=300, checkpoint_every=300, print_every=0, seed=3,
+                         learning_rate=1e-2, checkpoint_name=str(root / "cv" / "s"))
+    vocab = Vocabulary.load(config.input_json)
+    model_config = ModelConfig(vocab_size=vocab.size, rnn_size=64, wordvec_size=16, num_layers=1)
+    layouts = data.layouts_for(data.split_lengths(config.input_h5), config.batch_size, config.seq_length)
+    train.configure_devices(-1, config.seed)
+    result = train.train_and_evaluate(config, model_config, vocab, layouts, log=lambda *_: None)
+    return os.path.splitext(result.checkpoint_json)[0] + ".keras"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(sentence_model, tmp_path_factory):
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    log = open(log_path, "w")
+    process = subprocess.Popen([sys.executable, os.path.join(REPO, "bin", "serve"), "--checkpoint", sentence_model,
+                                "--port", str(port), "--max_start_text", "500"], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.time() > deadline:
+            log.close()
+            pytest.fail("bin/serve did not come up:\n" + log_path.read_text()[-3000:])
+        time.sleep(0.3)
+    yield {"base": base, "log": log_path}
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+def get(server, path):
+    return httpx.get(server["base"] + path, timeout=60)
+
+
+def assert_completion(text):
+    words = len(text.split())
+    assert 3 <= words <= 20, text
+    assert text.rstrip()[-1:] in ".!?" or len(text) == 140, text
+
+
+def test_root_and_health(server):
+    reply = get(server, "/")
+    assert reply.status_code == 200 and "message" in reply.json()
+    assert get(server, "/healthz").json()["status"] == "ok"
+
+
+def test_rnn_writer_request_round_trip(server):
+    text = 'She said "5% + 3" to Zoë and I\'m here'
+    reply = get(server, "/generate?start_text=" + encode_uri_component(text) + "&n=3")
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert "message" not in body
+    assert body["start_text"] == encode_uri_component(text)  # echoed still percent-encoded
+    assert rnn_writer_decode(body["start_text"]) == text.replace("+", " ")
+    assert len(body["completions"]) == 3
+    for completion in body["completions"]:
+        assert_completion(completion)
+    assert float(body["time"]) >= 0 and len(body["time"].split(".")[1]) == 2
+
+
+def test_n_defaults_clamps_and_empty_start_text(server):
+    assert len(get(server, "/generate?start_text=the%20cat").json()["completions"]) == 1
+    clamped = get(server, "/generate?start_text=the&n=25").json()["completions"]
+    assert len(clamped) == 10 and all(len(c.split()) <= 20 for c in clamped)
+    for path in ("/generate?n=2", "/generate?start_text=&n=2"):
+        body = get(server, path).json()
+        assert body["start_text"] == "" and len(body["completions"]) == 2
+
+
+def test_thirty_two_concurrent_clients_all_answered(server):
+    async def one(http, i):
+        return await http.get(f"{server['base']}/generate?start_text={encode_uri_component('the dog ' * (i % 3))}&n=2")
+
+    async def all_of_them():
+        async with httpx.AsyncClient(timeout=120) as http:
+            return await asyncio.gather(*(one(http, i) for i in range(32)))
+
+    replies = asyncio.run(all_of_them())
+    assert [r.status_code for r in replies] == [200] * 32
+    assert all(len(r.json()["completions"]) == 2 for r in replies)
+
+
+@pytest.mark.parametrize("path,status,message", [
+    ("/generate?start_text=the&n=abc", 400, "whole number"),
+    ("/generate?start_text=the&n=2.5", 400, "whole number"),
+    ("/generate?start_text=the&n=0", 400, "at least 1"),
+    ("/generate?start_text=the&n=-1", 400, "at least 1"),
+    ("/generate?start_text=the&n=100000000000000", 400, "out of range"),
+    ("/generate?start_text=" + "a" * 600 + "&n=1", 413, "limit is 500"),
+    ("/generate?start_text=%ZZ&n=1", 400, "percent-encoding"),
+    ("/generate?start_text=50%&n=1", 400, "percent-encoding"),
+    ("/generate?start_text=%E2%98&n=1", 400, "UTF-8"),
+    ("/generate?start_text=snow%E2%98%83man&n=1", 400, "'☃'"),
+    ("/nowhere", 404, "Not Found"),
+])
+def test_bad_requests_get_4xx_with_message_and_server_keeps_serving(server, path, status, message):
+    reply = get(server, path)
+    assert reply.status_code == status, reply.text
+    assert message in reply.json()["message"]
+    assert "Traceback" not in reply.text
+    assert get(server, "/generate?start_text=the&n=1").status_code == 200
+
+
+def post(server, body):
+    return httpx.post(server["base"] + "/v1/generate", json=body, timeout=60)
+
+
+def test_json_api(server):
+    body = {"start_text": "the cat", "num_new_chars": 50, "temperature": 0.8, "top_k": 5, "num_samples": 3, "seed": 7}
+    first, second = post(server, body), post(server, body)
+    assert first.status_code == 200, first.text
+    assert first.json()["completions"] == second.json()["completions"]  # a seed repeats
+    assert [len(c) for c in first.json()["completions"]] == [50, 50, 50]
+    stopped = post(server, {"start_text": "the", "num_new_chars": 200, "stop": ["."], "num_samples": 4,
+                            "top_p": 0.9, "seed": 1}).json()
+    assert all("." not in c for c in stopped["completions"])
+    assert "stop" in stopped["finish_reasons"]
+    argmax = [post(server, {"start_text": "she said", "num_new_chars": 40, "temperature": 0}).json()["completions"][0]
+              for _ in range(2)]
+    assert argmax[0] == argmax[1]
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"num_new_chars": 100000}, "num_new_chars"),
+    ({"num_samples": 1000}, "num_samples"),
+    ({"num_samples": 0}, "num_samples"),
+    ({"temperature": -1}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"start_text": "☃"}, "'☃'"),
+    ({"start_text": "a" * 600}, "limit is 500"),
+    ({"surprise": 1}, "surprise"),
+    ([1, 2], "body"),
+])
+def test_json_api_bad_input(server, body, message):
+    reply = post(server, body)
+    assert 400 <= reply.status_code < 500 and message in reply.json()["message"], reply.text
+
+
+def test_errors_are_logged_with_the_request(server):
+    get(server, "/generate?start_text=the&n=zebra")
+    time.sleep(0.5)
+    assert "n=zebra -> 400" in server["log"].read_text()
+
+
+def test_openapi_schema_fuzzing_finds_no_server_error(server):
+    """Schemathesis against the served OpenAPI schema, a bounded and derandomized number of examples."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(server["base"] + "/openapi.json")
+    paths = set()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        paths.add(operation.path)
+
+        @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy())
+        def check(case):
+            response = case.call(base_url=server["base"], timeout=60)
+            assert response.status_code < 500, (case.path, case.query, case.body, response.text)
+            if response.status_code >= 400:
+                assert "message" in response.json()
+
+        check()
+    assert {"/generate", "/v1/generate", "/", "/healthz"} <= paths
+
+
+def test_serve_flag_errors(sentence_model):
+    both = run_cli("serve", "--checkpoint", sentence_model, "--saved_model", "x")
+    assert both.returncode == 1 and "exactly one of" in both.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = run_cli("serve", "--checkpoint", sentence_model, "--port", taken.getsockname()[1])
+    assert busy.returncode == 1 and "cannot listen" in busy.stderr and len(busy.stderr.splitlines()) == 1
+
+
+def test_redraws_are_capped_and_logged(sentence_model, caplog):
+    """A model that never meets the word limits: torch-rnn-server would loop forever; we answer."""
+    from kerascharrnn import checkpoint as ckpt
+    from kerascharrnn import generate
+    from kerascharrnn.config import ServeConfig
+
+    engine = generate.open_engine("checkpoint", sentence_model, ckpt.read_vocab(sentence_model), jit_compile=False)
+    app = serve.create_app(engine, ServeConfig(word_limit_short=30, word_limit_long=40, max_redraw_rounds=2))
+
+    async def call():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            return await http.get("/generate?start_text=the&n=3")
+
+    with caplog.at_level("WARNING", logger="kerascharrnn.serve"):
+        reply = asyncio.run(call())
+    assert reply.status_code == 200 and reply.json()["completions"] == []
+    assert "only 0 of 3 completions passed the word limits after 2 rounds" in caplog.text
