@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import re
+import signal
 import zipfile
 from typing import Dict, Optional
 
@@ -64,10 +65,32 @@ def load_state(path: str) -> Dict[str, np.ndarray]:
         raise UserError(f"{path}: training state is unreadable (truncated or corrupt)") from None
 
 
+CRASH_ENV = "KERASCHARRNN_CRASH_AT"
+
+
+def _crash_point(name: str, paths: CheckpointPaths) -> None:
+    """Fault injection for the kill tests: KERASCHARRNN_CRASH_AT=NAME or NAME:TAG (e.g. after_state:10)
+    SIGKILLs the process here, as a power cut would."""
+    wanted = os.environ.get(CRASH_ENV)
+    if not wanted:
+        return
+    point, _, tag = wanted.partition(":")
+    if point == name and (not tag or paths.json.endswith(f"_{tag}.json")):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def save_checkpoint(paths: CheckpointPaths, model, vocab: Vocabulary, state: Dict[str, np.ndarray], info: dict) -> None:
-    """Writes the three files; the .json (which marks the checkpoint complete) goes last."""
+    """Writes the three files; the .json (which marks the checkpoint complete) goes last.
+
+    Overwriting a checkpoint (`_best`) first removes its .json: until the new one lands, the set is
+    incomplete and ignored, never a new model paired with an old record.
+    """
+    if os.path.exists(paths.json):
+        os.remove(paths.json)
     save_model(model, vocab, paths.model)
+    _crash_point("after_model", paths)
     save_state(paths.state, state)
+    _crash_point("after_state", paths)
     record = dict(info)
     record.update({
         FORMAT_KEY: 1,

@@ -10,7 +10,7 @@ the tf.data pipeline that reads the file block by block.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, Tuple
 
 import numpy as np
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import codecs
 import re
-from typing import Callable, List, Optional, Sequence, TextIO, Tuple
+from typing import Callable, List, Optional, Sequence, TextIO
 
-import numpy as np
 
 from kerascharrnn import model as model_lib
 from kerascharrnn.config import SampleConfig

@@ -10,7 +10,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import os
-from typing import Iterator, List, Optional
+from typing import Iterator, List
 
 import numpy as np
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import resource
 import signal
-import sys
 import time
 from typing import Dict, List, Optional
 

@@ -2,11 +2,10 @@
 
 import json
 import os
-import shutil
 
 import pytest
 
-from conftest import SHARED_SHAKESPEARE, run_cli, shakespeare_text
+from conftest import run_cli, shakespeare_text
 
 TRACEBACK = "Traceback (most recent call last)"
 TINY = ["--batch_size", 4, "--seq_length", 16, "--rnn_size", 16, "--wordvec_size", 8, "--num_layers", 1]
@@ -77,31 +76,6 @@ def _expect_one_line_error(result, pattern):
     lines = [l for l in result.stderr.splitlines() if l.strip()]
     assert len(lines) == 1, result.stderr
     assert pattern in lines[0], lines[0]
-
-
-def test_bad_inputs_one_line_before_tensorflow(workdir, tmp_path):
-    (tmp_path / "empty.txt").write_bytes(b"")
-    (tmp_path / "bin.dat").write_bytes(bytes(range(256)) * 4)
-    (tmp_path / "precious.h5").write_bytes(b"keep me")
-    cases = [
-        (("preprocess", "--input_txt", tmp_path / "missing.txt"), "no such file"),
-        (("preprocess", "--input_txt", tmp_path / "empty.txt"), "is empty"),
-        (("preprocess", "--input_txt", tmp_path / "bin.dat", "--output_h5", tmp_path / "precious.h5"), "binary"),
-        (("preprocess", "--input_txt", tmp_path, "--output_h5", tmp_path / "x.h5"), "is a directory"),
-        (("train", "--input_h5", tmp_path / "missing.h5"), "no such file"),
-        (("train", "--input_h5", workdir / "in.txt", "--input_json", workdir / "in.txt"), "not a readable HDF5"),
-        (("train", "--model_type", "lstn"), "unknown --model_type"),
-        (("train", "--batchnorm", "1", "stray"), "unexpected argument"),
-        (("train", "--gpu_backend", "opencl"), "no OpenCL"),
-        (("train", "--init_from", "a.json", "--resume_from", "b.json"), "conflict"),
-        (("sample", "--checkpoint", workdir / "in.txt"), "not a .keras checkpoint"),
-        (("sample", "--temperature", "0"), "--temperature"),
-        (("sample", "--top_p", "1.5"), "--top_p"),
-        (("sample", "--length", "2", "--start_text", "abc"), "shorter than --start_text"),
-    ]
-    for args, pattern in cases:
-        _expect_one_line_error(run_cli(*args), pattern)
-    assert (tmp_path / "precious.h5").read_bytes() == b"keep me"
 
 
 def test_corpus_smaller_than_one_batch_names_flags(tmp_path):

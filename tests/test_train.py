@@ -7,7 +7,6 @@ import zipfile
 import keras
 import numpy as np
 
-from conftest import TINY_TRAIN_FLAGS
 from kerascharrnn import checkpoint as ckpt
 from kerascharrnn import data, train
 from kerascharrnn import model as model_lib

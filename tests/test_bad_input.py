@@ -1,0 +1,169 @@
+"""Every tool's answer to bad input: a non-zero exit, one line on stderr naming the problem, no traceback,
+and no existing output damaged (HTTP: a 4xx JSON reply with a "message", and the server keeps serving).
+
+Inputs are checked before TensorFlow is imported, so for most cases that line is the whole output."""
+
+import json
+import os
+import shutil
+import zipfile
+
+import h5py
+import httpx
+import numpy as np
+import pytest
+
+from conftest import run_cli, shakespeare_text
+
+TRACEBACK = "Traceback (most recent call last)"
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, trained):
+    """A directory of bad (and some good) inputs; names are used as {name} in the cases below."""
+    import keras
+
+    root = tmp_path_factory.mktemp("bad")
+    (root / "empty.txt").write_bytes(b"")
+    (root / "binary.dat").write_bytes(bytes(range(256)) * 8)
+    (root / "latin1.txt").write_bytes("caf\u00e9 cr\u00e8me br\u00fbl\u00e9e ".encode("latin-1") * 50)
+    (root / "tiny.txt").write_text("tiny corpus " * 20)
+    (root / "small_train.txt").write_text(shakespeare_text()[:3000])
+    (root / "precious.h5").write_bytes(b"an existing output that must survive")
+    (root / "a_file").write_text("not a directory")
+    shutil.copyfile(trained["keras"], root / "good.keras")
+    good = (root / "good.keras").read_bytes()
+    (root / "truncated.keras").write_bytes(good[:len(good) // 2])
+    (root / "not_ckpt.json").write_text(json.dumps({"hello": "world"}))
+    record = open(trained["prefix"] + "_40.json").read()
+    (root / "truncated_ckpt.json").write_text(record[:len(record) // 2])
+    with h5py.File(root / "foreign.h5", "w") as f:
+        f.create_dataset("images", data=np.zeros(10))
+    shutil.copyfile(trained["h5"], root / "truncated.h5")
+    with open(root / "truncated.h5", "r+b") as f:
+        f.truncate(os.path.getsize(trained["h5"]) // 2)
+    (root / "other.txt").write_text("xyz" * 1000)
+    assert run_cli("preprocess", "--input_txt", root / "other.txt", "--output_h5", root / "other.h5",
+                   "--output_json", root / "other.json", "--quiet").returncode == 0
+    for name in ("tiny", "small_train"):
+        fractions = ["--val_frac", 0.45, "--test_frac", 0.45] if name == "small_train" else []
+        assert run_cli("preprocess", "--input_txt", root / f"{name}.txt", "--output_h5", root / f"{name}.h5",
+                       "--output_json", root / f"{name}.json", "--quiet", *fractions).returncode == 0
+
+    # a Keras model file without our vocabulary, and one carrying code (a Lambda layer)
+    inputs = keras.Input((3,))
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(root / "foreign.keras")
+    lambda_model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    lambda_model.save(root / "lambda.keras")
+    with zipfile.ZipFile(root / "lambda.keras", "a") as archive:
+        archive.writestr("vocab.json", trained["vocab"].to_json())
+
+    os.makedirs(root / "models" / "tiny" / "1")
+    (root / "models" / "tiny" / "1" / "saved_model.pb").write_bytes(b"an existing version")
+    (root / "fake.tflite").write_bytes(b"\x00" * 64)
+    return {"root": root, "h5": trained["h5"], "json": trained["json"], "keras": trained["keras"]}
+
+
+CASES = [
+    # (id, tool, args, what the line must say, a file that must survive unchanged)
+    ("preprocess-missing", "preprocess", ["--input_txt", "{root}/nope.txt"], "no such file", None),
+    ("preprocess-directory", "preprocess", ["--input_txt", "{root}"], "is a directory", None),
+    ("preprocess-empty", "preprocess", ["--input_txt", "{root}/empty.txt"], "is empty", None),
+    ("preprocess-binary", "preprocess", ["--input_txt", "{root}/binary.dat", "--output_h5", "{root}/precious.h5"],
+     "binary", "precious.h5"),
+    ("preprocess-undecodable", "preprocess", ["--input_txt", "{root}/latin1.txt", "--output_h5",
+                                              "{root}/precious.h5"], "utf-8", "precious.h5"),
+    ("preprocess-no-train-left", "preprocess", ["--input_txt", "{root}/small_train.txt", "--val_frac", "0.6",
+                                                "--test_frac", "0.5", "--output_h5", "{root}/precious.h5"],
+     "val_frac", "precious.h5"),
+    ("preprocess-bad-encoding", "preprocess", ["--input_txt", "{root}/tiny.txt", "--encoding", "klingon"],
+     "klingon", None),
+    ("train-missing-h5", "train", ["--input_h5", "{root}/nope.h5"], "no such file", None),
+    ("train-directory-h5", "train", ["--input_h5", "{root}", "--input_json", "{json}"], "is a directory", None),
+    ("train-foreign-h5", "train", ["--input_h5", "{root}/foreign.h5", "--input_json", "{json}"],
+     "no train, val, test dataset", None),
+    ("train-truncated-h5", "train", ["--input_h5", "{root}/truncated.h5", "--input_json", "{json}"], "HDF5", None),
+    ("train-h5-json-mismatch", "train", ["--input_h5", "{h5}", "--input_json", "{root}/other.json"],
+     "do not match", None),
+    ("train-corpus-below-one-batch", "train", ["--input_h5", "{root}/tiny.h5"], "lower --batch_size", None),
+    ("train-split-below-one-batch", "train", ["--input_h5", "{root}/small_train.h5"], "lower --batch_size", None),
+    ("train-init-and-resume", "train", ["--init_from", "{keras}", "--resume_from", "{root}/x.json"], "conflict",
+     None),
+    ("train-unknown-model-type", "train", ["--model_type", "transformer"], "unknown --model_type", None),
+    ("train-resume-not-checkpoint", "train", ["--resume_from", "{root}/not_ckpt.json"],
+     "not a kerascharrnn checkpoint", None),
+    ("train-resume-truncated-json", "train", ["--resume_from", "{root}/truncated_ckpt.json"], "not JSON", None),
+    ("train-resume-latest-none", "train", ["--resume_from", "latest", "--checkpoint_name", "{root}/cv/none"],
+     "no complete checkpoint", None),
+    ("train-init-truncated-keras", "train", ["--init_from", "{root}/truncated.keras", "--input_h5", "{h5}"],
+     "truncated.keras", None),
+    ("train-unwritable-checkpoint-dir", "train", ["--input_h5", "{h5}", "--checkpoint_name", "{root}/a_file/ck"],
+     "cannot create directory", "a_file"),
+    ("train-negative-batch", "train", ["--batch_size", "-5"], "batch_size", None),
+    ("sample-missing", "sample", ["--checkpoint", "{root}/nope.keras"], "no such file", None),
+    ("sample-truncated-keras", "sample", ["--checkpoint", "{root}/truncated.keras"], "truncated.keras", None),
+    ("sample-foreign-keras", "sample", ["--checkpoint", "{root}/foreign.keras"], "without a vocabulary", None),
+    ("sample-lambda-layer", "sample", ["--checkpoint", "{root}/lambda.keras"], "Lambda", None),
+    ("sample-json-not-checkpoint", "sample", ["--checkpoint", "{root}/not_ckpt.json"],
+     "not a kerascharrnn checkpoint", None),
+    ("sample-unknown-characters", "sample", ["--checkpoint", "{keras}", "--start_text", "caf\u00e9 \u2603"],
+     "'\u2603'", None),
+    ("sample-zero-temperature", "sample", ["--checkpoint", "{keras}", "--temperature", "0"], "--temperature", None),
+    ("sample-negative-temperature", "sample", ["--checkpoint", "{keras}", "--temperature", "-1"], "--temperature",
+     None),
+    ("sample-nan-temperature", "sample", ["--checkpoint", "{keras}", "--temperature", "nan"], "--temperature", None),
+    ("sample-length-below-start", "sample", ["--checkpoint", "{keras}", "--length", "3", "--start_text", "ROMEO"],
+     "shorter than --start_text", None),
+    ("sample-top-p-zero", "sample", ["--checkpoint", "{keras}", "--top_p", "0"], "--top_p", None),
+    ("sample-top-p-above-one", "sample", ["--checkpoint", "{keras}", "--top_p", "1.5"], "--top_p", None),
+    ("sample-not-tflite", "sample", ["--tflite", "{root}/fake.tflite"], "not a TFLite model", None),
+    ("sample-two-sources", "sample", ["--checkpoint", "{keras}", "--saved_model", "{root}/models"],
+     "exactly one of", None),
+    ("eval-bad-split", "eval", ["--checkpoint", "{keras}", "--input_h5", "{h5}", "--split", "train"], "split", None),
+    ("eval-h5-json-mismatch", "eval", ["--checkpoint", "{keras}", "--input_h5", "{root}/other.h5"], "vocabulary",
+     None),
+    ("export-existing-version", "export", ["--checkpoint", "{keras}", "--export_dir", "{root}/models",
+                                           "--model_name", "tiny", "--version", "1"], "--overwrite",
+     "models/tiny/1/saved_model.pb"),
+    ("export-missing-checkpoint", "export", ["--checkpoint", "{root}/nope.keras"], "no such file", None),
+]
+
+
+@pytest.mark.parametrize("name,tool,args,expected,protected", CASES, ids=[c[0] for c in CASES])
+def test_cli_bad_input(bad, name, tool, args, expected, protected):
+    root = bad["root"]
+    args = [a.format(root=root, h5=bad["h5"], json=bad["json"], keras=bad["keras"]) for a in args]
+    before = (root / protected).read_bytes() if protected else None
+    result = run_cli(tool, *args)
+    assert result.returncode != 0
+    assert TRACEBACK not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert expected in lines[0], lines[0]
+    assert lines[0].startswith(f"{tool}: ")
+    if protected:
+        assert (root / protected).read_bytes() == before
+
+
+SERVER_CASES = [
+    ("/generate?start_text=the&n=three", 400),
+    ("/generate?start_text=the&n=0", 400),
+    ("/generate?start_text=the&n=123456789012345", 400),
+    ("/generate?start_text=" + "the%20" * 1000 + "&n=1", 413),
+    ("/generate?start_text=100%&n=1", 400),
+    ("/generate?start_text=%C3%28&n=1", 400),
+    ("/no/such/path", 404),
+]
+
+
+@pytest.mark.parametrize("path,status", SERVER_CASES, ids=["n-text", "n-zero", "n-huge", "start-text-huge",
+                                                           "bad-percent", "bad-utf8", "unknown-path"])
+def test_server_bad_input(server, path, status):
+    reply = httpx.get(server["base"] + path, timeout=60)
+    assert reply.status_code == status
+    assert reply.json()["message"] and TRACEBACK not in reply.text
+    assert httpx.get(server["base"] + "/generate?start_text=the&n=1", timeout=60).status_code == 200
+
+
+def test_at_least_25_bad_inputs_are_covered():
+    assert len(CASES) + len(SERVER_CASES) >= 25
