@@ -59,6 +59,12 @@ def _prepared(name: str, text_path: str) -> Tuple[str, str]:
 
 def stdlib_corpus() -> Tuple[str, str]:
     """(h5, json) of the default corpus, built on first use."""
+    text_path = stdlib_text_path()
+    return _prepared(os.path.splitext(os.path.basename(text_path))[0], text_path)
+
+
+def stdlib_text_path() -> str:
+    """The default corpus's text: the selected standard-library sources, concatenated once into the cache."""
     sources = stdlib_sources()
     digest = hashlib.sha256("\n".join(f"{os.path.basename(p)}:{os.path.getsize(p)}" for p in sources).encode())
     name = f"stdlib-py{sys.version_info.major}{sys.version_info.minor}-{digest.hexdigest()[:10]}"
@@ -74,7 +80,7 @@ def stdlib_corpus() -> Tuple[str, str]:
                     except UnicodeDecodeError:
                         continue  # keep the corpus valid UTF-8
                     out.write(raw.replace(b"\r\n", b"\n").rstrip(b"\n") + b"\n\n")
-    return _prepared(name, text_path)
+    return text_path
 
 
 def tiny_shakespeare_text() -> str:

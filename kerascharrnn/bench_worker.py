@@ -1,0 +1,128 @@
+"""One benchmark measurement in a process of its own (run by kerascharrnn.benchmark).
+
+    python3 -m kerascharrnn.bench_worker tf|torch '{"model_type": "lstm", "num_layers": 2, ...}'
+
+Prints one JSON line: train-step times after warm-up, tokens/s, and peak RSS growth above this
+framework's idle baseline (RSS once the framework is imported; the kernel's peak counter is reset
+there, so the import's own peak does not count).
+"""
+
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def rss_mb(field: str = "VmRSS") -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+    except OSError:
+        pass
+
+
+def batches(h5_path: str, batch_size: int, seq_length: int):
+    """Consecutive torch-rnn minibatches of the train split, cycling (both frameworks read the same)."""
+    import h5py
+
+    from kerascharrnn import data
+
+    with h5py.File(h5_path, "r") as f:
+        tokens = f["train"][:]
+    layout = data.stream_layout(len(tokens), batch_size, seq_length, allow_fewer_streams=False)
+    while True:
+        yield from data.batch_arrays(tokens, layout)
+
+
+def tf_step_fn(config: dict, vocab_size: int):
+    from kerascharrnn import data, train
+    from kerascharrnn import model as model_lib
+    from kerascharrnn.config import ModelConfig, TrainConfig
+
+    model_config = ModelConfig(vocab_size=vocab_size, model_type=config["model_type"], wordvec_size=64,
+                               rnn_size=config["rnn_size"], num_layers=config["num_layers"])
+    train_config = TrainConfig(input_h5=config["h5"], input_json="", batch_size=config["batch_size"],
+                               seq_length=config["seq_length"])
+    model = model_lib.build_model(model_config, train_config.batch_size)
+    layout = data.StreamLayout(train_config.batch_size, train_config.batch_size, train_config.seq_length, 1000)
+    trainer = train.Trainer(train_config, model, {"train": layout})
+    return lambda x, y: float(trainer.train_step(x, y))
+
+
+def torch_step_fn(config: dict, vocab_size: int):
+    import torch
+    from torch import nn
+
+    kinds = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+    class CharRNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = nn.Embedding(vocab_size, 64)
+            self.rnn = kinds[config["model_type"]](64, config["rnn_size"], config["num_layers"], batch_first=True)
+            self.logits = nn.Linear(config["rnn_size"], vocab_size)
+
+        def forward(self, x, state):
+            out, state = self.rnn(self.embedding(x), state)
+            return self.logits(out), state
+
+    model = CharRNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, eps=1e-8)
+    loss_fn = nn.CrossEntropyLoss()
+    carried = {"state": None}
+
+    def step(x, y):
+        x, y = torch.from_numpy(x).long(), torch.from_numpy(y).long()
+        optimizer.zero_grad()
+        logits, state = model(x, carried["state"])
+        loss = loss_fn(logits.reshape(-1, vocab_size), y.reshape(-1))
+        loss.backward()
+        nn.utils.clip_grad_value_(model.parameters(), 5.0)
+        optimizer.step()
+        # truncated BPTT: carry the state, not its history
+        carried["state"] = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        return float(loss)
+
+    return step
+
+
+def main(argv):
+    framework, config = argv[1], json.loads(argv[2])
+    if framework == "tf":
+        import tensorflow  # noqa: F401  (the idle baseline includes the framework)
+    else:
+        import torch  # noqa: F401
+    import h5py
+
+    with h5py.File(config["h5"], "r") as f:
+        vocab_size = int(max(f["train"][:].max(), f["val"][:].max() if len(f["val"]) else 0))
+    data_iter = batches(config["h5"], config["batch_size"], config["seq_length"])
+    baseline = rss_mb()
+    reset_peak_rss()
+    step = (tf_step_fn if framework == "tf" else torch_step_fn)(config, vocab_size)
+    for _ in range(config["warmup"]):
+        step(*next(data_iter))
+    times = []
+    for _ in range(config["iters"]):
+        x, y = next(data_iter)
+        started = time.perf_counter()
+        step(x, y)  # returns a Python float: the step has finished
+        times.append(time.perf_counter() - started)
+    times = np.array(times)
+    tokens = config["batch_size"] * config["seq_length"]
+    print(json.dumps({"mean_ms": 1000 * times.mean(), "std_ms": 1000 * times.std(), "median_ms": 1000 * np.median(times),
+                      "tokens_per_s": tokens / times.mean(), "baseline_rss_mb": baseline,
+                      "peak_growth_mb": max(rss_mb("VmHWM") - baseline, 0.0)}))
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,223 @@
+"""bin/benchmark: torch-rnn's speed benchmark, with a PyTorch peer measured in the same run.
+
+--what train: the mean train-step time (B=50, T=50, after warm-up) of 1/2/3-layer x 64/128/256/512
+    models on tiny-shakespeare, each configuration in a subprocess of its own, ours and (with
+    --peer torch) PyTorch's nn.LSTM/GRU/RNN; the ratio per row is peer time / our time (> 1: we are faster).
+--what sample: chars/s of a 2x128 LSTM at batch 1 and 50, from a checkpoint (bin/sample's compiled
+    path), the SavedModel `generate` signature (no XLA, as TF Serving runs it) and the TFLite step loop.
+--what preprocess: MB/s and peak RSS of the whole bin/preprocess process on a generated file.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+REPO_BIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin")
+
+
+@dataclasses.dataclass
+class Row:
+    num_layers: int
+    rnn_size: int
+    ours: dict
+    peer: Optional[dict] = None
+
+    @property
+    def ratio(self) -> Optional[float]:
+        return self.peer["mean_ms"] / self.ours["mean_ms"] if self.peer else None
+
+
+def parse_grid(text: str) -> List[tuple]:
+    """'1x64,2x128' -> [(1, 64), (2, 128)]; 'torch-rnn' -> the 12-row grid."""
+    if text == "torch-rnn":
+        return [(layers, size) for layers in (1, 2, 3) for size in (64, 128, 256, 512)]
+    return [tuple(int(v) for v in item.split("x")) for item in text.split(",") if item]
+
+
+def measure(framework: str, config: dict) -> dict:
+    """One configuration in a fresh process (so memory is per framework and per run)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-m", "kerascharrnn.bench_worker", framework, json.dumps(config)],
+                            capture_output=True, text=True, env=env)
+    lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"{framework} worker failed for {config}:\n{result.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def train_table(rows: List[Row], model_type: str) -> str:
+    has_peer = any(r.peer for r in rows)
+    header = ["model", "ours ms/step (±sd)", "ours tokens/s", "ours peak MB"]
+    if has_peer:
+        header += ["PyTorch ms/step (±sd)", "PyTorch peak MB", "speed ratio (PyTorch / ours)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [f"{r.num_layers} x {r.rnn_size} {model_type}", f"{r.ours['mean_ms']:.1f} ± {r.ours['std_ms']:.1f}",
+                 f"{r.ours['tokens_per_s']:,.0f}", f"{r.ours['peak_growth_mb']:.0f}"]
+        if has_peer:
+            cells += [f"{r.peer['mean_ms']:.1f} ± {r.peer['std_ms']:.1f}", f"{r.peer['peak_growth_mb']:.0f}",
+                      f"{r.ratio:.2f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if has_peer:
+        geomean = math.exp(sum(math.log(r.ratio) for r in rows) / len(rows))
+        lines.append(f"\nGeometric mean speed ratio (PyTorch time / ours): {geomean:.2f}x; lowest row"
+                     f" {min(r.ratio for r in rows):.2f}x. Peak MB = peak RSS growth above the idle framework.")
+    return "\n".join(lines)
+
+
+def plot(rows: List[Row], path: str, model_type: str) -> None:
+    """torch-rnn's figure: time per step against hidden size, one line per layer count; speed-up panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has_peer = any(r.peer for r in rows)
+    fig, axes = plt.subplots(1, 2 if has_peer else 1, figsize=(11 if has_peer else 6, 4.2), squeeze=False)
+    for layers in sorted({r.num_layers for r in rows}):
+        chosen = [r for r in rows if r.num_layers == layers]
+        sizes = [r.rnn_size for r in chosen]
+        line, = axes[0][0].plot(sizes, [r.ours["mean_ms"] for r in chosen], "o-", label=f"kerascharrnn {layers} layer(s)")
+        if has_peer:
+            axes[0][0].plot(sizes, [r.peer["mean_ms"] for r in chosen], "s--", color=line.get_color(),
+                            label=f"PyTorch {layers} layer(s)")
+            axes[0][1].plot(sizes, [r.ratio for r in chosen], "o-", label=f"{layers} layer(s)")
+    axes[0][0].set(xscale="log", yscale="log", xlabel="rnn_size", ylabel="ms per train step (B=50, T=50)",
+                   title=f"{model_type.upper()} train step")
+    axes[0][0].legend(fontsize=7)
+    if has_peer:
+        axes[0][1].axhline(1.0, color="gray", lw=0.8)
+        axes[0][1].set(xscale="log", xlabel="rnn_size", ylabel="PyTorch time / ours", title="speed-up vs PyTorch")
+        axes[0][1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run_train(args) -> str:
+    from kerascharrnn import corpus
+
+    h5 = args.input_h5 or corpus.corpus_files(args.corpus)[0]
+    rows = []
+    for layers, size in parse_grid(args.grid):
+        config = {"h5": h5, "model_type": args.model_type, "num_layers": layers, "rnn_size": size,
+                  "batch_size": args.batch_size, "seq_length": args.seq_length, "iters": args.iters,
+                  "warmup": args.warmup}
+        row = Row(layers, size, measure("tf", config), measure("torch", config) if args.peer == "torch" else None)
+        rows.append(row)
+        ratio = f", PyTorch {row.peer['mean_ms']:.1f} ms, ratio {row.ratio:.2f}x" if row.peer else ""
+        print(f"{layers} x {size}: ours {row.ours['mean_ms']:.1f} ms{ratio}", file=sys.stderr, flush=True)
+    table = train_table(rows, args.model_type)
+    if args.output_png:
+        plot(rows, args.output_png, args.model_type)
+    return table
+
+
+def _chars_per_second(generate, batch: int, length: int) -> float:
+    generate(batch, 64)  # compile / warm up at this batch size
+    started = time.perf_counter()
+    generate(batch, length)
+    return batch * length / (time.perf_counter() - started)
+
+
+def run_sample(args) -> str:
+    import tensorflow as tf
+
+    from kerascharrnn import checkpoint as ckpt
+    from kerascharrnn import export, generate
+    from kerascharrnn import model as model_lib
+    from kerascharrnn.config import ModelConfig
+    from kerascharrnn.vocab import Vocabulary
+
+    if args.checkpoint:
+        model, vocab = ckpt.load_model(args.checkpoint), ckpt.read_vocab(args.checkpoint)
+    else:  # speed does not depend on the weights: a fresh 2x128 LSTM over a 65-character vocabulary
+        vocab = Vocabulary(tuple(chr(c) for c in range(32, 97)))
+        model = model_lib.build_model(ModelConfig(vocab_size=vocab.size), 1)
+    prompt = vocab.encode(vocab.tokens[0])
+    keras_engine = generate.KerasEngine(model, vocab)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        export.export(model, vocab, os.path.join(tmp, "1"), source="benchmark", tflite=True)
+        signature = tf.saved_model.load(os.path.join(tmp, "1")).signatures["generate"]
+        tflite_engine = generate.TFLiteEngine(os.path.join(tmp, "1", "tflite", "model.tflite"), vocab)
+
+        def saved_model(batch, length):
+            signature(start_text=tf.constant([vocab.tokens[0]] * batch), num_new_chars=tf.constant(length),
+                      temperature=tf.constant([1.0]), top_k=tf.constant(0), seed=tf.constant(1, tf.int64))
+
+        engines = [("checkpoint (bin/sample, XLA)", lambda b, n: keras_engine.generate_ids([prompt] * b, n, seed=1)),
+                   ("SavedModel `generate` (no XLA)", saved_model),
+                   ("TFLite `step` loop (numpy)", lambda b, n: tflite_engine.generate_ids([prompt] * b, n, seed=1))]
+        for name, fn in engines:
+            rows.append((name, _chars_per_second(fn, 1, args.sample_length),
+                         _chars_per_second(fn, 50, max(args.sample_length // 10, 100))))
+    lines = ["| engine (2 x 128 LSTM) | chars/s, batch 1 | chars/s in total, batch 50 |", "|---|---|---|"]
+    lines += [f"| {name} | {b1:,.0f} | {b50:,.0f} |" for name, b1, b50 in rows]
+    return "\n".join(lines)
+
+
+_TIMED_RUN = """
+import json, os, subprocess, sys, time
+started = time.perf_counter()
+process = subprocess.Popen(json.loads(sys.argv[1]))
+_, status, usage = os.wait4(process.pid, 0)
+if os.waitstatus_to_exitcode(status):
+    sys.exit(1)
+print(json.dumps([time.perf_counter() - started, usage.ru_maxrss]))
+"""
+
+
+def run_preprocess(args) -> str:
+    from kerascharrnn import corpus
+
+    source = corpus.tiny_shakespeare_text() if args.corpus == "tiny_shakespeare" else corpus.stdlib_text_path()
+    with open(source, "rb") as f:
+        unit = f.read()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for megabytes in args.preprocess_mb:
+            path = os.path.join(tmp, f"corpus_{megabytes}mb.txt")
+            with open(path, "wb") as f:
+                written = 0
+                while written < megabytes * 2**20:
+                    piece = unit[:megabytes * 2**20 - written]
+                    f.write(piece)
+                    written += len(piece)
+            command = [sys.executable, os.path.join(REPO_BIN, "preprocess"), "--input_txt", path,
+                       "--output_h5", path + ".h5", "--output_json", path + ".json", "--quiet"]
+            # Timed from a small launcher: a child forked from this (TensorFlow-sized) process would
+            # report this process's pages in its peak RSS.
+            result = subprocess.run([sys.executable, "-c", _TIMED_RUN, json.dumps(command)], capture_output=True,
+                                    text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"bin/preprocess failed on {path}: {result.stderr[-1000:]}")
+            seconds, peak_kb = json.loads(result.stdout)
+            rows.append((megabytes, seconds, written / 2**20 / seconds, peak_kb / 1024))
+            os.remove(path)
+    lines = ["| file | wall s (whole process) | MB/s | peak RSS MB |", "|---|---|---|---|"]
+    lines += [f"| {mb} MB | {s:.2f} | {rate:.1f} | {rss:.0f} |" for mb, s, rate, rss in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def run(args) -> Dict[str, str]:
+    sections = {"train": run_train, "sample": run_sample, "preprocess": run_preprocess}
+    return {what: sections[what](args) for what in args.what}
