@@ -99,7 +99,7 @@ class CharRNNModule(tf.Module):
         logits = tf.zeros([num_rows, self._vocab_size])  # uniform: an empty prompt starts anywhere
         states = tuple(tf.zeros([num_rows, size]) for size in self._state_sizes)
         sequence, _, _ = self._run_chunk(prompt, in_prompt, logits, states, temperature, top_k,
-                                         tf.constant(1.0), seed, tf.constant(0))
+                                         tf.constant(1.0), seed, tf.constant(0), width)
         new_ids = tf.gather(sequence, lengths[:, None] + tf.range(num_new)[None, :], batch_dims=1)
         continuation = tf.strings.reduce_join(tf.gather(self._tokens, new_ids), axis=1)
         return {"text": tf.strings.join([start_text, continuation])}

@@ -54,18 +54,22 @@ def filter_logits(logits, temperature, top_k, top_p, filters: Filters):
     return logits
 
 
-def next_ids(logits, temperature, top_k, top_p, seed_pair, filters: Filters):
+def gumbel_noise(shape, seed_pair):
+    """Gumbel(0, 1) noise, -log(-log(U)), from a stateless seed: the same seed gives the same noise."""
+    uniform = tf.random.stateless_uniform(shape, seed=seed_pair, minval=_TINY, maxval=1.0)
+    return -tf.math.log(-tf.math.log(uniform))
+
+
+def next_ids(logits, temperature, top_k, top_p, noise, filters: Filters):
     """The next id of each row: argmax (all rows when filters.greedy, else rows whose temperature is
-    <= 0) or a categorical draw by Gumbel-max, argmax(filtered logits + Gumbel noise)."""
+    <= 0) or a categorical draw by Gumbel-max, argmax(filtered logits + `noise`), noise ~ Gumbel(0, 1)."""
     best = tf.argmax(logits, axis=1, output_type=tf.int32)
     if filters.greedy:
         return best
     greedy_rows = temperature <= 0
     scores = filter_logits(logits, tf.where(greedy_rows, tf.ones_like(temperature), temperature), top_k, top_p,
                            filters)
-    uniform = tf.random.stateless_uniform(tf.shape(scores), seed=seed_pair, minval=_TINY, maxval=1.0)
-    gumbel = -tf.math.log(-tf.math.log(uniform))
-    return tf.where(greedy_rows, best, tf.argmax(scores + gumbel, axis=1, output_type=tf.int32))
+    return tf.where(greedy_rows, best, tf.argmax(scores + noise, axis=1, output_type=tf.int32))
 
 
 def filter_logits_np(logits: np.ndarray, temperature: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
@@ -96,7 +100,7 @@ def next_ids_np(logits, temperature, top_k, top_p, rng: np.random.Generator, fil
 
 
 def make_chunk_fn(step_fn: Callable, filters: Filters, jit_compile: bool = False):
-    """Builds run_chunk(prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, t0).
+    """Builds run_chunk(prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, t0, num_steps).
 
     Args of run_chunk:
       prompt: (N, C) int32 ids to feed where `in_prompt` is True.
@@ -105,23 +109,37 @@ def make_chunk_fn(step_fn: Callable, filters: Filters, jit_compile: bool = False
       states: tuple of (N, H_k) recurrent states.
       temperature: (N,) float32; top_k: int32 scalar; top_p: float32 scalar.
       seed: int64 scalar; t0: int32 scalar, the chunk's first step (so each step draws new noise).
+      num_steps: int32 scalar <= C, the steps to run (XLA compiles one program per C, so callers keep C
+        fixed and vary this).
     Returns:
-      (ids (N, C) int32 = the sequence for these steps, logits, states) to continue from.
+      (ids (N, C) int32 = the sequence for these steps, zeros past num_steps; logits, states) to continue from.
+
+    Under XLA the chunk's Gumbel noise is drawn at once before the loop (one vectorised draw instead of
+    one per step); without XLA it is drawn per step, so memory stays O(N * V) for any chunk length.
     """
 
-    def run_chunk(prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, t0):
-        steps = tf.shape(prompt)[1]
-        out = tf.TensorArray(tf.int32, size=steps)
+    def run_chunk(prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, t0, num_steps):
+        width = tf.shape(prompt)[1]
+        out = tf.TensorArray(tf.int32, size=width, element_shape=prompt.shape[:1])
+        draw_ahead = jit_compile and not filters.greedy
+        if draw_ahead:
+            chunk_noise = gumbel_noise(tf.stack([width, tf.shape(logits)[0], tf.shape(logits)[1]]),
+                                       tf.stack([seed, tf.cast(t0, tf.int64)]))
 
         def body(t, logits, states, out):
-            seed_pair = tf.stack([seed, tf.cast(t0 + t, tf.int64)])
-            sampled = next_ids(logits, temperature, top_k, top_p, seed_pair, filters)
+            if filters.greedy:
+                noise = None
+            elif draw_ahead:
+                noise = chunk_noise[t]
+            else:
+                noise = gumbel_noise(tf.shape(logits), tf.stack([seed, tf.cast(t0 + t, tf.int64)]))
+            sampled = next_ids(logits, temperature, top_k, top_p, noise, filters)
             ids = tf.where(in_prompt[:, t], prompt[:, t], sampled)
             logits, states = step_fn(ids, states)
             return t + 1, logits, tuple(states), out.write(t, ids)
 
         _, logits, states, out = tf.while_loop(
-            lambda t, *_: t < steps, body, (tf.constant(0), logits, tuple(states), out))
+            lambda t, *_: t < num_steps, body, (tf.constant(0), logits, tuple(states), out))
         return tf.transpose(out.stack()), logits, states
 
     return tf.function(run_chunk, jit_compile=jit_compile)
@@ -130,10 +148,10 @@ def make_chunk_fn(step_fn: Callable, filters: Filters, jit_compile: bool = False
 def make_numpy_chunk_fn(step_fn: Callable, filters: Filters):
     """make_chunk_fn's contract for a step function on numpy arrays (a TFLite interpreter, say)."""
 
-    def run_chunk(prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, t0):
+    def run_chunk(prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, t0, num_steps):
         rng = np.random.default_rng([int(seed), int(t0)])
         out = np.zeros(prompt.shape, np.int32)
-        for t in range(prompt.shape[1]):
+        for t in range(int(num_steps)):
             sampled = next_ids_np(logits, temperature, int(top_k), float(top_p), rng, filters)
             out[:, t] = np.where(in_prompt[:, t], prompt[:, t], sampled)
             logits, states = step_fn(out[:, t], states)
@@ -146,41 +164,47 @@ def random_seed() -> int:
     return secrets.randbelow(2**62) + 1
 
 
-ChunkFnFactory = Callable[[Filters], Callable]
+ChunkFnFactory = Callable[[Filters, bool], Callable]
+
+STREAM_CHUNK = 256  # characters per compiled call when the text is shown as it is made
+BULK_CHUNK = 2048  # otherwise: fewer host round trips
+XLA_MAX_ROWS = 8  # XLA's single-threaded small matmuls win at a few rows; TF's threaded kernels beyond
 
 
 class Sampler:
     """Batched, chunked generation over one engine's step, for one vocabulary size.
 
-    `chunk_fn_for(filters)` builds the loop that runs a chunk of steps (see make_chunk_fn); use
+    `chunk_fn_for(filters, use_xla)` builds the loop that runs a chunk of steps (see make_chunk_fn); use
     Sampler.for_tf_step or Sampler.for_numpy_step.
     """
 
     def __init__(self, chunk_fn_for: ChunkFnFactory, state_sizes: Sequence[int], vocab_size: int,
-                 chunk_size: int = 256, fixed_width: bool = False):
+                 jit_compile: bool = False, chunk_size: Optional[int] = None):
         self._chunk_fn_for = chunk_fn_for
         self._state_sizes = list(state_sizes)
         self._vocab_size = vocab_size
+        self._jit_compile = jit_compile
         self._chunk_size = chunk_size
-        self._fixed_width = fixed_width  # XLA compiles one program per shape: pad every chunk to one width
         self._compiled = {}
 
     @classmethod
     def for_tf_step(cls, step_fn: Callable, state_sizes: Sequence[int], vocab_size: int, jit_compile: bool = True,
-                    chunk_size: int = 256) -> "Sampler":
-        return cls(lambda filters: make_chunk_fn(step_fn, filters, jit_compile), state_sizes, vocab_size,
-                   chunk_size=chunk_size, fixed_width=jit_compile)
+                    chunk_size: Optional[int] = None) -> "Sampler":
+        """jit_compile: use XLA for runs of up to XLA_MAX_ROWS rows."""
+        return cls(lambda filters, use_xla: make_chunk_fn(step_fn, filters, use_xla), state_sizes, vocab_size,
+                   jit_compile=jit_compile, chunk_size=chunk_size)
 
     @classmethod
     def for_numpy_step(cls, step_fn: Callable, state_sizes: Sequence[int], vocab_size: int,
-                       chunk_size: int = 256) -> "Sampler":
-        return cls(lambda filters: make_numpy_chunk_fn(step_fn, filters), state_sizes, vocab_size,
+                       chunk_size: Optional[int] = None) -> "Sampler":
+        return cls(lambda filters, use_xla: make_numpy_chunk_fn(step_fn, filters), state_sizes, vocab_size,
                    chunk_size=chunk_size)
 
-    def _chunk_fn(self, filters: Filters):
-        if filters not in self._compiled:
-            self._compiled[filters] = self._chunk_fn_for(filters)
-        return self._compiled[filters]
+    def _chunk_fn(self, filters: Filters, use_xla: bool):
+        key = (filters, use_xla)
+        if key not in self._compiled:
+            self._compiled[key] = self._chunk_fn_for(filters, use_xla)
+        return self._compiled[key]
 
     def generate(
         self,
@@ -217,21 +241,23 @@ class Sampler:
         in_prompt = np.arange(prompt.shape[1])[None, :] < lengths[:, None]
         temperature = np.broadcast_to(np.asarray(temperature, dtype=np.float32), (num_rows,)).copy()
         filters = Filters(greedy=greedy, top_k=top_k > 0 and not greedy, top_p=top_p < 1.0 and not greedy)
-        run_chunk = self._chunk_fn(filters)
+        use_xla = self._jit_compile and num_rows <= XLA_MAX_ROWS
+        run_chunk = self._chunk_fn(filters, use_xla)
+        chunk_size = self._chunk_size or (STREAM_CHUNK if on_chunk is not None else BULK_CHUNK)
         seed = random_seed() if seed is None else int(seed)
         logits = np.zeros((num_rows, self._vocab_size), np.float32)  # uniform: a random first id
         states = tuple(np.zeros((num_rows, size), np.float32) for size in self._state_sizes)
         pieces = []
-        for start in range(0, total, self._chunk_size):
-            stop = min(start + self._chunk_size, total)
-            width = self._chunk_size if self._fixed_width else stop - start
+        for start in range(0, total, chunk_size):
+            stop = min(start + chunk_size, total)
+            width = chunk_size if use_xla else stop - start  # XLA compiles one program per width
             chunk_prompt = np.zeros((num_rows, width), np.int32)
             chunk_mask = np.zeros((num_rows, width), bool)
             chunk_prompt[:, :stop - start] = prompt[:, start:stop]
             chunk_mask[:, :stop - start] = in_prompt[:, start:stop]
             ids, logits, states = run_chunk(
                 chunk_prompt, chunk_mask, logits, states, temperature,
-                np.int32(top_k), np.float32(top_p), np.int64(seed), np.int32(start))
+                np.int32(top_k), np.float32(top_p), np.int64(seed), np.int32(start), np.int32(stop - start))
             ids = np.asarray(ids)[:, :stop - start]
             pieces.append(ids)
             if on_chunk is not None:

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import data
+from kerascharrnn import data, fused
 from kerascharrnn import model as model_lib
 from kerascharrnn.config import ModelConfig, TrainConfig
 from kerascharrnn.errors import UserError
@@ -113,16 +113,21 @@ class Trainer:
         self.optimizer.build(model.trainable_variables)
         self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self._eval_step = make_eval_step(model)
+        # On a CPU, LSTMs train through fused.forward under XLA (hoisted projections, one-matmul weight
+        # gradients); on a GPU the Keras call runs cuDNN. Same layers and weights either way.
+        self.fused = fused.supports(model) and not tf.config.list_logical_devices("GPU")
+        self.train_step = tf.function(self._train_step, jit_compile=self.fused)
 
-    @tf.function
-    def train_step(self, inputs, targets):
+    def _train_step(self, inputs, targets):
         with tf.GradientTape() as tape:
-            logits = self.model(inputs, training=True)  # (N, T, V)
+            if self.fused:
+                logits = fused.forward(self.model, inputs, training=True)
+            else:
+                logits = self.model(inputs, training=True)  # (N, T, V)
             loss = self._loss(targets, logits)
         grads = tape.gradient(loss, self.model.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return loss
-
 
     def learning_rate(self) -> float:
         return float(self.optimizer.learning_rate)
