@@ -4,7 +4,8 @@
 
 Prints one JSON line: train-step times after warm-up, tokens/s, and peak RSS growth above this
 framework's idle baseline (RSS once the framework is imported; the kernel's peak counter is reset
-there, so the import's own peak does not count).
+there, so the import's own peak does not count): over the whole run (warm-up, hence tracing and XLA
+compilation, included) and over the timed steps only (steady state).
 """
 
 import json
@@ -111,6 +112,8 @@ def main(argv):
     step = (tf_step_fn if framework == "tf" else torch_step_fn)(config, vocab_size)
     for _ in range(config["warmup"]):
         step(*next(data_iter))
+    warmup_peak = rss_mb("VmHWM")  # includes one-off costs: tracing, XLA compilation
+    reset_peak_rss()
     times = []
     for _ in range(config["iters"]):
         x, y = next(data_iter)
@@ -119,9 +122,21 @@ def main(argv):
         times.append(time.perf_counter() - started)
     times = np.array(times)
     tokens = config["batch_size"] * config["seq_length"]
+    gpu_peak_mb = None
+    if framework == "tf":
+        import tensorflow as tf
+
+        if tf.config.list_logical_devices("GPU"):
+            gpu_peak_mb = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    else:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu_peak_mb = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps({"mean_ms": 1000 * times.mean(), "std_ms": 1000 * times.std(), "median_ms": 1000 * np.median(times),
                       "tokens_per_s": tokens / times.mean(), "baseline_rss_mb": baseline,
-                      "peak_growth_mb": max(rss_mb("VmHWM") - baseline, 0.0)}))
+                      "peak_growth_mb": max(warmup_peak, rss_mb("VmHWM")) - baseline,
+                      "steady_growth_mb": rss_mb("VmHWM") - baseline, "gpu_peak_mb": gpu_peak_mb}))
 
 
 if __name__ == "__main__":

@@ -56,22 +56,30 @@ def measure(framework: str, config: dict) -> dict:
 
 def train_table(rows: List[Row], model_type: str) -> str:
     has_peer = any(r.peer for r in rows)
-    header = ["model", "ours ms/step (±sd)", "ours tokens/s", "ours peak MB"]
+    header = ["model", "ours ms/step (±sd)", "ours tokens/s", "ours peak MB (steady)"]
     if has_peer:
-        header += ["PyTorch ms/step (±sd)", "PyTorch peak MB", "speed ratio (PyTorch / ours)"]
+        header += ["PyTorch ms/step (±sd)", "PyTorch peak MB (steady)", "speed ratio (PyTorch / ours)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [f"{r.num_layers} x {r.rnn_size} {model_type}", f"{r.ours['mean_ms']:.1f} ± {r.ours['std_ms']:.1f}",
-                 f"{r.ours['tokens_per_s']:,.0f}", f"{r.ours['peak_growth_mb']:.0f}"]
+                 f"{r.ours['tokens_per_s']:,.0f}", _memory(r.ours)]
         if has_peer:
-            cells += [f"{r.peer['mean_ms']:.1f} ± {r.peer['std_ms']:.1f}", f"{r.peer['peak_growth_mb']:.0f}",
-                      f"{r.ratio:.2f}x"]
+            cells += [f"{r.peer['mean_ms']:.1f} ± {r.peer['std_ms']:.1f}", _memory(r.peer), f"{r.ratio:.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
     if has_peer:
         geomean = math.exp(sum(math.log(r.ratio) for r in rows) / len(rows))
         lines.append(f"\nGeometric mean speed ratio (PyTorch time / ours): {geomean:.2f}x; lowest row"
-                     f" {min(r.ratio for r in rows):.2f}x. Peak MB = peak RSS growth above the idle framework.")
+                     f" {min(r.ratio for r in rows):.2f}x.")
+    lines.append("\nPeak MB: peak RSS growth above the idle framework (after its import) over the whole run,"
+                 " warm-up (tracing, XLA compilation) included; in brackets, over the timed steps only.")
     return "\n".join(lines)
+
+
+def _memory(result: dict) -> str:
+    text = f"{result['peak_growth_mb']:.0f} ({result['steady_growth_mb']:.0f})"
+    if result.get("gpu_peak_mb") is not None:
+        text += f", GPU {result['gpu_peak_mb']:.0f}"
+    return text
 
 
 def plot(rows: List[Row], path: str, model_type: str) -> None:

@@ -14,7 +14,7 @@ def test_benchmark_tiny_run_prints_tables_and_plot(keras_home, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert out.startswith("Machine: ") and "Command: `bin/benchmark --grid 1x16" in out
-    assert re.search(r"^\| 1 x 16 lstm \| [\d.]+ ± [\d.]+ \| [\d,]+ \| \d+ \|$", out, re.M), out
+    assert re.search(r"^\| 1 x 16 lstm \| [\d.]+ ± [\d.]+ \| [\d,]+ \| -?\d+ \(-?\d+\) \|$", out, re.M), out
     assert re.search(r"^\| 1 MB \| [\d.]+ \| [\d.]+ \| \d+ \|$", out, re.M), out
     assert (tmp_path / "b.md").read_text().strip() == out.strip()
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
