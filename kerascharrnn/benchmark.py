@@ -19,7 +19,6 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
-import numpy as np
 
 REPO_BIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin")
 

@@ -12,6 +12,8 @@ import re
 from typing import Callable, List, Optional, Sequence, TextIO
 
 
+import numpy as np
+
 from kerascharrnn import model as model_lib
 from kerascharrnn.config import SampleConfig
 from kerascharrnn.errors import UserError
@@ -70,8 +72,33 @@ class TFLiteEngine(KerasEngine):
         details = runner.get_input_details()
         names = _state_names(details)
         self.vocab = vocab
-        self.sampler = Sampler.for_numpy_step(_named_step(runner, names),
+        self.sampler = Sampler.for_numpy_step(_direct_step(interpreter, runner, names),
                                               [int(details[n]["shape"][1]) for n in names], vocab.size)
+
+
+def _direct_step(interpreter, runner, names: Sequence[str]) -> Callable:
+    """The `step` signature through the interpreter's tensor indices: per character this skips the
+    signature runner's dictionaries and shape checks (resizing only when the batch size changes)."""
+    inputs = {name: d["index"] for name, d in runner.get_input_details().items()}
+    outputs = {name: d["index"] for name, d in runner.get_output_details().items()}
+    in_order = [inputs["ids"]] + [inputs[n] for n in names]
+    out_order = [outputs["logits"]] + [outputs[n] for n in names]
+    batch = [None]
+
+    def step(ids, states):
+        if batch[0] != len(ids):
+            for index, value in zip(in_order, (ids, *states)):
+                interpreter.resize_tensor_input(index, value.shape, strict=False)
+            interpreter.allocate_tensors()
+            batch[0] = len(ids)
+        for index, value in zip(in_order, (ids, *states)):
+            interpreter.set_tensor(index, np.ascontiguousarray(value, dtype=np.int32 if index == in_order[0]
+                                                               else np.float32))
+        interpreter.invoke()
+        logits, *new_states = (interpreter.get_tensor(index) for index in out_order)
+        return logits, tuple(new_states)
+
+    return step
 
 
 def load_interpreter(path: str):
