@@ -55,7 +55,7 @@ def tf_step_fn(config: dict, vocab_size: int):
                                seq_length=config["seq_length"])
     model = model_lib.build_model(model_config, train_config.batch_size)
     layout = data.StreamLayout(train_config.batch_size, train_config.batch_size, train_config.seq_length, 1000)
-    trainer = train.Trainer(train_config, model, {"train": layout})
+    trainer = train.Trainer(train_config, model, {"train": layout}, use_fused=config.get("use_fused"))
     return lambda x, y: float(trainer.train_step(x, y))
 
 

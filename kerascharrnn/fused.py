@@ -30,6 +30,18 @@ def supports(model: keras.Model) -> bool:
         for layer in layers)
 
 
+def pays_off(model: keras.Model) -> bool:
+    """Whether the fused path beat the plain Keras layer on the 2-core CPU it was measured on
+    (B=50, T=50, docs/benchmarks.md): yes at rnn_size 64 (1x64: 10.6 vs 14.0 ms) and from 256 up
+    (2x256: 127 vs 186 ms, 2x512: 330 vs 631 ms); no around 128, where the Keras loop's threaded small
+    matmuls win (2x128: 45.0 vs 39.6 ms, 1x128: 24.7 vs 21.4 ms). A static rule, not a timing at start-up,
+    so that a seeded run takes the same path every time and a resumed run continues bit for bit."""
+    from kerascharrnn.model import rnn_layers
+
+    size = rnn_layers(model)[0].cell.units
+    return size <= 96 or size >= 192
+
+
 def lstm_recurrence(projected, h0, c0, recurrent_kernel):
     """Keras LSTM math (gates i, f, c, o) over a sequence whose input projection is already done.
 

@@ -99,7 +99,8 @@ def split_loss(model: keras.Model, h5_path: str, split: str, layout: data.Stream
 class Trainer:
     """Owns the model, optimizer and compiled steps of one training run."""
 
-    def __init__(self, config: TrainConfig, model: keras.Model, layouts: Dict[str, data.StreamLayout]):
+    def __init__(self, config: TrainConfig, model: keras.Model, layouts: Dict[str, data.StreamLayout],
+                 use_fused: Optional[bool] = None):
         self.config = config
         self.model = model
         self.layouts = layouts
@@ -114,8 +115,12 @@ class Trainer:
         self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self._eval_step = make_eval_step(model)
         # On a CPU, LSTMs train through fused.forward under XLA (hoisted projections, one-matmul weight
-        # gradients); on a GPU the Keras call runs cuDNN. Same layers and weights either way.
-        self.fused = fused.supports(model) and not tf.config.list_logical_devices("GPU")
+        # gradients) where that measured faster; on a GPU the Keras call runs cuDNN. Same layers and
+        # weights either way.
+        self.fused = (fused.supports(model) and fused.pays_off(model)
+                      and not tf.config.list_logical_devices("GPU"))
+        if use_fused is not None:  # benchmarks compare both paths
+            self.fused = use_fused and fused.supports(model)
         self.train_step = tf.function(self._train_step, jit_compile=self.fused)
 
     def _train_step(self, inputs, targets):
