@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from kerascharrnn.config import ServeConfig
+from kerascharrnn.errors import UserError
 from kerascharrnn.vocab import Vocabulary
 
 log = logging.getLogger("kerascharrnn.serve")
@@ -228,11 +229,10 @@ def create_app(engine, config: ServeConfig, model_name: str = "charrnn", generat
                   description="Character-level RNN text generation; torch-rnn-server compatible at GET /generate.")
 
     def encode(text: str, field: str) -> np.ndarray:
-        missing = vocab.unknown(text)
-        if missing:
-            shown = ", ".join(repr(c) for c in missing[:10])
-            raise ClientError(400, f"{field}: characters the model's vocabulary lacks: {shown}")
-        return vocab.encode(text)
+        try:
+            return vocab.encode(text)  # names the unknown characters
+        except UserError as e:
+            raise ClientError(400, f"{field}: {e}") from None
 
     def check_start_text(text: str) -> None:
         if len(text) > config.max_start_text:
