@@ -5,4 +5,4 @@ need it (model, data pipeline, train, sampling) import it themselves, so the
 command-line tools can check their inputs first and fail fast.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

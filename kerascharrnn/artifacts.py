@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Dict
@@ -88,8 +87,3 @@ def tflite_vocab(tflite_path: str) -> Vocabulary:
     if not os.path.isfile(path):
         raise UserError(f"{tflite_path}: no {VOCAB_FILE} beside it (bin/export writes one next to model.tflite)")
     return Vocabulary.load(path)
-
-
-def read_info(version_dir: str) -> dict:
-    with open(os.path.join(version_dir, EXTRA_DIR, INFO_FILE), encoding="utf-8") as f:
-        return json.load(f)

@@ -1,4 +1,5 @@
-"""Checkpoint files: `{name}_{iter}.keras` (model + vocabulary), `.state.npz` (training state), `.json`.
+"""Checkpoint files: `{name}_{iter}.keras` (model, vocabulary, model config), `.state.npz` (training
+state), `.json` (the run's record).
 
 Each file is written to a temporary name and renamed. The `.json` is written last and marks the
 checkpoint complete: a `.keras` or `.state.npz` without its `.json` (a run killed mid-write) is ignored.
@@ -10,21 +11,27 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import math
 import os
 import re
-import signal
 import zipfile
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
+from kerascharrnn import config as config_lib
 from kerascharrnn import files
+from kerascharrnn.config import ModelConfig, TrainConfig
 from kerascharrnn.errors import UserError
 from kerascharrnn.vocab import Vocabulary
 
-VOCAB_ENTRY = "vocab.json"  # inside the .keras zip; keras.models.load_model ignores extra entries
+# Extra entries inside the .keras zip; keras.models.load_model ignores them. v0.1.0 wrote only the first.
+VOCAB_ENTRY = "vocab.json"
+MODEL_CONFIG_ENTRY = "model_config.json"
 FORMAT_KEY = "kerascharrnn_checkpoint"
 _KERAS_ENTRIES = ("config.json", "model.weights.h5")
+HISTORY_KEYS = ("train_loss_history", "val_loss_history", "val_loss_history_it", "forward_backward_times",
+                "memory_usage")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,12 +46,13 @@ class CheckpointPaths:
         return cls(model=base + ".keras", state=base + ".state.npz", json=base + ".json")
 
 
-def save_model(model, vocab: Vocabulary, path: str) -> None:
-    """model.save() plus the vocabulary as an extra zip entry, atomically."""
+def save_keras(model, vocab: Vocabulary, model_config: ModelConfig, path: str) -> None:
+    """model.save() plus the vocabulary and the model config as extra zip entries, atomically."""
     with files.atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(VOCAB_ENTRY, vocab.to_json())
+            archive.writestr(MODEL_CONFIG_ENTRY, json.dumps(dataclasses.asdict(model_config)))
 
 
 def save_state(path: str, arrays: Dict[str, np.ndarray]) -> None:
@@ -65,21 +73,56 @@ def load_state(path: str) -> Dict[str, np.ndarray]:
         raise UserError(f"{path}: training state is unreadable (truncated or corrupt)") from None
 
 
-CRASH_ENV = "KERASCHARRNN_CRASH_AT"
+@dataclasses.dataclass(frozen=True)
+class CheckpointRecord:
+    """A checkpoint's .json: what the run was and how far it got. Read with `read_record`.
+
+    Attributes:
+      path: where the .json is (not stored in it).
+      iteration: iterations done.
+      model_file, state_file: the .keras and .state.npz beside it (base names).
+      model_config, train_config: the resolved configs of the run (train_config.fused is "on"/"off"
+        in files written since v0.2; v0.1.0 files say "auto", the static rule they ran with).
+      vocab: the vocabulary.
+      history: the loss histories, and times/memory under --speed_benchmark/--memory_benchmark.
+      best_val_loss: the lowest val loss so far, or None.
+    """
+
+    path: str
+    iteration: int
+    model_file: str
+    state_file: str
+    model_config: ModelConfig
+    train_config: TrainConfig
+    vocab: Vocabulary
+    history: Dict[str, List[float]]
+    best_val_loss: Optional[float] = None
+
+    @property
+    def model_path(self) -> str:
+        return sibling(self.path, self.model_file)
+
+    @property
+    def state_path(self) -> str:
+        return sibling(self.path, self.state_file)
+
+    def to_json_dict(self, num_train_batches: int) -> dict:
+        return {
+            **self.history,
+            "iteration": self.iteration,
+            "epoch": self.iteration / num_train_batches,
+            "model_config": dataclasses.asdict(self.model_config),
+            "train_config": dataclasses.asdict(self.train_config),
+            "best_val_loss": self.best_val_loss,
+            FORMAT_KEY: 1,
+            "model_file": self.model_file,
+            "state_file": self.state_file,
+            "vocab": self.vocab.to_json_dict(),
+        }
 
 
-def _crash_point(name: str, paths: CheckpointPaths) -> None:
-    """Fault injection for the kill tests: KERASCHARRNN_CRASH_AT=NAME or NAME:TAG (e.g. after_state:10)
-    SIGKILLs the process here, as a power cut would."""
-    wanted = os.environ.get(CRASH_ENV)
-    if not wanted:
-        return
-    point, _, tag = wanted.partition(":")
-    if point == name and (not tag or paths.json.endswith(f"_{tag}.json")):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def save_checkpoint(paths: CheckpointPaths, model, vocab: Vocabulary, state: Dict[str, np.ndarray], info: dict) -> None:
+def save_checkpoint(paths: CheckpointPaths, charrnn, state: Dict[str, np.ndarray], record: CheckpointRecord,
+                    num_train_batches: int) -> None:
     """Writes the three files; the .json (which marks the checkpoint complete) goes last.
 
     Overwriting a checkpoint (`_best`) first removes its .json: until the new one lands, the set is
@@ -87,18 +130,11 @@ def save_checkpoint(paths: CheckpointPaths, model, vocab: Vocabulary, state: Dic
     """
     if os.path.exists(paths.json):
         os.remove(paths.json)
-    save_model(model, vocab, paths.model)
-    _crash_point("after_model", paths)
+    charrnn.save(paths.model)
     save_state(paths.state, state)
-    _crash_point("after_state", paths)
-    record = dict(info)
-    record.update({
-        FORMAT_KEY: 1,
-        "model_file": os.path.basename(paths.model),
-        "state_file": os.path.basename(paths.state),
-        "vocab": vocab.to_json_dict(),
-    })
-    files.write_text_atomic(paths.json, json.dumps(record, indent=1))
+    record = dataclasses.replace(record, path=paths.json, model_file=os.path.basename(paths.model),
+                                 state_file=os.path.basename(paths.state))
+    files.write_text_atomic(paths.json, json.dumps(record.to_json_dict(num_train_batches), indent=1))
 
 
 def check_keras_file(path: str) -> None:
@@ -121,18 +157,32 @@ def check_keras_file(path: str) -> None:
         raise UserError(f"{path}: a Keras model without a vocabulary; not a kerascharrnn checkpoint")
 
 
-def read_vocab(path: str) -> Vocabulary:
-    """The vocabulary stored inside a .keras checkpoint."""
+def _read_entry(path: str, entry: str):
+    """A JSON entry of a .keras zip, or None if the zip has no such entry."""
     check_keras_file(path)
     with zipfile.ZipFile(path) as archive:
+        if entry not in archive.namelist():
+            return None
         try:
-            data = json.loads(archive.read(VOCAB_ENTRY).decode("utf-8"))
+            return json.loads(archive.read(entry).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise UserError(f"{path}: its vocabulary entry is not JSON") from None
-    return Vocabulary.from_json_dict(data, source=f"{path}:{VOCAB_ENTRY}")
+            raise UserError(f"{path}: its {entry} entry is not JSON") from None
 
 
-def load_model(path: str):
+def read_vocab(path: str) -> Vocabulary:
+    """The vocabulary stored inside a .keras checkpoint."""
+    return Vocabulary.from_json_dict(_read_entry(path, VOCAB_ENTRY), source=f"{path}:{VOCAB_ENTRY}")
+
+
+def read_model_config(path: str) -> Optional[ModelConfig]:
+    """The ModelConfig stored inside a .keras checkpoint; None for v0.1.0 files, which lack it."""
+    values = _read_entry(path, MODEL_CONFIG_ENTRY)
+    if values is None:
+        return None
+    return config_lib.from_dict(ModelConfig, values, f"{path}:{MODEL_CONFIG_ENTRY}")
+
+
+def load_keras(path: str):
     """keras.models.load_model in safe mode (a Lambda layer is refused); errors become UserError."""
     import keras
 
@@ -147,20 +197,68 @@ def load_model(path: str):
         raise UserError(f"{path}: not a loadable Keras model ({type(e).__name__})") from None
 
 
-def read_json(path: str) -> dict:
-    """Reads and checks a checkpoint .json."""
+def _read_json_object(path: str) -> dict:
     files.require_file(path, "checkpoint .json")
     try:
         with open(path, "rb") as f:
             record = json.loads(f.read().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise UserError(f"{path}: not JSON (truncated or another kind of file)") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read: {e.strerror or e}") from None
     if not isinstance(record, dict) or FORMAT_KEY not in record:
         raise UserError(f"{path}: JSON, but not a kerascharrnn checkpoint")
-    for key in ("model_file", "state_file", "iteration", "model_config", "train_config"):
-        if key not in record:
-            raise UserError(f"{path}: checkpoint JSON lacks {key!r}")
     return record
+
+
+def _field(values: dict, key: str, kinds, path: str, default=None):
+    """values[key], checked to be of one of `kinds` (bool never passes for a number)."""
+    if key not in values:
+        if default is not None:
+            return default
+        raise UserError(f"{path}: checkpoint JSON lacks {key!r}")
+    value = values[key]
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise UserError(f"{path}: checkpoint JSON field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _file_name(values: dict, key: str, path: str) -> str:
+    name = _field(values, key, (str,), path)
+    if not name or os.path.basename(name) != name or name in (".", ".."):
+        raise UserError(f"{path}: checkpoint JSON field {key!r} must be a file name beside it, got {name!r}")
+    return name
+
+
+def read_record(path: str) -> CheckpointRecord:
+    """Reads and checks a checkpoint .json (ours from any release); every field is type-checked."""
+    values = _read_json_object(path)
+    history = {}
+    for key in HISTORY_KEYS:
+        series = _field(values, key, (list,), path, default=[])
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in series):
+            raise UserError(f"{path}: checkpoint JSON field {key!r} must be a list of numbers")
+        history[key] = [float(v) if key != "val_loss_history_it" else int(v) for v in series]
+    best = values.get("best_val_loss")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best)):
+        raise UserError(f"{path}: checkpoint JSON field 'best_val_loss' must be a number or null")
+    iteration = _field(values, "iteration", (int,), path)
+    if iteration < 0:
+        raise UserError(f"{path}: checkpoint JSON field 'iteration' must be >= 0")
+    train_values = dict(_field(values, "train_config", (dict,), path))
+    train_values.setdefault("fused", "auto")  # v0.1.0 ran the static rule, which "auto" still is
+    return CheckpointRecord(
+        path=path,
+        iteration=iteration,
+        model_file=_file_name(values, "model_file", path),
+        state_file=_file_name(values, "state_file", path),
+        model_config=config_lib.from_dict(ModelConfig, _field(values, "model_config", (dict,), path),
+                                          f"{path}: model_config"),
+        train_config=config_lib.from_dict(TrainConfig, train_values, f"{path}: train_config"),
+        vocab=Vocabulary.from_json_dict(_field(values, "vocab", (dict,), path), source=f"{path}: vocab"),
+        history=history,
+        best_val_loss=best,
+    )
 
 
 def sibling(json_path: str, name: str) -> str:
@@ -170,7 +268,7 @@ def sibling(json_path: str, name: str) -> str:
 def model_path_for(path: str) -> str:
     """--checkpoint may name the .keras file or its .json; returns the .keras path."""
     if path.endswith(".json"):
-        return sibling(path, read_json(path)["model_file"])
+        return sibling(path, _file_name(_read_json_object(path), "model_file", path))
     return path
 
 
@@ -183,10 +281,10 @@ def find_latest(checkpoint_name: str) -> Optional[str]:
         if not match:
             continue
         try:
-            record = read_json(path)
+            record = read_record(path)
         except UserError:
             continue
-        if not (os.path.exists(sibling(path, record["model_file"])) and os.path.exists(sibling(path, record["state_file"]))):
+        if not (os.path.exists(record.model_path) and os.path.exists(record.state_path)):
             continue
         iteration = int(match.group(1))
         if best is None or iteration > best[0]:

@@ -1,137 +1,171 @@
-"""Configuration dataclasses. Flags fill them; checkpoints store them."""
+"""Configuration dataclasses: each setting is defined once, here, with its default, help and bounds.
+
+The command-line flags are generated from these fields (kerascharrnn.cli.flagdefs); checkpoints store
+them. Every config checks itself in `__post_init__`, so no caller can skip validation.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 from kerascharrnn.errors import UserError
 
 MODEL_TYPES = ("lstm", "gru", "rnn")
+FUSED_CHOICES = ("auto", "on", "off")
+
+
+def setting(default: Any, help: str, *, lower: Optional[float] = None, upper: Optional[float] = None,
+            above: Optional[float] = None, choices: Optional[Sequence[str]] = None, flag: bool = True,
+            flag_type: Optional[type] = None):
+    """A dataclass field that is also a command-line flag.
+
+    Args:
+      default: the default value (also the flag's).
+      help: the flag's one-line help: unit and default meaning.
+      lower, upper: inclusive bounds, checked by the config and by the flag parser.
+      above: an exclusive lower bound (a learning rate must be > 0).
+      choices: the allowed strings.
+      flag: False for fields that are stored but never set from the command line.
+      flag_type: `int` for a bool that torch-rnn spells 0/1 (absl bool flags do not take `0`).
+    """
+    return dataclasses.field(default=default, metadata={
+        "help": help, "lower": lower, "upper": upper, "above": above,
+        "choices": tuple(choices) if choices else None, "flag": flag, "flag_type": flag_type})
+
+
+def _check_fields(config) -> None:
+    """Bounds and choices from the field metadata, named as the flag the user typed."""
+    for field in dataclasses.fields(config):
+        value, meta = getattr(config, field.name), field.metadata
+        if value is None or not meta:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{field.name} must be a finite number, got {value}")
+        if meta.get("choices") and value not in meta["choices"]:
+            raise UserError(f"--{field.name} {value!r}: choose one of {', '.join(meta['choices'])}")
+        if meta.get("lower") is not None and value < meta["lower"]:
+            raise UserError(f"--{field.name} must be >= {meta['lower']:g}, got {value}")
+        if meta.get("above") is not None and not value > meta["above"]:
+            raise UserError(f"--{field.name} must be > {meta['above']:g}, got {value}")
+        if meta.get("upper") is not None and value > meta["upper"]:
+            raise UserError(f"--{field.name} must be <= {meta['upper']:g}, got {value}")
+
+
+def from_dict(cls, values: dict, source: str):
+    """A config from a stored dict (a checkpoint record); unknown keys or bad values -> UserError."""
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: {cls.__name__} is not a JSON object")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"{source}: unexpected {cls.__name__} field(s): {', '.join(unknown)}")
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise UserError(f"{source}: {cls.__name__}: {e}") from None
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a char-RNN (torch-rnn's LanguageModel options)."""
 
-    vocab_size: int
-    model_type: str = "lstm"
-    wordvec_size: int = 64  # D
-    rnn_size: int = 128  # H
-    num_layers: int = 2
-    dropout: float = 0.0
-    batchnorm: bool = False
+    vocab_size: int = setting(1, "V: tokens in the vocabulary (from the data).", lower=1, flag=False)
+    model_type: str = setting("lstm", "Recurrent cell: lstm, gru or rnn (SimpleRNN).", choices=MODEL_TYPES)
+    wordvec_size: int = setting(64, "D: embedding size.", lower=1)
+    rnn_size: int = setting(128, "H: hidden units per recurrent layer.", lower=1)
+    num_layers: int = setting(2, "Recurrent layers.", lower=1)
+    dropout: float = setting(0.0, "Dropout after each recurrent layer (0 = none).", lower=0.0, upper=0.99)
+    batchnorm: bool = setting(False, "1 = batch normalisation after each recurrent layer.", flag_type=int)
 
-    def validate(self) -> "ModelConfig":
-        if self.model_type not in MODEL_TYPES:
-            raise UserError(
-                f"unknown --model_type {self.model_type!r}; choose one of {', '.join(MODEL_TYPES)}"
-            )
-        for name in ("vocab_size", "wordvec_size", "rnn_size", "num_layers"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
-        return self
+    def __post_init__(self):
+        _check_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything train.lua's flags control, plus our additions."""
 
-    input_h5: str
-    input_json: str
-    batch_size: int = 50  # N
-    seq_length: int = 50  # T
-    max_epochs: int = 50
-    max_iters: int = 0  # 0 = no limit beyond max_epochs
-    learning_rate: float = 2e-3
-    grad_clip: float = 5.0
-    lr_decay_every: int = 5
-    lr_decay_factor: float = 0.5
-    print_every: int = 1
-    checkpoint_name: str = "cv/checkpoint"
-    checkpoint_every: int = 1000
-    init_from: str = ""
-    reset_iterations: bool = True
-    resume_from: str = ""
-    seed: Optional[int] = None
-    speed_benchmark: bool = False
-    memory_benchmark: bool = False
-    tensorboard_dir: str = ""
+    input_h5: str = setting("", "HDF5 file from bin/preprocess (or torch-rnn). Empty: the --corpus.")
+    input_json: str = setting("", "JSON vocabulary beside --input_h5. Empty: --input_h5 with .json.")
+    batch_size: int = setting(50, "N: parallel streams per minibatch.", lower=1)
+    seq_length: int = setting(50, "T: characters per stream per minibatch (truncated BPTT length).", lower=1)
+    max_epochs: int = setting(50, "Passes over the training split.", lower=1)
+    max_iters: int = setting(0, "Stop after this many iterations in all (0 = only --max_epochs limits).", lower=0)
+    learning_rate: float = setting(2e-3, "Adam learning rate.", above=0.0)
+    grad_clip: float = setting(5.0, "Clamp each gradient element to [-grad_clip, grad_clip] (0 = off).", lower=0.0)
+    lr_decay_every: int = setting(5, "Multiply the learning rate by --lr_decay_factor every this many epochs.",
+                                  lower=1)
+    lr_decay_factor: float = setting(0.5, "Learning-rate decay factor.", above=0.0)
+    print_every: int = setting(1, "Print the training loss every this many iterations (0 = never).", lower=0)
+    checkpoint_name: str = setting("cv/checkpoint", "Checkpoint prefix: writes {name}_{iter}.keras/.state.npz/.json.")
+    checkpoint_every: int = setting(1000, "Validate and checkpoint every this many iterations (and at the end).",
+                                    lower=0)
+    init_from: str = setting("", "Checkpoint (.json or .keras) whose weights and architecture to start from.")
+    reset_iterations: bool = setting(True, "With --init_from: 1 = restart the iteration counter, 0 = keep it.",
+                                     flag_type=int)
+    resume_from: str = setting("", "Continue a run exactly: a checkpoint .json, or 'latest' for the newest complete"
+                               " one of --checkpoint_name.")
+    seed: Optional[int] = setting(None, "Seed every RNG and make ops deterministic (same numbers on CPU).",
+                                  lower=0, upper=2**32 - 1, flag_type=int)
+    speed_benchmark: bool = setting(False, "1 = time every step (synchronised) and store the times.", flag_type=int)
+    memory_benchmark: bool = setting(False, "1 = record peak memory after every step.", flag_type=int)
+    tensorboard_dir: str = setting("", "Write TensorBoard scalars (losses, learning rate, tokens/s) here.")
+    fused: str = setting("auto", "LSTM training path on a CPU: on = the fused XLA kernel (fused.py), off = the plain"
+                         " Keras layer, auto = the one measured faster for this size. The choice is stored in the"
+                         " checkpoint, so a resumed run keeps it.", choices=FUSED_CHOICES)
 
-    def validate(self) -> "TrainConfig":
-        positive = ("batch_size", "seq_length", "max_epochs", "lr_decay_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_iters", "print_every", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise UserError(f"--learning_rate must be a positive number, got {self.learning_rate}")
-        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
-            raise UserError(f"--grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
-        if not (math.isfinite(self.lr_decay_factor) and self.lr_decay_factor > 0):
-            raise UserError(f"--lr_decay_factor must be positive, got {self.lr_decay_factor}")
+    def __post_init__(self):
+        _check_fields(self)
         if self.init_from and self.resume_from:
             raise UserError("--init_from and --resume_from conflict: give one of them")
-        return self
 
 
 @dataclasses.dataclass(frozen=True)
 class SampleConfig:
     """Options of one sampling run (sample.lua's flags plus top-k/top-p)."""
 
-    length: int = 2000
-    start_text: str = ""
-    sample: bool = True  # False = argmax
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    num_samples: int = 1
-    seed: Optional[int] = None
+    length: int = setting(2000, "Tokens (characters) of output in all, the start text included.", lower=0,
+                          upper=10**9)
+    start_text: str = setting("", "Text to prime the model with; the output starts with it.")
+    sample: bool = setting(True, "1 = sample from the distribution, 0 = take the most likely character (argmax).",
+                           flag_type=int)
+    temperature: float = setting(1.0, "Softmax temperature (> 0); lower is more conservative.", above=0.0)
+    top_k: int = setting(0, "Sample only among the k most likely characters (0 = off).", lower=0, upper=2**31 - 1)
+    top_p: float = setting(1.0, "Nucleus sampling: the smallest set with this much probability (1 = off).",
+                           above=0.0, upper=1.0)
+    num_samples: int = setting(1, "Independent samples to generate, as one batched run.", lower=1, upper=100_000)
+    seed: Optional[int] = setting(None, "Seed for the draws: the same seed gives the same text.", lower=0,
+                                  upper=2**62, flag_type=int)
 
-    def validate(self) -> "SampleConfig":
-        if self.length < 0:
-            raise UserError(f"--length must be >= 0, got {self.length}")
-        if self.length < len(self.start_text):
-            raise UserError(
-                f"--length {self.length} is shorter than --start_text ({len(self.start_text)} characters);"
-                " --length counts the start text too"
-            )
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise UserError(f"--temperature must be a positive number, got {self.temperature}")
-        if self.top_k < 0:
-            raise UserError(f"--top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
-            raise UserError(f"--top_p must be in (0, 1], got {self.top_p}")
-        if self.num_samples < 1:
-            raise UserError(f"--num_samples must be at least 1, got {self.num_samples}")
-        return self
+    def __post_init__(self):
+        _check_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
     """bin/serve: torch-rnn-server's behaviour and this server's limits."""
 
-    word_limit_short: int = 3  # completions with fewer words are redrawn (torch-rnn-server)
-    word_limit_long: int = 20  # ... and with more words
-    max_n: int = 10  # /generate's n is clamped to this (torch-rnn-server: 10)
-    lowercase: bool = True  # lower-case the start text (the reference model was trained lower-case)
-    completion_chars: int = 140  # a completion stops here if no sentence end came first
-    max_start_text: int = 2000  # characters; longer start texts are refused (413)
-    max_redraw_rounds: int = 8  # torch-rnn-server redrew without limit; then answer with what passed
-    max_num_new_chars: int = 2000  # POST /v1/generate caps
-    max_num_samples: int = 32
-    max_batch_rows: int = 64  # rows one model run may merge from concurrent requests
+    word_limit_short: int = setting(3, "GET /generate: redraw completions with fewer words (torch-rnn-server: 3).",
+                                    lower=0)
+    word_limit_long: int = setting(20, "GET /generate: redraw completions with more words (torch-rnn-server: 20).",
+                                   lower=0)
+    max_n: int = setting(10, "GET /generate: a larger n is clamped to this (torch-rnn-server: 10).", lower=1)
+    lowercase: bool = setting(True, "GET /generate: 1 = lower-case the start text (torch-rnn-server's reference model"
+                              " was trained on lower-case text); 0 = keep it.", flag_type=int)
+    completion_chars: int = setting(140, "GET /generate: a completion stops here if no sentence end came first.",
+                                    lower=1, flag=False)
+    max_start_text: int = setting(2000, "Longest start text accepted, in characters (longer: 413).", lower=1)
+    max_redraw_rounds: int = setting(8, "GET /generate: batched redraw rounds before answering with the completions"
+                                     " that passed (torch-rnn-server redrew without limit).", lower=1)
+    max_num_new_chars: int = setting(2000, "POST /v1/generate: cap on num_new_chars.", lower=1)
+    max_num_samples: int = setting(32, "POST /v1/generate: cap on num_samples.", lower=1)
+    max_batch_rows: int = setting(64, "Rows one model run may merge from concurrent requests.", lower=1, flag=False)
 
-    def validate(self) -> "ServeConfig":
-        if not 0 <= self.word_limit_short <= self.word_limit_long:
-            raise UserError("--word_limit_short must be >= 0 and <= --word_limit_long")
-        for name in ("max_n", "completion_chars", "max_start_text", "max_redraw_rounds", "max_num_new_chars",
-                     "max_num_samples", "max_batch_rows"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be at least 1")
-        return self
+    def __post_init__(self):
+        _check_fields(self)
+        if self.word_limit_short > self.word_limit_long:
+            raise UserError("--word_limit_short must be <= --word_limit_long")

@@ -1,6 +1,6 @@
 """Export a trained model: a SavedModel for TensorFlow Serving and a TFLite/LiteRT step model.
 
-Both are built from the recurrent layers' *cells* (model.make_step_fn), never from the layers'
+Both are built from the recurrent layers' *cells* (CharRNN.step_fn), never from the layers'
 whole-sequence call: on a GPU that call becomes CudnnRNNV3, which has no CPU kernel, so a model
 exported there would not load on a CPU-only server. The cells are plain matmuls on any device.
 
@@ -17,19 +17,19 @@ SavedModel signatures (see export/README.md):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 from typing import List
 
-import keras
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 import kerascharrnn
 from kerascharrnn import artifacts, files
-from kerascharrnn import model as model_lib
 from kerascharrnn import sampling
+from kerascharrnn.charrnn import CharRNN
 from kerascharrnn.errors import UserError
 from kerascharrnn.vocab import Vocabulary
 
@@ -49,22 +49,23 @@ def token_bytes(vocab: Vocabulary) -> List[bytes]:
     return [t.encode("utf-8") for t in vocab.tokens]
 
 
-def state_descriptions(model: keras.Model) -> List[dict]:
+def state_descriptions(charrnn: CharRNN) -> List[dict]:
     return [{"name": f"state_{k}", "layer": name.split()[0], "part": name.split()[1], "size": size}
-            for k, (name, size) in enumerate(zip(model_lib.state_names(model), model_lib.state_sizes(model)))]
+            for k, (name, size) in enumerate(zip(charrnn.state_names, charrnn.state_sizes))]
 
 
 class CharRNNModule(tf.Module):
     """What the SavedModel holds: the weights, the vocabulary as constants, and the signatures."""
 
-    def __init__(self, model: keras.Model, vocab: Vocabulary):
+    def __init__(self, charrnn: CharRNN):
         super().__init__(name="charrnn")
+        vocab = charrnn.vocab
         # Track the tf.Variables behind the Keras weights, not the Keras objects: loaders that build a
         # TF1 session (TensorFlow Serving, `saved_model_cli run`) create and restore exactly the tracked
         # variables, and with the Keras wrappers tracked instead they fail with "Could not find variable".
-        self.model_variables = [weight.value for weight in model.weights]
-        self._step_fn = model_lib.make_step_fn(model)
-        self._state_sizes = model_lib.state_sizes(model)
+        self.model_variables = [weight.value for weight in charrnn.model.weights]
+        self._step_fn = charrnn.step_fn()
+        self._state_sizes = charrnn.state_sizes
         self._vocab_size = vocab.size
         self._split_units = (tf.strings.bytes_split if vocab.is_bytes
                              else lambda text: tf.strings.unicode_split(text, "UTF-8", errors="replace"))
@@ -75,7 +76,7 @@ class CharRNNModule(tf.Module):
             default_value=-1)
         # top_k is an input, so its filter is in the graph (top_k = 0 switches it off at run time)
         self._run_chunk = sampling.make_chunk_fn(self._step_fn, sampling.Filters(top_k=True), jit_compile=False)
-        self.generate = tf.function(self._generate, input_signature=GENERATE_SIGNATURE)
+        self.generate_text = tf.function(self._generate_text, input_signature=GENERATE_SIGNATURE)
         state_specs = [tf.TensorSpec([None, size], tf.float32, name=f"state_{k}")
                        for k, size in enumerate(self._state_sizes)]
         self.step = tf.function(self._step, input_signature=[tf.TensorSpec([None], tf.int32, name="ids")] + state_specs)
@@ -84,7 +85,7 @@ class CharRNNModule(tf.Module):
         logits, new_states = self._step_fn(ids, states)
         return {"logits": logits, **{f"state_{k}": s for k, s in enumerate(new_states)}}
 
-    def _generate(self, start_text, num_new_chars, temperature, top_k, seed):
+    def _generate_text(self, start_text, num_new_chars, temperature, top_k, seed):
         num_rows = tf.shape(start_text)[0]
         ids = tf.ragged.map_flat_values(self.token_ids.lookup, self._split_units(start_text))
         ids = tf.ragged.boolean_mask(ids, ids >= 0)  # unknown characters: left out of the priming
@@ -105,11 +106,12 @@ class CharRNNModule(tf.Module):
         return {"text": tf.strings.join([start_text, continuation])}
 
 
-def write_saved_model(model: keras.Model, vocab: Vocabulary, directory: str, info: dict) -> None:
+def write_saved_model(charrnn: CharRNN, directory: str, info: dict) -> None:
     """Writes the SavedModel and its assets.extra/ files into `directory` (which must be empty)."""
-    module = CharRNNModule(model, vocab)
+    module = CharRNNModule(charrnn)
+    vocab = charrnn.vocab
     tf.saved_model.save(module, directory, signatures={
-        "serving_default": module.generate, "generate": module.generate, "step": module.step})
+        "serving_default": module.generate_text, "generate": module.generate_text, "step": module.step})
     extra = os.path.join(directory, artifacts.EXTRA_DIR)
     os.makedirs(extra, exist_ok=True)
     files.write_text_atomic(os.path.join(extra, artifacts.VOCAB_FILE), vocab.to_json())
@@ -139,8 +141,8 @@ def tflite_model(saved_model_dir: str, quantize: str = "none") -> bytes:
         return converter.convert()
 
 
-def export(model: keras.Model, vocab: Vocabulary, version_dir: str, *, source: str, tflite: bool = False,
-           quantize: str = "none", overwrite: bool = False) -> dict:
+def export(charrnn: CharRNN, version_dir: str, *, source: str, tflite: bool = False, quantize: str = "none",
+           overwrite: bool = False) -> dict:
     """Writes one version directory (atomically: it appears complete or not at all); returns its info."""
     if quantize not in artifacts.QUANTIZE_MODES:
         raise UserError(f"--quantize {quantize!r}: choose one of {', '.join(artifacts.QUANTIZE_MODES)}")
@@ -148,34 +150,20 @@ def export(model: keras.Model, vocab: Vocabulary, version_dir: str, *, source: s
         "format": "kerascharrnn_export",
         "kerascharrnn_version": kerascharrnn.__version__,
         "source_checkpoint": os.path.abspath(source),
-        "model_config": dict(model_lib.model_config_of(model).__dict__),
-        "vocab_size": vocab.size,
-        "encoding": vocab.encoding,
+        "model_config": dataclasses.asdict(charrnn.config),
+        "vocab_size": charrnn.vocab.size,
+        "encoding": charrnn.vocab.encoding,
         "signatures": ["generate", "serving_default", "step"],
-        "states": state_descriptions(model),
+        "states": state_descriptions(charrnn),
         "tflite": {"file": f"{artifacts.TFLITE_DIR}/{artifacts.TFLITE_FILE}", "quantize": quantize} if tflite else None,
     }
     with files.atomic_dir(version_dir, overwrite=overwrite) as tmp:
-        write_saved_model(model, vocab, tmp, info)
+        write_saved_model(charrnn, tmp, info)
         if tflite:
             flatbuffer = tflite_model(tmp, quantize)
             os.makedirs(os.path.join(tmp, artifacts.TFLITE_DIR))
             with open(os.path.join(tmp, artifacts.TFLITE_DIR, artifacts.TFLITE_FILE), "wb") as f:
                 f.write(flatbuffer)
-            files.write_text_atomic(os.path.join(tmp, artifacts.TFLITE_DIR, artifacts.VOCAB_FILE), vocab.to_json())
+            files.write_text_atomic(os.path.join(tmp, artifacts.TFLITE_DIR, artifacts.VOCAB_FILE),
+                                    charrnn.vocab.to_json())
     return info
-
-
-def graph_ops(saved_model_dir: str) -> set:
-    """Every op type in a SavedModel's graph, its function library included."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    proto = saved_model_pb2.SavedModel()
-    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
-        proto.ParseFromString(f.read())
-    ops = set()
-    for meta_graph in proto.meta_graphs:
-        ops.update(node.op for node in meta_graph.graph_def.node)
-        for function in meta_graph.graph_def.library.function:
-            ops.update(node.op for node in function.node_def)
-    return ops

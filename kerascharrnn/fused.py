@@ -6,8 +6,8 @@ PyTorch (and cuDNN) instead project the inputs of all time steps in one big matm
 the recurrence, and form the weight gradients after the backward loop in one big matmul each. This
 module does the same for the model's LSTM layers, with a hand-written gradient, and is meant to run
 under XLA (which fuses each step's elementwise gate math). The first layer's input projection becomes a
-lookup in a (V, 4H) table, embeddings @ kernel + bias, instead of an (N*T, D) @ (D, 4H) matmul. The weights, their layout and the saved
-model are untouched: the layers are still stock keras.layers.LSTM (cuDNN-eligible on a GPU, where the
+lookup in a (V, 4H) table, embeddings @ kernel + bias, instead of an (N*T, D) @ (D, 4H) matmul. The
+weights, their layout and the saved model are untouched: the layers are still stock keras.layers.LSTM (cuDNN-eligible on a GPU, where the
 Keras call is used instead).
 
 Measured on a 2-core CPU (B=50, T=50), see docs/benchmarks.md.
@@ -16,30 +16,56 @@ Measured on a 2-core CPU (B=50, T=50), see docs/benchmarks.md.
 import keras
 import tensorflow as tf
 
+from kerascharrnn import model as model_lib
+from kerascharrnn.errors import UserError
 
-def supports(model: keras.Model) -> bool:
-    """True when every recurrent layer is an LSTM this module reproduces exactly (Keras defaults)."""
-    from kerascharrnn.model import rnn_layers
 
-    layers = rnn_layers(model)
-    return bool(layers) and all(
-        type(layer) is keras.layers.LSTM and layer.cell.activation is keras.activations.tanh
-        and layer.cell.recurrent_activation is keras.activations.sigmoid and layer.cell.use_bias
-        and layer.cell.recurrent_dropout == 0 and layer.cell.dropout == 0 and not layer.go_backwards
-        and layer.return_sequences
-        for layer in layers)
+def unsupported_reason(model: keras.Model):
+    """Why this module cannot reproduce the model's recurrent layers exactly, or None if it can.
+
+    It reproduces stateful, sequence-returning stock LSTMs with Keras's default math only.
+    """
+    for stage in model_lib.recurrent_stages(model):
+        layer, cell = stage.layer, stage.layer.cell
+        if stage.kind.name != "lstm":
+            return f"{layer.name} is a {stage.kind.name}, not an LSTM"
+        if not (cell.activation is keras.activations.tanh and cell.recurrent_activation is keras.activations.sigmoid
+                and cell.use_bias and cell.recurrent_dropout == 0 and cell.dropout == 0):
+            return f"{layer.name} is not a default LSTM (activations, bias or cell dropout differ)"
+        if not (layer.stateful and layer.return_sequences and not layer.go_backwards):
+            return f"{layer.name} is not a stateful, forward, sequence-returning layer"
+    return None
 
 
 def pays_off(model: keras.Model) -> bool:
     """Whether the fused path beat the plain Keras layer on the 2-core CPU it was measured on
     (B=50, T=50, docs/benchmarks.md): yes at rnn_size 64 (1x64: 10.6 vs 14.0 ms) and from 256 up
     (2x256: 127 vs 186 ms, 2x512: 330 vs 631 ms); no around 128, where the Keras loop's threaded small
-    matmuls win (2x128: 45.0 vs 39.6 ms, 1x128: 24.7 vs 21.4 ms). A static rule, not a timing at start-up,
-    so that a seeded run takes the same path every time and a resumed run continues bit for bit."""
-    from kerascharrnn.model import rnn_layers
-
-    size = rnn_layers(model)[0].cell.units
+    matmuls win (2x128: 45.0 vs 39.6 ms, 1x128: 24.7 vs 21.4 ms)."""
+    size = model_lib.recurrent_stages(model)[0].layer.cell.units
     return size <= 96 or size >= 192
+
+
+def choose(model: keras.Model, setting: str, on_gpu: bool) -> bool:
+    """The one place that decides whether training runs through `forward` (True) or the Keras layers.
+
+    Args:
+      model: the training model.
+      setting: --fused: "on", "off" or "auto" (on where it measured faster: a static rule rather than a
+        timing at start-up, so a seeded run takes the same path every time).
+      on_gpu: a GPU is visible; the Keras layers then run cuDNN, which auto always prefers.
+
+    Returns:
+      Whether to use the fused path; the caller records the answer so that a resumed run keeps it.
+    """
+    reason = unsupported_reason(model)
+    if setting == "on":
+        if reason:
+            raise UserError(f"--fused on: this model cannot use the fused path: {reason}")
+        return True
+    if setting == "off":
+        return False
+    return reason is None and not on_gpu and pays_off(model)
 
 
 def lstm_recurrence(projected, h0, c0, recurrent_kernel):
@@ -106,24 +132,23 @@ def _project(x, kernel, bias):
 
 
 def forward(model: keras.Model, inputs, training: bool = True):
-    """model(inputs, training) for a stateful model whose LSTMs run through lstm_sequence.
+    """model(inputs, training) for a stateful model whose LSTMs run through lstm_recurrence.
 
     Other layers are called as Keras calls them; each LSTM's carried state is read from and written back
     to its state variables, exactly as the stateful Keras layer does.
     """
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     x, previous = inputs, None
-    for layer in layers:
-        if isinstance(layer, keras.layers.Embedding):
-            previous = layer  # looked up together with the next layer's input projection
+    for stage in model_lib.layer_stack(model):
+        layer = stage.layer
+        if stage.role == "embedding":
+            previous = stage  # looked up together with the next layer's input projection
             continue
-        if isinstance(previous, keras.layers.Embedding) and not isinstance(layer, keras.layers.LSTM):
-            x = previous(x)
-        if isinstance(layer, keras.layers.LSTM):
+        after_embedding = previous is not None and previous.role == "embedding"
+        if stage.role == "recurrent":
             cell = layer.cell
-            if isinstance(previous, keras.layers.Embedding):
+            if after_embedding:
                 # ids -> rows of (embeddings @ kernel + bias): a (V, 4H) table replaces the (N*T, D) matmul
-                table = tf.matmul(_tensor(previous.embeddings), _tensor(cell.kernel)) + _tensor(cell.bias)
+                table = tf.matmul(_tensor(previous.layer.embeddings), _tensor(cell.kernel)) + _tensor(cell.bias)
                 projected = tf.gather(table, x)
             else:
                 projected = _project(x, _tensor(cell.kernel), _tensor(cell.bias))
@@ -132,8 +157,10 @@ def forward(model: keras.Model, inputs, training: bool = True):
             h_var.assign(h)
             c_var.assign(c)
         else:
+            if after_embedding:
+                x = previous.layer(x)
             x = layer(x, training=training)
-        previous = layer
+        previous = stage
     return x
 
 

@@ -1,8 +1,11 @@
-"""The char-RNN as stock Keras layers, and a single-step function built from the same layers' cells.
+"""The char-RNN as stock Keras layers, the one walker over its layer stack, and a single-step function.
 
 Model: Embedding -> num_layers x (LSTM | GRU | SimpleRNN [-> BatchNormalization] [-> Dropout]) -> Dense,
 the stack of torch-rnn's LanguageModel. Only stock layers, so `keras.models.load_model(path)` needs no
-custom objects. LSTM/GRU keep Keras's cuDNN conditions (see `cudnn_eligible`).
+custom objects. LSTM/GRU keep Keras's defaults, which are exactly cuDNN's conditions on a GPU.
+
+`layer_stack(model)` is the only code that looks at layer types: the step function, the fused training
+path, the state helpers and `config_of` all read its `Stage`s, so a new layer kind is added here once.
 
 The step function `(ids, states) -> (logits, states)` calls each recurrent layer's *cell* with explicit
 state tensors: no stateful variables (concurrent callers do not share state), any batch size, and no
@@ -12,14 +15,73 @@ kernel; the cells are plain matmuls).
 
 from __future__ import annotations
 
-from typing import Callable, List, Sequence, Tuple
+import dataclasses
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
 
 from kerascharrnn.config import ModelConfig
+from kerascharrnn.errors import UserError
 
-_RNN_CLASSES = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "rnn": keras.layers.SimpleRNN}
+
+@dataclasses.dataclass(frozen=True)
+class RecurrentKind:
+    """A recurrent layer type: its --model_type name, Keras class and explicit state tensors."""
+
+    name: str
+    layer_class: type
+    state_parts: Tuple[str, ...]
+
+
+RECURRENT_KINDS = {kind.name: kind for kind in (
+    RecurrentKind("lstm", keras.layers.LSTM, ("h", "c")),
+    RecurrentKind("gru", keras.layers.GRU, ("h",)),
+    RecurrentKind("rnn", keras.layers.SimpleRNN, ("h",)),
+)}
+
+# What each stock layer is in a char-RNN. Exact types: a subclass could compute something else.
+_ROLES = {keras.layers.Embedding: "embedding", keras.layers.BatchNormalization: "batchnorm",
+          keras.layers.Dropout: "dropout", keras.layers.Dense: "logits",
+          **{kind.layer_class: "recurrent" for kind in RECURRENT_KINDS.values()}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One layer of the stack and its role: embedding, recurrent, batchnorm, dropout or logits."""
+
+    role: str
+    layer: keras.layers.Layer
+    kind: Optional[RecurrentKind] = None  # recurrent stages only
+
+    @property
+    def state_names(self) -> List[str]:
+        return [f"{self.layer.name} {part}" for part in self.kind.state_parts] if self.kind else []
+
+
+def layer_stack(model: keras.Model) -> List[Stage]:
+    """The model's layers in order (input layer left out), each with its role.
+
+    Raises UserError for a model that is not a char-RNN of stock layers.
+    """
+    stages = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        role = _ROLES.get(type(layer))
+        if role is None:
+            raise UserError(f"not a char-RNN model: layer {layer.name!r} is a {type(layer).__name__}")
+        kind = next((k for k in RECURRENT_KINDS.values() if type(layer) is k.layer_class), None)
+        stages.append(Stage(role, layer, kind))
+    roles = [s.role for s in stages]
+    if not roles or roles[0] != "embedding" or roles[-1] != "logits" or "recurrent" not in roles:
+        raise UserError(f"not a char-RNN model: layers are {', '.join(roles) or 'none'}"
+                        " (want embedding, recurrent layers, logits)")
+    return stages
+
+
+def recurrent_stages(model: keras.Model) -> List[Stage]:
+    return [s for s in layer_stack(model) if s.role == "recurrent"]
 
 
 def build_model(config: ModelConfig, batch_size: int) -> keras.Model:
@@ -32,11 +94,10 @@ def build_model(config: ModelConfig, batch_size: int) -> keras.Model:
     Returns:
       A keras.Model mapping int32 ids (N, T) to logits (N, T, V); T may vary between calls.
     """
-    config.validate()
     ids = keras.Input(batch_shape=(batch_size, None), dtype="int32", name="ids")
     x = keras.layers.Embedding(config.vocab_size, config.wordvec_size, name="embedding")(ids)  # (N, T, D)
+    rnn_class = RECURRENT_KINDS[config.model_type].layer_class
     for i in range(config.num_layers):
-        rnn_class = _RNN_CLASSES[config.model_type]
         # The defaults (tanh/sigmoid, use_bias, no recurrent dropout, unroll=False and GRU reset_after)
         # are exactly what cuDNN needs; they are left alone on purpose.
         x = rnn_class(config.rnn_size, return_sequences=True, stateful=True, name=f"{config.model_type}_{i}")(x)
@@ -48,84 +109,55 @@ def build_model(config: ModelConfig, batch_size: int) -> keras.Model:
     return keras.Model(ids, logits, name="charrnn")
 
 
-def rnn_layers(model: keras.Model) -> List[keras.layers.RNN]:
-    return [layer for layer in model.layers if isinstance(layer, keras.layers.RNN)]
+def config_of(model: keras.Model) -> ModelConfig:
+    """The ModelConfig a model's layers describe (for files that do not store it: v0.1.0's)."""
+    stages = layer_stack(model)
+    recurrent = [s for s in stages if s.role == "recurrent"]
+    embedding = stages[0].layer
+    dropouts = [s.layer.rate for s in stages if s.role == "dropout"]
+    return ModelConfig(
+        vocab_size=embedding.input_dim,
+        model_type=recurrent[0].kind.name,
+        wordvec_size=embedding.output_dim,
+        rnn_size=recurrent[0].layer.cell.units,
+        num_layers=len(recurrent),
+        dropout=dropouts[0] if dropouts else 0.0,
+        batchnorm=any(s.role == "batchnorm" for s in stages),
+    )
 
 
 def reset_states(model: keras.Model) -> None:
     """keras.Model has no reset_states(); each stateful layer has reset_state()."""
-    for layer in rnn_layers(model):
-        layer.reset_state()
+    for stage in recurrent_stages(model):
+        stage.layer.reset_state()
+
+
+def state_variables(model: keras.Model) -> List:
+    """The carried-state variables, in step-function order (LSTM: h then c per layer)."""
+    return [v for stage in recurrent_stages(model) for v in stage.layer.states]
 
 
 def get_states(model: keras.Model) -> List:
     """The carried state of every recurrent layer, as numpy arrays (copies)."""
-    return [v.numpy() for layer in rnn_layers(model) for v in layer.states]
+    return [v.numpy() for v in state_variables(model)]
 
 
 def set_states(model: keras.Model, values: Sequence) -> None:
-    variables = [v for layer in rnn_layers(model) for v in layer.states]
+    variables = state_variables(model)
     if len(variables) != len(values):
         raise ValueError(f"expected {len(variables)} state arrays, got {len(values)}")
     for variable, value in zip(variables, values):
         variable.assign(value)
 
 
-def cudnn_eligible(layer) -> bool:
-    """Keras's conditions for running an LSTM/GRU on the cuDNN kernel when a GPU is present."""
-    if not isinstance(layer, (keras.layers.LSTM, keras.layers.GRU)):
-        return False
-    conditions = [
-        layer.use_cudnn in ("auto", True),
-        layer.cell.activation is keras.activations.tanh,
-        layer.cell.recurrent_activation is keras.activations.sigmoid,
-        layer.cell.recurrent_dropout == 0,
-        not layer.unroll,
-        layer.cell.use_bias,
-    ]
-    if isinstance(layer, keras.layers.GRU):
-        conditions.append(layer.cell.reset_after)
-    return all(conditions)
-
-
-def model_config_of(model: keras.Model) -> ModelConfig:
-    """Recovers the ModelConfig from a (loaded) model's layers."""
-    rnns = rnn_layers(model)
-    kinds = {keras.layers.LSTM: "lstm", keras.layers.GRU: "gru", keras.layers.SimpleRNN: "rnn"}
-    embedding = next(l for l in model.layers if isinstance(l, keras.layers.Embedding))
-    dropouts = [l.rate for l in model.layers if isinstance(l, keras.layers.Dropout)]
-    return ModelConfig(
-        vocab_size=embedding.input_dim,
-        model_type=kinds[type(rnns[0])],
-        wordvec_size=embedding.output_dim,
-        rnn_size=rnns[0].cell.units,
-        num_layers=len(rnns),
-        dropout=dropouts[0] if dropouts else 0.0,
-        batchnorm=any(isinstance(l, keras.layers.BatchNormalization) for l in model.layers),
-    )
-
-
-def _num_states(layer) -> int:
-    size = layer.cell.state_size
-    return len(size) if isinstance(size, (list, tuple)) else 1
+def state_names(model: keras.Model) -> List[str]:
+    """A description of each state tensor, in step-function order, e.g. 'lstm_0 h', 'lstm_0 c'."""
+    return [name for stage in recurrent_stages(model) for name in stage.state_names]
 
 
 def state_sizes(model: keras.Model) -> List[int]:
-    """Width of each explicit state tensor, in step-function order (LSTM: h then c per layer)."""
-    sizes = []
-    for layer in rnn_layers(model):
-        size = layer.cell.state_size
-        sizes.extend(size if isinstance(size, (list, tuple)) else [size])
-    return sizes
-
-
-def state_names(model: keras.Model) -> List[str]:
-    """A description of each state tensor, e.g. 'lstm_0 h', 'lstm_0 c'."""
-    names = []
-    for layer in rnn_layers(model):
-        parts = ["h", "c"] if isinstance(layer, keras.layers.LSTM) else ["h"]
-        names.extend(f"{layer.name} {p}" for p in parts)
-    return names
+    """Width of each explicit state tensor, in step-function order."""
+    return [stage.layer.cell.units for stage in recurrent_stages(model) for _ in stage.kind.state_parts]
 
 
 StepFn = Callable[[tf.Tensor, Tuple[tf.Tensor, ...]], Tuple[tf.Tensor, Tuple[tf.Tensor, ...]]]
@@ -137,30 +169,22 @@ def make_step_fn(model: keras.Model) -> StepFn:
     Built from the layers in model order; recurrent layers run their cell once, Dropout is skipped
     and BatchNormalization uses its moving statistics (inference).
     """
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    stages = layer_stack(model)
 
     def step(ids, states):
         x = ids
         states = list(states)
         new_states = []
-        for layer in layers:
-            if isinstance(layer, keras.layers.RNN):
-                count = _num_states(layer)
+        for stage in stages:
+            if stage.role == "recurrent":
+                count = len(stage.kind.state_parts)
                 layer_states, states = states[:count], states[count:]
-                x, updated = layer.cell(x, layer_states, training=False)
+                x, updated = stage.layer.cell(x, layer_states, training=False)
                 new_states.extend(updated)
-            elif isinstance(layer, keras.layers.Dropout):
+            elif stage.role == "dropout":
                 continue
             else:  # layers built on (N, T, ...) inputs: give them a time axis of one
-                x = layer(x[:, None], training=False)[:, 0]
+                x = stage.layer(x[:, None], training=False)[:, 0]
         return x, tuple(new_states)
 
     return step
-
-
-def zero_states(model: keras.Model, batch: int) -> Tuple[tf.Tensor, ...]:
-    return tuple(tf.zeros((batch, size), tf.float32) for size in state_sizes(model))
-
-
-def count_params(model: keras.Model) -> int:
-    return int(model.count_params())

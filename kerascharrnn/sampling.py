@@ -88,15 +88,19 @@ def filter_logits_np(logits: np.ndarray, temperature: np.ndarray, top_k: int, to
     return logits
 
 
-def next_ids_np(logits, temperature, top_k, top_p, rng: np.random.Generator, filters: Filters) -> np.ndarray:
-    """numpy twin of next_ids; the noise comes from `rng`, so draws differ from TensorFlow's."""
+def gumbel_noise_np(shape, rng: np.random.Generator) -> np.ndarray:
+    """numpy twin of gumbel_noise (its own random stream: draws differ from TensorFlow's)."""
+    return -np.log(-np.log(rng.uniform(_TINY, 1.0, size=shape)))
+
+
+def next_ids_np(logits, temperature, top_k, top_p, noise, filters: Filters) -> np.ndarray:
+    """numpy twin of next_ids: given the same noise it picks the same ids (tests/test_sampling.py)."""
     best = logits.argmax(axis=1).astype(np.int32)
     if filters.greedy:
         return best
     greedy_rows = temperature <= 0
     scores = filter_logits_np(logits, np.where(greedy_rows, 1.0, temperature).astype(np.float32), top_k, top_p)
-    gumbel = -np.log(-np.log(rng.uniform(_TINY, 1.0, size=scores.shape)))
-    return np.where(greedy_rows, best, (scores + gumbel).argmax(axis=1)).astype(np.int32)
+    return np.where(greedy_rows, best, (scores + noise).argmax(axis=1)).astype(np.int32)
 
 
 def make_chunk_fn(step_fn: Callable, filters: Filters, jit_compile: bool = False):
@@ -152,7 +156,8 @@ def make_numpy_chunk_fn(step_fn: Callable, filters: Filters):
         rng = np.random.default_rng([int(seed), int(t0)])
         out = np.zeros(prompt.shape, np.int32)
         for t in range(int(num_steps)):
-            sampled = next_ids_np(logits, temperature, int(top_k), float(top_p), rng, filters)
+            noise = None if filters.greedy else gumbel_noise_np(logits.shape, rng)
+            sampled = next_ids_np(logits, temperature, int(top_k), float(top_p), noise, filters)
             out[:, t] = np.where(in_prompt[:, t], prompt[:, t], sampled)
             logits, states = step_fn(out[:, t], states)
         return out, logits, states
@@ -206,7 +211,7 @@ class Sampler:
             self._compiled[key] = self._chunk_fn_for(filters, use_xla)
         return self._compiled[key]
 
-    def generate(
+    def sample_ids(
         self,
         prompts: Sequence[np.ndarray],
         num_new: int,
@@ -232,6 +237,8 @@ class Sampler:
         Returns:
           One array per row: the prompt followed by the new ids.
         """
+        if num_new < 0:
+            raise ValueError(f"num_new must be >= 0, got {num_new}")
         num_rows = len(prompts)
         lengths = np.array([len(p) for p in prompts], dtype=np.int64)
         total = int(lengths.max(initial=0)) + num_new

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from kerascharrnn.config import ServeConfig
+from kerascharrnn.engines import Engine
 from kerascharrnn.errors import UserError
 from kerascharrnn.vocab import Vocabulary
 
@@ -143,23 +144,23 @@ class _Job:
         return (self.num_new, self.top_k, self.top_p)
 
 
-class BatchingGenerator:
+class BatchingSampler:
     """Runs generation on one worker thread; jobs queued together run as one batch."""
 
-    def __init__(self, engine, max_rows: int = 64):
+    def __init__(self, engine: Engine, max_rows: int = 64):
         self._engine = engine
         self._max_rows = max_rows
         self._queue = queue.Queue()
-        threading.Thread(target=self._work, name="kerascharrnn-generate", daemon=True).start()
+        threading.Thread(target=self._work, name="kerascharrnn-sampler", daemon=True).start()
 
     def warm_up(self) -> None:
         """Traces the batch shapes a server uses, so no client pays for it."""
         rows = 1
         while rows <= self._max_rows:
-            self._engine.generate_ids([np.zeros(0, np.int32)] * rows, 2, temperature=1.0)
+            self._engine.sample_ids([np.zeros(0, np.int32)] * rows, 2, temperature=1.0)
             rows *= 2
 
-    async def generate(self, prompts: List[np.ndarray], num_new: int, temperatures: List[float], top_k: int = 0,
+    async def sample_ids(self, prompts: List[np.ndarray], num_new: int, temperatures: List[float], top_k: int = 0,
                        top_p: float = 1.0, seed: Optional[int] = None) -> List[np.ndarray]:
         loop = asyncio.get_running_loop()
         job = _Job(list(prompts), list(temperatures), num_new, top_k, top_p, seed, loop.create_future(), loop)
@@ -193,7 +194,7 @@ class BatchingGenerator:
         padding = bucket(len(prompts)) - len(prompts)
         job = batch[0]
         try:
-            sequences = self._engine.generate_ids(
+            sequences = self._engine.sample_ids(
                 prompts + [np.zeros(0, np.int32)] * padding, job.num_new,
                 temperature=np.array(temperatures + [1.0] * padding, np.float32), top_k=job.top_k, top_p=job.top_p,
                 seed=job.seed)
@@ -220,11 +221,11 @@ def _settle(future: asyncio.Future, result, error) -> None:
 # --- the application ------------------------------------------------------------------------------
 
 
-def create_app(engine, config: ServeConfig, model_name: str = "charrnn", generator: Optional[BatchingGenerator] = None
-               ) -> FastAPI:
-    """The FastAPI app over an engine from kerascharrnn.generate (vocab + generate_ids)."""
+def create_app(engine: Engine, config: ServeConfig, model_name: str = "charrnn",
+               batcher: Optional[BatchingSampler] = None) -> FastAPI:
+    """The FastAPI app over an engine (kerascharrnn.engines: vocab + sample_ids)."""
     vocab: Vocabulary = engine.vocab
-    generator = generator or BatchingGenerator(engine, config.max_batch_rows)
+    batcher = batcher or BatchingSampler(engine, config.max_batch_rows)
     app = FastAPI(title="kerascharrnn", version="1",
                   description="Character-level RNN text generation; torch-rnn-server compatible at GET /generate.")
 
@@ -243,7 +244,7 @@ def create_app(engine, config: ServeConfig, model_name: str = "charrnn", generat
         accepted, rejected = [], 0
         for _ in range(config.max_redraw_rounds):
             rows = 2 * (n - len(accepted))  # oversample: a trained model passes about half its draws
-            sequences = await generator.generate([prompt] * rows, config.completion_chars,
+            sequences = await batcher.sample_ids([prompt] * rows, config.completion_chars,
                                                  [random.choice(TEMPERATURES) for _ in range(rows)])
             for ids in sequences:
                 text = cut_completion(vocab.decode(ids[len(prompt):]), config.completion_chars)
@@ -331,7 +332,7 @@ def create_app(engine, config: ServeConfig, model_name: str = "charrnn", generat
         started = time.perf_counter()
         check_start_text(body.start_text)
         prompt = encode(body.start_text, "start_text")
-        sequences = await generator.generate([prompt] * body.num_samples, body.num_new_chars,
+        sequences = await batcher.sample_ids([prompt] * body.num_samples, body.num_new_chars,
                                              [body.temperature] * body.num_samples, top_k=body.top_k,
                                              top_p=body.top_p, seed=body.seed)
         cut = [cut_at_stop(vocab.decode(ids[len(prompt):]), body.stop) for ids in sequences]

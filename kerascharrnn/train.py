@@ -14,11 +14,11 @@ import numpy as np
 import tensorflow as tf
 
 from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import data, fused
+from kerascharrnn import data, devices, evaluate, fused
 from kerascharrnn import model as model_lib
-from kerascharrnn.config import ModelConfig, TrainConfig
+from kerascharrnn.charrnn import CharRNN
+from kerascharrnn.config import TrainConfig
 from kerascharrnn.errors import UserError
-from kerascharrnn.vocab import Vocabulary
 
 
 @dataclasses.dataclass
@@ -52,58 +52,21 @@ class _StopSignal:
             signal.signal(signum, handler)
 
 
-def configure_devices(gpu: int, seed: Optional[int]) -> None:
-    """--gpu -1 hides GPUs; --seed seeds every RNG and turns on op determinism."""
-    if gpu < 0:
-        tf.config.set_visible_devices([], "GPU")
-    else:
-        gpus = tf.config.list_physical_devices("GPU")
-        if gpus and gpu >= len(gpus):
-            raise UserError(f"--gpu {gpu}: TensorFlow sees {len(gpus)} GPU(s)")
-        if gpus:
-            tf.config.set_visible_devices(gpus[gpu], "GPU")
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
-        tf.config.experimental.enable_op_determinism()
-
-
-def make_eval_step(model: keras.Model):
-    """A compiled (inputs, targets, row_weights) -> (summed loss, token count) for a stateful model."""
-
-    @tf.function
-    def eval_step(inputs, targets, row_weights):
-        logits = model(inputs, training=False)
-        per_token = keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)  # (N, T)
-        weights = tf.broadcast_to(row_weights[:, None], tf.shape(per_token))
-        return tf.reduce_sum(per_token * weights), tf.reduce_sum(weights)
-
-    return eval_step
-
-
-def split_loss(model: keras.Model, h5_path: str, split: str, layout: data.StreamLayout, eval_step=None) -> float:
-    """Mean cross-entropy (nats per token) over a whole split, the state carried from zero.
-
-    Leaves the model's carried state changed; callers that care save and restore it.
-    """
-    eval_step = eval_step or make_eval_step(model)
-    model_lib.reset_states(model)
-    weights = tf.constant(data.row_weights(layout))
-    total, count = 0.0, 0.0
-    for inputs, targets in data.make_dataset(h5_path, split, layout):
-        loss_sum, n = eval_step(inputs, targets, weights)
-        total += float(loss_sum)
-        count += float(n)
-    return total / count
-
-
 class Trainer:
-    """Owns the model, optimizer and compiled steps of one training run."""
+    """Owns the optimizer and compiled steps of one training run over a CharRNN.
 
-    def __init__(self, config: TrainConfig, model: keras.Model, layouts: Dict[str, data.StreamLayout],
-                 use_fused: Optional[bool] = None):
-        self.config = config
-        self.model = model
+    `config.fused` is resolved here ("auto" -> "on"/"off"); `self.config` holds the resolved value,
+    which the checkpoints record so that a resumed run takes the same path.
+    """
+
+    def __init__(self, config: TrainConfig, charrnn: CharRNN, layouts: Dict[str, data.StreamLayout]):
+        self.charrnn = charrnn
+        self.model = model = charrnn.model
         self.layouts = layouts
+        # On a CPU, LSTMs may train through fused.forward under XLA (hoisted projections, one-matmul weight
+        # gradients); on a GPU the Keras call runs cuDNN. Same layers and weights either way.
+        self.fused = fused.choose(model, config.fused, on_gpu=devices.on_gpu())
+        self.config = dataclasses.replace(config, fused="on" if self.fused else "off")
         num_train = layouts["train"].num_batches
         schedule = keras.optimizers.schedules.ExponentialDecay(
             config.learning_rate, decay_steps=config.lr_decay_every * num_train,
@@ -113,14 +76,7 @@ class Trainer:
             learning_rate=schedule, epsilon=1e-8, clipvalue=config.grad_clip or None)
         self.optimizer.build(model.trainable_variables)
         self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        self._eval_step = make_eval_step(model)
-        # On a CPU, LSTMs train through fused.forward under XLA (hoisted projections, one-matmul weight
-        # gradients) where that measured faster; on a GPU the Keras call runs cuDNN. Same layers and
-        # weights either way.
-        self.fused = (fused.supports(model) and fused.pays_off(model)
-                      and not tf.config.list_logical_devices("GPU"))
-        if use_fused is not None:  # benchmarks compare both paths
-            self.fused = use_fused and fused.supports(model)
+        self._eval_step = evaluate.make_eval_step(model)
         self.train_step = tf.function(self._train_step, jit_compile=self.fused)
 
     def _train_step(self, inputs, targets):
@@ -138,31 +94,53 @@ class Trainer:
         return float(self.optimizer.learning_rate)
 
     # Training state beyond the weights: optimizer slots (with the iteration, hence the LR schedule
-    # position and the data position), the carried RNN state and non-trainable variables (dropout RNG).
+    # position and the data position), the carried RNN state and non-trainable variables (dropout RNG,
+    # batch-norm statistics). Keyed by name, never by position: Adam's m and v slots have equal shapes,
+    # so a reordering (a later Keras) would otherwise restore silently wrong.
+    def _named_variables(self) -> Dict[str, object]:
+        named = {}
+        for v in self.optimizer.variables:  # "adam/lstm_0_lstm_cell_kernel_momentum": drop the optimizer's name
+            named["optimizer/" + v.path.split("/", 1)[-1]] = v
+        for stage in model_lib.layer_stack(self.model):
+            # a layer's own name, not the variable path: seed generators are numbered per process
+            for k, v in enumerate(stage.layer.non_trainable_variables):
+                named[f"non_trainable/{stage.layer.name}/{k}/{v.name}"] = v
+        for stage in model_lib.recurrent_stages(self.model):
+            for part, v in zip(stage.kind.state_parts, stage.layer.states):
+                named[f"rnn_state/{stage.layer.name}/{part}"] = v
+        return named
+
     def state_arrays(self) -> Dict[str, np.ndarray]:
-        arrays = {}
-        for i, v in enumerate(self.optimizer.variables):
-            arrays[f"optimizer/{i}"] = v.numpy()
-        for i, value in enumerate(model_lib.get_states(self.model)):
-            arrays[f"rnn_state/{i}"] = value
-        for i, v in enumerate(self.model.non_trainable_variables):
-            arrays[f"non_trainable/{i}"] = v.numpy()
-        return arrays
+        return {name: v.numpy() for name, v in self._named_variables().items()}
 
     def restore_state(self, arrays: Dict[str, np.ndarray], source: str) -> None:
-        groups = {"optimizer": list(self.optimizer.variables), "non_trainable": list(self.model.non_trainable_variables)}
-        for prefix, variables in groups.items():
-            keys = [k for k in arrays if k.startswith(prefix + "/")]
-            if len(keys) != len(variables):
-                raise UserError(f"{source}: training state does not fit this model ({prefix})")
+        """Puts back what state_arrays saved; reads v0.1.0's positional keys ("optimizer/0") too."""
+        if "optimizer/0" in arrays:
+            arrays = self._v010_names(arrays)
+        named = self._named_variables()
+        missing = sorted(set(named) - set(arrays))
+        unexpected = sorted(set(arrays) - set(named))
+        if missing or unexpected:
+            raise UserError(f"{source}: training state does not fit this model"
+                            f" ({(missing or unexpected)[0]} {'missing' if missing else 'unexpected'})")
+        for name, v in named.items():
+            if tuple(arrays[name].shape) != tuple(v.shape):
+                raise UserError(f"{source}: training state does not fit this model ({name} has shape"
+                                f" {tuple(arrays[name].shape)}, the model wants {tuple(v.shape)})")
+        for name, v in named.items():
+            v.assign(arrays[name])
+
+    def _v010_names(self, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """v0.1.0 saved by position in optimizer.variables, model.non_trainable_variables and the states."""
+        by_position = {}
+        groups = [("optimizer", self.optimizer.variables), ("non_trainable", self.model.non_trainable_variables),
+                  ("rnn_state", model_lib.state_variables(self.model))]
+        names = {id(v): name for name, v in self._named_variables().items()}
+        for prefix, variables in groups:
             for i, v in enumerate(variables):
-                value = arrays[f"{prefix}/{i}"]
-                if tuple(value.shape) != tuple(v.shape):
-                    raise UserError(f"{source}: training state does not fit this model ({v.path})")
-                v.assign(value)
-        states = [arrays[k] for k in sorted((k for k in arrays if k.startswith("rnn_state/")),
-                                            key=lambda k: int(k.split("/")[1]))]
-        model_lib.set_states(self.model, states)
+                if f"{prefix}/{i}" in arrays:
+                    by_position[names[id(v)]] = arrays[f"{prefix}/{i}"]
+        return by_position
 
     @property
     def iteration(self) -> int:
@@ -174,7 +152,7 @@ class Trainer:
         if layout.num_batches == 0:
             return None
         saved = model_lib.get_states(self.model)
-        loss = split_loss(self.model, h5_path, split, layout, self._eval_step)
+        loss = evaluate.split_loss(self.model, h5_path, split, layout, self._eval_step)
         model_lib.set_states(self.model, saved)
         return loss
 
@@ -187,11 +165,9 @@ def _peak_memory_bytes() -> int:
 
 def train_and_evaluate(
     config: TrainConfig,
-    model_config: ModelConfig,
-    vocab: Vocabulary,
+    charrnn: CharRNN,
     layouts: Dict[str, data.StreamLayout],
-    model: Optional[keras.Model] = None,
-    resume: Optional[dict] = None,
+    resume: Optional[ckpt.CheckpointRecord] = None,
     start_iteration: int = 0,
     log=print,
 ) -> TrainResult:
@@ -199,27 +175,25 @@ def train_and_evaluate(
 
     Args:
       config: the training options.
-      model_config: the architecture (ignored when `model` is given).
-      vocab: the corpus vocabulary; it travels inside every checkpoint.
+      charrnn: the model to train, built at config.batch_size (fresh, --init_from or --resume_from weights);
+        its vocabulary travels inside every checkpoint.
       layouts: stream layouts of the train/val/test splits (see data.layouts_for).
-      model: weights to start from (--init_from / --resume_from), already built at config.batch_size.
-      resume: the checkpoint JSON record to continue from; its state file must sit beside it.
+      resume: the checkpoint record to continue from; its state file must sit beside it.
       start_iteration: iteration counter to start at (--init_from with --reset_iterations 0).
       log: where progress lines go.
 
     Returns:
       A TrainResult naming the last checkpoint written.
     """
-    model = model or model_lib.build_model(model_config, config.batch_size)
-    trainer = Trainer(config, model, layouts)
-    history = {"train_loss_history": [], "val_loss_history": [], "val_loss_history_it": [],
-               "forward_backward_times": [], "memory_usage": []}
+    model = charrnn.model
+    trainer = Trainer(config, charrnn, layouts)
+    config = trainer.config  # with the training path resolved, as the checkpoints record it
+    history = {key: [] for key in ckpt.HISTORY_KEYS}
     best_val = math.inf
     if resume is not None:
-        trainer.restore_state(ckpt.load_state(ckpt.sibling(resume["_path"], resume["state_file"])), resume["_path"])
-        for key in history:
-            history[key] = list(resume.get(key, []))
-        best_val = resume.get("best_val_loss") or math.inf
+        trainer.restore_state(ckpt.load_state(resume.state_path), resume.path)
+        history = {key: list(values) for key, values in resume.history.items()}
+        best_val = resume.best_val_loss if resume.best_val_loss is not None else math.inf
     elif start_iteration:
         trainer.optimizer.iterations.assign(start_iteration)
 
@@ -228,24 +202,26 @@ def train_and_evaluate(
     if config.max_iters:
         num_iterations = min(num_iterations, config.max_iters)
     iteration = trainer.iteration
-    log(f"Model: {model_config.model_type} {model_config.num_layers} x {model_config.rnn_size},"
-        f" {model_lib.count_params(model):,} parameters; {num_train} minibatches per epoch")
+    log(f"Model: {charrnn.config.model_type} {charrnn.config.num_layers} x {charrnn.config.rnn_size},"
+        f" {charrnn.count_params():,} parameters; {num_train} minibatches per epoch;"
+        f" {'fused' if trainer.fused else 'Keras'} training path")
     writer = tf.summary.create_file_writer(config.tensorboard_dir) if config.tensorboard_dir else None
 
     def write_checkpoint(val_loss):
         nonlocal best_val
-        info = dict(history, iteration=iteration, epoch=iteration / num_train,
-                    model_config=dataclasses.asdict(model_config), train_config=dataclasses.asdict(config),
-                    best_val_loss=min(best_val, val_loss) if val_loss is not None else
-                    (best_val if math.isfinite(best_val) else None))
+        record = ckpt.CheckpointRecord(
+            path="", iteration=iteration, model_file="", state_file="", model_config=charrnn.config,
+            train_config=config, vocab=charrnn.vocab, history=history,
+            best_val_loss=min(best_val, val_loss) if val_loss is not None else
+            (best_val if math.isfinite(best_val) else None))
         state = trainer.state_arrays()
         paths = ckpt.CheckpointPaths.for_tag(config.checkpoint_name, iteration)
         try:
-            ckpt.save_checkpoint(paths, model, vocab, state, info)
+            ckpt.save_checkpoint(paths, charrnn, state, record, num_train)
             if val_loss is not None and val_loss < best_val:
                 best_val = val_loss
                 ckpt.save_checkpoint(ckpt.CheckpointPaths.for_tag(config.checkpoint_name, "best"),
-                                     model, vocab, state, info)
+                                     charrnn, state, record, num_train)
         except OSError as e:
             raise UserError(f"could not write checkpoint {paths.model}: {e.strerror or e};"
                             " the previous checkpoint is intact") from None
@@ -306,6 +282,6 @@ def train_and_evaluate(
     if writer:
         writer.flush()
     if last_json is None:  # nothing left to train (resumed at the end): the checkpoint we came from
-        last_json = resume["_path"] if resume else write_checkpoint(trainer.evaluate(config.input_h5, "val"))
+        last_json = resume.path if resume else write_checkpoint(trainer.evaluate(config.input_h5, "val"))
     return TrainResult(last_json, iteration, history["train_loss_history"], history["val_loss_history"],
                        interrupted_by=stop.signum)

@@ -52,11 +52,11 @@ def main():
         latest = ckpt.find_latest(name)
         verdict = "no checkpoint yet"
         if latest:
-            record = ckpt.read_json(latest)
-            ckpt.load_model(ckpt.sibling(latest, record["model_file"]))
-            ckpt.load_state(ckpt.sibling(latest, record["state_file"]))
-            assert len(record["train_loss_history"]) == record["iteration"], "history has gaps"
-            verdict = f"latest {os.path.basename(latest)} loads (iteration {record['iteration']})"
+            record = ckpt.read_record(latest)
+            ckpt.load_keras(record.model_path)
+            ckpt.load_state(record.state_path)
+            assert len(record.history["train_loss_history"]) == record.iteration, "history has gaps"
+            verdict = f"latest {os.path.basename(latest)} loads (iteration {record.iteration})"
         outcomes.append(verdict)
         print(f"kill {k + 1:2d} after {delay:4.1f} s: {verdict}", flush=True)
     final = subprocess.run(train + ["--resume_from", "latest", "--checkpoint_name", name], capture_output=True,

@@ -21,8 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf  # noqa: E402
 
 from kerascharrnn import data, fused, train  # noqa: E402
-from kerascharrnn import model as model_lib  # noqa: E402
+from kerascharrnn.charrnn import CharRNN  # noqa: E402
 from kerascharrnn.config import ModelConfig, TrainConfig  # noqa: E402
+from kerascharrnn.vocab import Vocabulary  # noqa: E402
 
 
 def timed(fn, *args, repeats=30):
@@ -43,8 +44,9 @@ def main():
     args = parser.parse_args()
     B, T, H, L = 50, 50, args.rnn_size, args.layers
     config = ModelConfig(vocab_size=65, num_layers=L, rnn_size=H)
-    model = model_lib.build_model(config, B)
-    trainer = train.Trainer(TrainConfig(input_h5="", input_json="", batch_size=B, seq_length=T), model,
+    charrnn = CharRNN.build(config, Vocabulary(tuple(chr(32 + i) for i in range(65))), B)
+    model = charrnn.model
+    trainer = train.Trainer(TrainConfig(batch_size=B, seq_length=T, fused="on"), charrnn,
                             {"train": data.StreamLayout(B, B, T, 1000)})
     rng = np.random.default_rng(0)
     x = rng.integers(0, 65, (B, T)).astype(np.int32)

@@ -1,5 +1,8 @@
 """Shared fixtures: a private KERAS_HOME seeded with tiny-shakespeare (never downloaded), a small
-corpus, and one tiny trained model for the whole session."""
+corpus, and one tiny trained model for the whole session.
+
+Tests that need ../shared (tiny-shakespeare, the torch-rnn checkpoint) skip with a reason when it is
+missing; the others run."""
 
 import os
 import random
@@ -12,11 +15,15 @@ import time
 
 import pytest
 
+from kerascharrnn.config import ModelConfig, TrainConfig
+from kerascharrnn.vocab import Vocabulary
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _shared_dir() -> str:
-    """../shared beside the checkout (as CI has it); for a local clone, beside the repo it came from."""
+def _shared_dir():
+    """../shared beside the checkout (as CI has it); for a local clone, beside the repo it came from.
+    None if there is none."""
     candidates = [os.environ.get("KERASCHARRNN_SHARED", ""), os.path.join(os.path.dirname(REPO), "shared")]
     origin = subprocess.run(["git", "-C", REPO, "config", "remote.origin.url"], capture_output=True, text=True)
     if origin.returncode == 0 and os.path.isdir(origin.stdout.strip()):
@@ -24,10 +31,19 @@ def _shared_dir() -> str:
     for candidate in candidates:
         if candidate and os.path.exists(os.path.join(candidate, "data", "tiny-shakespeare.txt")):
             return candidate
-    raise RuntimeError("tests need ../shared/data/tiny-shakespeare.txt beside the checkout (or $KERASCHARRNN_SHARED)")
+    return None
 
 
-SHARED_SHAKESPEARE = os.path.join(_shared_dir(), "data", "tiny-shakespeare.txt")
+SHARED_DIR = _shared_dir()
+_NO_SHARED = "needs ../shared/data beside the checkout (or $KERASCHARRNN_SHARED)"
+
+
+def shared_file(relative: str) -> str:
+    """The path of a file under ../shared; skips the calling test (with the reason) if it is missing."""
+    path = os.path.join(SHARED_DIR, relative) if SHARED_DIR else None
+    if not path or not os.path.exists(path):
+        pytest.skip(f"{relative}: {_NO_SHARED}")
+    return path
 
 # Set before anything imports Keras, which reads KERAS_HOME once; tests never touch the user's cache.
 _KERAS_HOME = tempfile.mkdtemp(prefix="kerascharrnn-keras-home-")
@@ -36,7 +52,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def shakespeare_text() -> str:
-    with open(SHARED_SHAKESPEARE, encoding="utf-8", newline="") as f:
+    with open(shared_file("data/tiny-shakespeare.txt"), encoding="utf-8", newline="") as f:
         return f.read()
 
 
@@ -45,7 +61,7 @@ def keras_home():
     """KERAS_HOME with tiny-shakespeare already in Keras's dataset cache, so get_file never downloads."""
     datasets = os.path.join(_KERAS_HOME, "datasets")
     os.makedirs(datasets, exist_ok=True)
-    shutil.copyfile(SHARED_SHAKESPEARE, os.path.join(datasets, "tiny-shakespeare.txt"))
+    shutil.copyfile(shared_file("data/tiny-shakespeare.txt"), os.path.join(datasets, "tiny-shakespeare.txt"))
     return _KERAS_HOME
 
 
@@ -65,21 +81,28 @@ TINY_TRAIN_FLAGS = dict(batch_size=4, seq_length=16, max_epochs=1, max_iters=40,
                         print_every=0, seed=1, learning_rate=5e-3)
 
 
+def train_in_process(config, model_config, **kwargs):
+    """train_and_evaluate on CPU with the config's seed, quietly; returns the TrainResult."""
+    from kerascharrnn import data, devices, train
+    from kerascharrnn.charrnn import CharRNN
+    from kerascharrnn.vocab import Vocabulary
+
+    vocab = Vocabulary.load(config.input_json)
+    layouts = data.layouts_for(data.split_lengths(config.input_h5), config.batch_size, config.seq_length)
+    devices.configure(-1, config.seed)
+    charrnn = kwargs.pop("charrnn", None) or CharRNN.build(model_config, vocab, config.batch_size)
+    return train.train_and_evaluate(config, charrnn, layouts, log=lambda *_: None, **kwargs)
+
+
 @pytest.fixture(scope="session")
 def trained(small_corpus, tmp_path_factory):
     """One tiny LSTM trained for 40 iterations in-process; returns the TrainResult and paths."""
-    from kerascharrnn import data, train
-    from kerascharrnn.config import ModelConfig, TrainConfig
-    from kerascharrnn.vocab import Vocabulary
-
     _, h5, js = small_corpus
     prefix = str(tmp_path_factory.mktemp("cv") / "checkpoint")
     config = TrainConfig(input_h5=h5, input_json=js, checkpoint_name=prefix, **TINY_TRAIN_FLAGS)
     vocab = Vocabulary.load(js)
     model_config = ModelConfig(vocab_size=vocab.size, rnn_size=32, wordvec_size=16, num_layers=2)
-    layouts = data.layouts_for(data.split_lengths(h5), config.batch_size, config.seq_length)
-    train.configure_devices(-1, config.seed)
-    result = train.train_and_evaluate(config, model_config, vocab, layouts, log=lambda *_: None)
+    result = train_in_process(config, model_config)
     return {"result": result, "prefix": prefix, "h5": h5, "json": js, "vocab": vocab,
             "keras": prefix + "_40.keras", "config": config, "model_config": model_config}
 
@@ -110,10 +133,7 @@ def sentence_corpus(size: int, rng: random.Random) -> str:
 
 @pytest.fixture(scope="session")
 def sentence_model(tmp_path_factory):
-    from kerascharrnn import data, train
-    from kerascharrnn.config import ModelConfig, TrainConfig
     from kerascharrnn.preprocess import preprocess
-    from kerascharrnn.vocab import Vocabulary
 
     root = tmp_path_factory.mktemp("sentences")
     (root / "s.txt").write_text(sentence_corpus(30_000, random.Random(0)), encoding="utf-8")
@@ -123,9 +143,7 @@ def sentence_model(tmp_path_factory):
                          learning_rate=1e-2, checkpoint_name=str(root / "cv" / "s"))
     vocab = Vocabulary.load(config.input_json)
     model_config = ModelConfig(vocab_size=vocab.size, rnn_size=64, wordvec_size=16, num_layers=1)
-    layouts = data.layouts_for(data.split_lengths(config.input_h5), config.batch_size, config.seq_length)
-    train.configure_devices(-1, config.seed)
-    result = train.train_and_evaluate(config, model_config, vocab, layouts, log=lambda *_: None)
+    result = train_in_process(config, model_config)
     return os.path.splitext(result.checkpoint_json)[0] + ".keras"
 
 

@@ -13,9 +13,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import run_cli
-from kerascharrnn import artifacts, export, generate
-from kerascharrnn import checkpoint as ckpt
+from helpers import graph_ops, read_export_info
+from kerascharrnn import artifacts, engines, export
 from kerascharrnn import model as model_lib
+from kerascharrnn.charrnn import CharRNN
 from kerascharrnn.config import ModelConfig
 from kerascharrnn.errors import UserError
 
@@ -26,10 +27,11 @@ STEPS = 200
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("models") / "tiny"
-    model = ckpt.load_model(trained["keras"])
+    charrnn = CharRNN.from_checkpoint(trained["keras"])
     version_dir = str(model_dir / "1")
-    export.export(model, trained["vocab"], version_dir, source=trained["keras"], tflite=True)
-    return {"model_dir": str(model_dir), "dir": version_dir, "model": model, "vocab": trained["vocab"],
+    export.export(charrnn, version_dir, source=trained["keras"], tflite=True)
+    return {"model_dir": str(model_dir), "dir": version_dir, "charrnn": charrnn, "model": charrnn.model,
+            "vocab": trained["vocab"],
             "tflite": os.path.join(version_dir, "tflite", "model.tflite"), "keras": trained["keras"],
             "loaded": tf.saved_model.load(version_dir)}
 
@@ -55,18 +57,18 @@ def test_layout_versions_and_info(exported, trained):
     assert {"saved_model.pb", "variables", "assets.extra", "tflite"} <= set(os.listdir(d))
     assert sorted(os.listdir(os.path.join(d, "tflite"))) == ["model.tflite", "vocab.json"]
     assert artifacts.saved_model_vocab(d) == trained["vocab"] == artifacts.tflite_vocab(exported["tflite"])
-    info = artifacts.read_info(d)
+    info = read_export_info(d)
     assert [s["name"] for s in info["states"]] == ["state_0", "state_1", "state_2", "state_3"]
     assert [(s["layer"], s["part"], s["size"]) for s in info["states"][:2]] == [("lstm_0", "h", 32), ("lstm_0", "c", 32)]
     model_dir = exported["model_dir"]
     assert artifacts.next_version(model_dir) == 2
-    export.export(exported["model"], trained["vocab"], os.path.join(model_dir, "2"), source=trained["keras"])
+    export.export(exported["charrnn"], os.path.join(model_dir, "2"), source=trained["keras"])
     assert sorted(artifacts.version_dirs(model_dir)) == [1, 2]
     assert artifacts.resolve_saved_model(model_dir) == os.path.join(model_dir, "2")
     assert artifacts.resolve_saved_model(d) == d
     with pytest.raises(UserError, match="already exists"):
-        export.export(exported["model"], trained["vocab"], os.path.join(model_dir, "2"), source=trained["keras"])
-    export.export(exported["model"], trained["vocab"], os.path.join(model_dir, "2"), source=trained["keras"],
+        export.export(exported["charrnn"], os.path.join(model_dir, "2"), source=trained["keras"])
+    export.export(exported["charrnn"], os.path.join(model_dir, "2"), source=trained["keras"],
                   overwrite=True)
     assert sorted(os.listdir(model_dir)) == ["1", "2"]  # no temporary directories left behind
 
@@ -84,9 +86,9 @@ def test_generate_repeats_keeps_prompts_and_lengths(exported):
 
 
 def test_generate_zero_temperature_is_argmax_and_unknown_characters_are_skipped(exported):
-    engine = generate.KerasEngine(exported["model"], exported["vocab"], jit_compile=False)
+    sampler = exported["charrnn"].sampler(jit_compile=False)
     vocab = exported["vocab"]
-    expected = vocab.decode(engine.generate_ids([vocab.encode("ROMEO")], 50, greedy=True)[0])
+    expected = vocab.decode(sampler.sample_ids([vocab.encode("ROMEO")], 50, greedy=True)[0])
     assert generate_signature(exported, ["ROMEO"], 50, temperature=[0.0]) == [expected]
     assert generate_signature(exported, ["R€OMEO☃"], 50, temperature=[0.0]) == ["R€OMEO☃" + expected[5:]]
 
@@ -98,7 +100,7 @@ def test_step_signature_and_tflite_match_keras_for_200_steps(exported):
     batch = expected.shape[0]
     sizes = model_lib.state_sizes(exported["model"])
     step = exported["loaded"].signatures["step"]
-    runner = generate.load_interpreter(exported["tflite"]).get_signature_runner("step")
+    runner = engines.load_interpreter(exported["tflite"]).get_signature_runner("step")
     for call, tolerance in ((step, 1e-5), (runner, 1e-5)):
         states = {f"state_{k}": np.zeros((batch, h), np.float32) for k, h in enumerate(sizes)}
         worst = 0.0
@@ -134,7 +136,7 @@ def test_quantized_tflite_runs_close_to_float(exported, quantize, tolerance, tmp
     path.write_bytes(export.tflite_model(exported["dir"], quantize))
     assert path.stat().st_size < os.path.getsize(exported["tflite"]) * 0.75
     expected, ids = keras_logits(exported, "ROMEO: What say")
-    runner = generate.load_interpreter(str(path)).get_signature_runner("step")
+    runner = engines.load_interpreter(str(path)).get_signature_runner("step")
     states = {f"state_{k}": np.zeros((expected.shape[0], 32), np.float32) for k in range(4)}
     for t in range(len(ids)):
         out = runner(ids=np.full(expected.shape[0], ids[t], np.int32), **states)
@@ -143,7 +145,7 @@ def test_quantized_tflite_runs_close_to_float(exported, quantize, tolerance, tmp
 
 
 def test_graph_has_no_cudnn_ops_and_export_calls_only_cells(exported, tmp_path, monkeypatch):
-    ops = export.graph_ops(exported["dir"])
+    ops = graph_ops(exported["dir"])
     assert "While" in ops and not [op for op in ops if "Cudnn" in op or "BlockLSTM" in op]
 
     def whole_sequence_call(*args, **kwargs):
@@ -151,12 +153,12 @@ def test_graph_has_no_cudnn_ops_and_export_calls_only_cells(exported, tmp_path, 
 
     config = ModelConfig(vocab_size=exported["vocab"].size, model_type="gru", wordvec_size=8, rnn_size=8,
                          num_layers=2, batchnorm=True, dropout=0.1)
-    model = model_lib.build_model(config, 3)
-    model(np.zeros((3, 2), np.int32))  # built (the whole-sequence call is fine here, before the spy)
+    charrnn = CharRNN.build(config, exported["vocab"], 3)
+    charrnn.model(np.zeros((3, 2), np.int32))  # built (the whole-sequence call is fine here, before the spy)
     for layer_class in (keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN):
         monkeypatch.setattr(layer_class, "call", whole_sequence_call)
-    export.export(model, exported["vocab"], str(tmp_path / "gru" / "1"), source="gru.keras", tflite=True)
-    assert not [op for op in export.graph_ops(str(tmp_path / "gru" / "1")) if "Cudnn" in op]
+    export.export(charrnn, str(tmp_path / "gru" / "1"), source="gru.keras", tflite=True)
+    assert not [op for op in graph_ops(str(tmp_path / "gru" / "1")) if "Cudnn" in op]
 
 
 FRESH_PROCESS = r"""

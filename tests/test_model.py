@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import cudnn_eligible, zero_states
 from kerascharrnn import model as model_lib
 from kerascharrnn.config import ModelConfig
+from kerascharrnn.errors import UserError
 
 N, T, D, H, V = 2, 3, 4, 5, 6
 
@@ -25,15 +27,16 @@ def test_output_shapes_and_stock_layers(model_type):
 
 @pytest.mark.parametrize("model_type", ["lstm", "gru"])
 def test_recurrent_layers_meet_cudnn_conditions(model_type):
-    for layer in model_lib.rnn_layers(tiny(model_type, dropout=0.2)):
-        assert model_lib.cudnn_eligible(layer)
+    for stage in model_lib.recurrent_stages(tiny(model_type, dropout=0.2)):
+        layer = stage.layer
+        assert cudnn_eligible(layer)
         assert layer.cell.recurrent_dropout == 0 and not layer.unroll and layer.cell.use_bias
         assert layer.cell.activation is keras.activations.tanh
         assert layer.cell.recurrent_activation is keras.activations.sigmoid
         assert layer.stateful
     gru = keras.layers.GRU(4, reset_after=False)
-    assert not model_lib.cudnn_eligible(gru)
-    assert not model_lib.cudnn_eligible(keras.layers.LSTM(4, recurrent_dropout=0.1))
+    assert not cudnn_eligible(gru)
+    assert not cudnn_eligible(keras.layers.LSTM(4, recurrent_dropout=0.1))
 
 
 def test_save_load_same_logits(tmp_path):
@@ -56,7 +59,7 @@ def test_step_function_matches_whole_sequence_model(model_type):
     ids = np.array([[1, 2, 3, 4], [5, 0, 1, 2]], dtype=np.int32)
     expected = model(ids, training=False).numpy()  # (N, T, V)
     step = model_lib.make_step_fn(model)
-    states = model_lib.zero_states(model, N)
+    states = zero_states(model, N)
     for t in range(ids.shape[1]):
         logits, states = step(tf.constant(ids[:, t]), states)
         np.testing.assert_allclose(logits.numpy(), expected[:, t], atol=1e-5)
@@ -73,6 +76,26 @@ def test_state_helpers():
     assert all(np.abs(s).sum() == 0 for s in model_lib.get_states(model))
     model_lib.set_states(model, saved)
     np.testing.assert_array_equal(model_lib.get_states(model)[1], saved[1])
-    config = model_lib.model_config_of(tiny("gru", batchnorm=True, dropout=0.25))
-    assert (config.model_type, config.num_layers, config.rnn_size, config.dropout, config.batchnorm) == \
-        ("gru", 2, H, 0.25, True)
+    config = ModelConfig(vocab_size=V, model_type="gru", wordvec_size=D, rnn_size=H, num_layers=3, dropout=0.25,
+                         batchnorm=True)
+    assert model_lib.config_of(model_lib.build_model(config, N)) == config
+
+
+@pytest.mark.parametrize("model_type", ["lstm", "gru", "rnn"])
+def test_layer_stack_roles(model_type):
+    stages = model_lib.layer_stack(tiny(model_type, batchnorm=True, dropout=0.1))
+    assert [s.role for s in stages] == ["embedding"] + ["recurrent", "batchnorm", "dropout"] * 2 + ["logits"]
+    parts = ["h", "c"] if model_type == "lstm" else ["h"]
+    assert stages[1].state_names == [f"{model_type}_0 {p}" for p in parts]
+
+
+def test_layer_stack_refuses_a_foreign_model():
+    ids = keras.Input(batch_shape=(N, None), dtype="int32")
+    x = keras.layers.Embedding(V, D)(ids)
+    x = keras.layers.Conv1D(H, 2, padding="causal")(x)
+    foreign = keras.Model(ids, keras.layers.Dense(V)(x))
+    with pytest.raises(UserError, match="Conv1D"):
+        model_lib.layer_stack(foreign)
+    dense_only = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with pytest.raises(UserError, match="not a char-RNN"):
+        model_lib.layer_stack(dense_only)

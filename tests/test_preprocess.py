@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import SHARED_SHAKESPEARE
+from conftest import shared_file
 from kerascharrnn.errors import UserError
 from kerascharrnn.preprocess import preprocess, split_sizes
 
@@ -77,7 +77,7 @@ def test_uint32_when_vocabulary_exceeds_255(tmp_path):
 
 
 def test_tiny_shakespeare_figures(tmp_path):
-    preprocess(SHARED_SHAKESPEARE, str(tmp_path / "ts.h5"), str(tmp_path / "ts.json"), quiet=True)
+    preprocess(shared_file("data/tiny-shakespeare.txt"), str(tmp_path / "ts.h5"), str(tmp_path / "ts.json"), quiet=True)
     with h5py.File(tmp_path / "ts.h5") as f:
         assert [f[k].shape[0] for k in ("train", "val", "test")] == [892316, 111539, 111539]
     assert len(json.loads((tmp_path / "ts.json").read_text())["idx_to_token"]) == 65

@@ -75,6 +75,14 @@ def test_each_covered_token_comes_once_per_epoch_in_stream_order(num_tokens, bat
 
 # --- faults during training, through bin/train ----------------------------------------------------
 
+FAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "faults")
+
+
+def crash_at(point: str) -> dict:
+    """Environment for a bin/train that SIGKILLs itself at `point` (see tests/faults/sitecustomize.py)."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [FAULTS, os.environ.get("PYTHONPATH")])),
+            "KERASCHARRNN_TEST_CRASH_AT": point}
+
 TINY = ["--batch_size", 4, "--seq_length", 16, "--rnn_size", 16, "--wordvec_size", 8, "--num_layers", 1,
         "--print_every", 1, "--seed", 5]
 
@@ -91,7 +99,7 @@ def corpus(tmp_path_factory):
 def test_kill_after_state_before_json_is_ignored_and_resume_continues(corpus, tmp_path):
     name = tmp_path / "cv" / "ck"
     killed = run_cli("train", "--input_h5", corpus / "in.h5", *TINY, "--max_iters", 20, "--checkpoint_every", 5,
-                     "--checkpoint_name", name, env={ckpt.CRASH_ENV: "after_state:10"})
+                     "--checkpoint_name", name, env=crash_at("after_state:10"))
     assert killed.returncode == -signal.SIGKILL
     assert (tmp_path / "cv" / "ck_10.keras").exists() and (tmp_path / "cv" / "ck_10.state.npz").exists()
     assert not (tmp_path / "cv" / "ck_10.json").exists()
@@ -110,7 +118,7 @@ def test_kill_after_state_before_json_is_ignored_and_resume_continues(corpus, tm
 def test_kill_while_overwriting_best_leaves_no_half_best(corpus, tmp_path):
     name = tmp_path / "cv" / "ck"
     killed = run_cli("train", "--input_h5", corpus / "in.h5", *TINY, "--max_iters", 10, "--checkpoint_every", 5,
-                     "--checkpoint_name", name, env={ckpt.CRASH_ENV: "after_model:best"})
+                     "--checkpoint_name", name, env=crash_at("after_model:best"))
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "cv" / "ck_best.json").exists()  # an incomplete set is never marked complete
 
@@ -131,8 +139,8 @@ def test_signal_writes_checkpoint_and_says_how_to_resume(corpus, tmp_path, signu
     lines = [l for l in stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and "Resume with:" in lines[0] and "--resume_from" in lines[0]
     checkpoint_json = lines[0].split("checkpoint ")[1].split(". Resume")[0]
-    record = ckpt.read_json(checkpoint_json)
-    assert record["iteration"] == len(record["train_loss_history"]) >= 1
+    record = ckpt.read_record(checkpoint_json)
+    assert record.iteration == len(record.history["train_loss_history"]) >= 1
 
 
 def test_nan_loss_stops_and_names_the_last_good_checkpoint(corpus, tmp_path):
@@ -143,11 +151,12 @@ def test_nan_loss_stops_and_names_the_last_good_checkpoint(corpus, tmp_path):
     lines = [l for l in result.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and "loss became nan" in lines[0].lower() and "--learning_rate" in lines[0], result.stderr
     good = lines[0].split("last good checkpoint is ")[1].split(";")[0]
-    assert ckpt.read_json(good)["iteration"] == 1 and ckpt.find_latest(str(tmp_path / "ck")) == good
+    assert ckpt.read_record(good).iteration == 1 and ckpt.find_latest(str(tmp_path / "ck")) == good
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(trained, tmp_path, monkeypatch):
     from kerascharrnn import train
+    from kerascharrnn.charrnn import CharRNN
     from kerascharrnn.config import TrainConfig
 
     calls = []
@@ -164,9 +173,10 @@ def test_failed_checkpoint_write_keeps_the_previous_one(trained, tmp_path, monke
                          checkpoint_name=str(tmp_path / "ck"))
     layouts = data.layouts_for(data.split_lengths(trained["h5"]), 4, 16)
     with pytest.raises(UserError, match="No space left on device.*previous checkpoint is intact"):
-        train.train_and_evaluate(config, trained["model_config"], trained["vocab"], layouts, log=lambda *_: None)
+        train.train_and_evaluate(config, CharRNN.build(trained["model_config"], trained["vocab"], 4), layouts,
+                                 log=lambda *_: None)
     assert ckpt.find_latest(str(tmp_path / "ck")) == str(tmp_path / "ck_5.json")
-    ckpt.load_model(str(tmp_path / "ck_5.keras"))
+    CharRNN.from_checkpoint(str(tmp_path / "ck_5.keras"))
     assert not (tmp_path / "ck_10.json").exists()
 
 

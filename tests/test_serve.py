@@ -217,11 +217,10 @@ def test_serve_flag_errors(sentence_model):
 
 def test_redraws_are_capped_and_logged(sentence_model, caplog):
     """Limits no 140-character completion can meet: torch-rnn-server would loop forever; we answer."""
-    from kerascharrnn import checkpoint as ckpt
-    from kerascharrnn import generate
+    from kerascharrnn import engines
     from kerascharrnn.config import ServeConfig
 
-    engine = generate.open_engine("checkpoint", sentence_model, ckpt.read_vocab(sentence_model), jit_compile=False)
+    engine = engines.open_engine("checkpoint", sentence_model, jit_compile=False)
     app = serve.create_app(engine, ServeConfig(word_limit_short=100, word_limit_long=120, max_redraw_rounds=2))
 
     async def call():

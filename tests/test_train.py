@@ -7,9 +7,11 @@ import zipfile
 import keras
 import numpy as np
 
+from conftest import train_in_process
 from kerascharrnn import checkpoint as ckpt
 from kerascharrnn import data, train
 from kerascharrnn import model as model_lib
+from kerascharrnn.charrnn import CharRNN
 from kerascharrnn.vocab import Vocabulary
 
 
@@ -45,6 +47,13 @@ def test_checkpoint_loads_in_plain_keras_and_carries_vocab(trained):
     with zipfile.ZipFile(trained["keras"]) as archive:
         assert ckpt.VOCAB_ENTRY in archive.namelist()
     assert ckpt.read_vocab(trained["keras"]) == trained["vocab"]
+    assert ckpt.read_model_config(trained["keras"]) == trained["model_config"]
+    charrnn = CharRNN.from_checkpoint(trained["keras"])
+    assert (charrnn.config, charrnn.vocab, charrnn.batch_size) == (trained["model_config"], trained["vocab"], 4)
+    single = charrnn.with_batch_size(1)
+    assert single.batch_size == 1 and single.config == charrnn.config
+    for a, b in zip(single.model.get_weights(), charrnn.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_model_without_json_is_ignored(trained, tmp_path):
@@ -57,16 +66,12 @@ def test_model_without_json_is_ignored(trained, tmp_path):
     assert ckpt.find_latest(prefix) == prefix + "_20.json"
 
 
-def _run(config, model_config, vocab, layouts, **kwargs):
-    train.configure_devices(-1, config.seed)
-    return train.train_and_evaluate(config, model_config, vocab, layouts, log=lambda *_: None, **kwargs)
-
-
 def test_validation_leaves_training_state_untouched(trained):
     config = trained["config"]
     layouts = data.layouts_for(data.split_lengths(config.input_h5), config.batch_size, config.seq_length)
-    model = model_lib.build_model(trained["model_config"], config.batch_size)
-    trainer = train.Trainer(config, model, layouts)
+    charrnn = CharRNN.build(trained["model_config"], trained["vocab"], config.batch_size)
+    model = charrnn.model
+    trainer = train.Trainer(config, charrnn, layouts)
     inputs, targets = next(iter(data.make_dataset(config.input_h5, "train", layouts["train"])))
     trainer.train_step(inputs, targets)
     before = model_lib.get_states(model)
@@ -90,18 +95,16 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(trained, tmp_path):
     lengths = data.split_lengths(base.input_h5)
     layouts = data.layouts_for(lengths, base.batch_size, base.seq_length)
     num_train = layouts["train"].num_batches
-    full = _run(base, model_config, vocab, layouts)
+    full = train_in_process(base, model_config)
     assert len(full.train_loss_history) == 2 * num_train
 
     stop_at = num_train + 3  # mid-way through the second epoch, after a learning-rate decay
     part = dataclasses.replace(base, checkpoint_name=str(tmp_path / "part"), max_iters=stop_at)
-    _run(part, model_config, vocab, layouts)
-    record = ckpt.read_json(str(tmp_path / f"part_{stop_at}.json"))
-    record["_path"] = str(tmp_path / f"part_{stop_at}.json")
-    loaded = ckpt.load_model(ckpt.sibling(record["_path"], record["model_file"]))
-    model = model_lib.build_model(model_config, base.batch_size)
-    model.set_weights(loaded.get_weights())
-    resumed = _run(dataclasses.replace(part, max_iters=0), model_config, vocab, layouts, model=model, resume=record)
+    train_in_process(part, model_config)
+    record = ckpt.read_record(str(tmp_path / f"part_{stop_at}.json"))
+    charrnn = CharRNN.from_checkpoint(record.model_path, batch_size=base.batch_size)
+    resumed = train_in_process(dataclasses.replace(record.train_config, max_iters=0), model_config, charrnn=charrnn,
+                               resume=record)
     assert len(resumed.train_loss_history) == len(full.train_loss_history)
     np.testing.assert_allclose(resumed.train_loss_history, full.train_loss_history, atol=1e-6, rtol=0)
     np.testing.assert_allclose(resumed.val_loss_history[-1], full.val_loss_history[-1], atol=1e-6)

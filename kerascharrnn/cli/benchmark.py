@@ -7,13 +7,15 @@ from absl import flags
 
 from kerascharrnn import files
 from kerascharrnn.cli import common
+from kerascharrnn.config import FUSED_CHOICES, MODEL_TYPES
 from kerascharrnn.errors import UserError
 
 flags.DEFINE_multi_enum("what", ["train"], ["train", "sample", "preprocess"], "What to measure (repeatable).")
 flags.DEFINE_enum("peer", "none", ["none", "torch"], "Also run the same configurations with PyTorch (pip install"
                   " 'kerascharrnn[bench]'), each in its own process, and print the ratio per row.")
 flags.DEFINE_string("grid", "torch-rnn", "Layers x rnn_size list, e.g. '1x64,2x128'; torch-rnn = 1/2/3 x 64..512.")
-flags.DEFINE_enum("model_type", "lstm", ["lstm", "gru", "rnn"], "Recurrent layer type.")
+flags.DEFINE_enum("model_type", "lstm", list(MODEL_TYPES), "Recurrent layer type.")
+flags.DEFINE_enum("fused", "auto", list(FUSED_CHOICES), "Our LSTM training path (bin/train's --fused).")
 flags.DEFINE_integer("batch_size", 50, "B.", lower_bound=1)
 flags.DEFINE_integer("seq_length", 50, "T.", lower_bound=1)
 flags.DEFINE_integer("iters", 100, "Timed train steps per configuration (torch-rnn: 100).", lower_bound=1)
@@ -35,20 +37,20 @@ def main(argv):
         if importlib.util.find_spec("torch") is None:
             raise UserError("--peer torch needs PyTorch: pip install 'kerascharrnn[bench]'")
     try:
-        from kerascharrnn.benchmark import parse_grid
+        from kerascharrnn.benchmark.report import parse_grid
 
         parse_grid(FLAGS.grid)
     except ValueError:
         raise UserError(f"--grid {FLAGS.grid!r}: use torch-rnn or a list like 1x64,2x128") from None
     common.quiet_tensorflow()
-    from kerascharrnn import benchmark
+    from kerascharrnn.benchmark import report
 
     command = " ".join(shlex.quote(a) for a in ["bin/benchmark", *sys.argv[1:]])
-    sections = benchmark.run(FLAGS)
-    report = [f"Machine: {benchmark.machine()}", f"Command: `{command}`", ""]
+    sections = report.run(FLAGS)
+    lines = [f"Machine: {report.machine()}", f"Command: `{command}`", ""]
     for what, table in sections.items():
-        report += [f"## {what}", "", table, ""]
-    text = "\n".join(report)
+        lines += [f"## {what}", "", table, ""]
+    text = "\n".join(lines)
     print(text)
     if FLAGS.output_md:
         files.write_text_atomic(FLAGS.output_md, text)
@@ -56,3 +58,7 @@ def main(argv):
 
 def run():
     common.run_main(main)
+
+
+if __name__ == "__main__":
+    run()

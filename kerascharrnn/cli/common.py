@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
-from typing import Callable, Iterator, List
+import typing
+from typing import Callable, Iterator, List, Sequence
 
 from absl import app, flags
 
@@ -83,3 +85,51 @@ def quiet_tensorflow() -> None:
             tf.config.list_physical_devices()  # device discovery logs too (e.g. "failed call to cuInit")
     tf.get_logger().setLevel(logging.ERROR)
     absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+# --- flags generated from the config dataclasses (kerascharrnn.config.setting) ---------------------
+
+
+def _field_type(cls, field) -> type:
+    hint = typing.get_type_hints(cls)[field.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint  # Optional[int] -> int
+
+
+def define_flags(cls, skip: Sequence[str] = ()) -> None:
+    """Defines one absl flag per field of config dataclass `cls`: default, help and bounds from the field."""
+    for field in dataclasses.fields(cls):
+        meta = field.metadata
+        if not meta.get("flag", False) or field.name in skip:
+            continue
+        kind = meta.get("flag_type") or _field_type(cls, field)
+        default = field.default
+        bounds = {"lower_bound": meta.get("lower"), "upper_bound": meta.get("upper")}
+        if meta.get("choices"):
+            flags.DEFINE_enum(field.name, default, list(meta["choices"]), meta["help"])
+        elif kind is int:
+            if _field_type(cls, field) is bool:  # torch-rnn's 0/1 options
+                default, bounds = int(default), {"lower_bound": 0, "upper_bound": 1}
+            flags.DEFINE_integer(field.name, default, meta["help"], **bounds)
+        elif kind is float:
+            flags.DEFINE_float(field.name, default, meta["help"], **bounds)
+        elif kind is str:
+            flags.DEFINE_string(field.name, default, meta["help"])
+        else:
+            raise TypeError(f"{cls.__name__}.{field.name}: no flag type for {kind}")
+
+
+def config_from_flags(cls, **values):
+    """An instance of `cls` from the flags define_flags made (and `values` for the other fields)."""
+    for field in dataclasses.fields(cls):
+        if field.name in values or not field.metadata.get("flag", False) or field.name not in flags.FLAGS:
+            continue
+        value = flags.FLAGS[field.name].value
+        if _field_type(cls, field) is bool:
+            value = bool(value)
+        values[field.name] = value
+    return cls(**values)
+
+
+def define_gpu_flag() -> None:
+    flags.DEFINE_integer("gpu", 0, "GPU index to use when TensorFlow sees one; -1 = CPU only.", lower_bound=-1)

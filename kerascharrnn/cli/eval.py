@@ -19,7 +19,7 @@ flags.DEFINE_string("input_json", "", "Its JSON vocabulary (default: --input_h5 
                     " the checkpoint's.")
 flags.DEFINE_enum("split", "val", ["val", "test"], "Which split to evaluate.")
 flags.DEFINE_integer("seq_length", 50, "T: characters per stream per minibatch.")
-flags.DEFINE_integer("gpu", 0, "GPU index to use when TensorFlow sees one; -1 = CPU only.")
+common.define_gpu_flag()
 FLAGS = flags.FLAGS
 
 
@@ -42,18 +42,22 @@ def main(argv):
     data.check_ids_match(FLAGS.input_h5, vocab, f"the checkpoint {model_path}")
 
     common.quiet_tensorflow()
-    from kerascharrnn import train
+    from kerascharrnn import devices, evaluate
+    from kerascharrnn.charrnn import CharRNN
 
-    train.configure_devices(FLAGS.gpu, None)
-    model = ckpt.load_model(model_path)
-    batch_size = model.inputs[0].shape[0]
-    layout = data.stream_layout(lengths[FLAGS.split], batch_size, FLAGS.seq_length, allow_fewer_streams=True)
+    devices.configure(FLAGS.gpu)
+    charrnn = CharRNN.from_checkpoint(model_path)
+    layout = data.stream_layout(lengths[FLAGS.split], charrnn.batch_size, FLAGS.seq_length, allow_fewer_streams=True)
     if layout.num_batches == 0:
         raise UserError(f"the {FLAGS.split} split of {FLAGS.input_h5} has too few tokens to evaluate")
-    loss = train.split_loss(model, FLAGS.input_h5, FLAGS.split, layout)
+    loss = evaluate.split_loss(charrnn.model, FLAGS.input_h5, FLAGS.split, layout)
     print(f"{FLAGS.split} loss: {loss:.6f} nats/char, {loss / math.log(2):.6f} bits/char"
           f" ({layout.num_batches * layout.num_streams * layout.seq_length} characters)")
 
 
 def run():
     common.run_main(main)
+
+
+if __name__ == "__main__":
+    run()

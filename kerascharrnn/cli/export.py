@@ -31,7 +31,7 @@ def main(argv):
     if FLAGS.quantize != "none" and not FLAGS.tflite:
         raise UserError("--quantize applies to the TFLite model: add --tflite")
     model_path = ckpt.model_path_for(FLAGS.checkpoint)
-    vocab = ckpt.read_vocab(model_path)
+    ckpt.read_vocab(model_path)  # checks the file before TensorFlow loads
     name = artifacts.check_model_name(FLAGS.model_name or artifacts.default_model_name(model_path))
     model_dir = os.path.join(FLAGS.export_dir, name)
     version = FLAGS.version or artifacts.next_version(model_dir)
@@ -41,10 +41,11 @@ def main(argv):
     files.require_writable_dir_for(version_dir)
 
     common.quiet_tensorflow()
-    from kerascharrnn import export, train
+    from kerascharrnn import devices, export
+    from kerascharrnn.charrnn import CharRNN
 
-    train.configure_devices(-1, None)  # the cells export the same anywhere; a CPU trace is the safe one
-    info = export.export(ckpt.load_model(model_path), vocab, version_dir, source=model_path, tflite=FLAGS.tflite,
+    devices.configure(-1)  # the cells export the same anywhere; a CPU trace is the safe one
+    info = export.export(CharRNN.from_checkpoint(model_path), version_dir, source=model_path, tflite=FLAGS.tflite,
                          quantize=FLAGS.quantize, overwrite=FLAGS.overwrite)
     print(f"Exported {model_path} to {version_dir} (signatures: generate = serving_default, step)")
     for state in info["states"]:
@@ -56,3 +57,7 @@ def main(argv):
 
 def run():
     common.run_main(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -27,3 +27,7 @@ def main(argv):
 
 def run():
     common.run_main(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -5,7 +5,8 @@
     --peer torch) PyTorch's nn.LSTM/GRU/RNN; the ratio per row is peer time / our time (> 1: we are faster).
 --what sample: chars/s of a 2x128 LSTM at batch 1 and 50, from a checkpoint (bin/sample's compiled
     path), the SavedModel `generate` signature (no XLA, as TF Serving runs it) and the TFLite step loop.
---what preprocess: MB/s and peak RSS of the whole bin/preprocess process on a generated file.
+--what preprocess: MB/s and peak RSS of the whole bin/preprocess process (`python -m
+    kerascharrnn.cli.preprocess`) on a generated file.
 """
 
 import dataclasses
@@ -18,9 +19,6 @@ import sys
 import tempfile
 import time
 from typing import Dict, List, Optional
-
-
-REPO_BIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin")
 
 
 @dataclasses.dataclass
@@ -45,7 +43,7 @@ def parse_grid(text: str) -> List[tuple]:
 def measure(framework: str, config: dict) -> dict:
     """One configuration in a fresh process (so memory is per framework and per run)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-m", "kerascharrnn.bench_worker", framework, json.dumps(config)],
+    result = subprocess.run([sys.executable, "-m", "kerascharrnn.benchmark.worker", framework, json.dumps(config)],
                             capture_output=True, text=True, env=env)
     lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
     if result.returncode != 0 or not lines:
@@ -117,7 +115,7 @@ def run_train(args) -> str:
     for layers, size in parse_grid(args.grid):
         config = {"h5": h5, "model_type": args.model_type, "num_layers": layers, "rnn_size": size,
                   "batch_size": args.batch_size, "seq_length": args.seq_length, "iters": args.iters,
-                  "warmup": args.warmup}
+                  "warmup": args.warmup, "fused": args.fused}
         row = Row(layers, size, measure("tf", config), measure("torch", config) if args.peer == "torch" else None)
         rows.append(row)
         ratio = f", PyTorch {row.peer['mean_ms']:.1f} ms, ratio {row.ratio:.2f}x" if row.peer else ""
@@ -138,32 +136,33 @@ def _chars_per_second(generate, batch: int, length: int) -> float:
 def run_sample(args) -> str:
     import tensorflow as tf
 
-    from kerascharrnn import checkpoint as ckpt
-    from kerascharrnn import export, generate
-    from kerascharrnn import model as model_lib
+    from kerascharrnn import engines, export
+    from kerascharrnn.charrnn import CharRNN
     from kerascharrnn.config import ModelConfig
     from kerascharrnn.vocab import Vocabulary
 
     if args.checkpoint:
-        model, vocab = ckpt.load_model(args.checkpoint), ckpt.read_vocab(args.checkpoint)
+        charrnn = CharRNN.from_checkpoint(args.checkpoint)
     else:  # speed does not depend on the weights: a fresh 2x128 LSTM over a 65-character vocabulary
         vocab = Vocabulary(tuple(chr(c) for c in range(32, 97)))
-        model = model_lib.build_model(ModelConfig(vocab_size=vocab.size), 1)
+        charrnn = CharRNN.build(ModelConfig(vocab_size=vocab.size), vocab, 1)
+    vocab = charrnn.vocab
     prompt = vocab.encode(vocab.tokens[0])
-    keras_engine = generate.KerasEngine(model, vocab)
+    keras_engine = engines.Engine(vocab, charrnn.sampler())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        export.export(model, vocab, os.path.join(tmp, "1"), source="benchmark", tflite=True)
-        signature = tf.saved_model.load(os.path.join(tmp, "1")).signatures["generate"]
-        tflite_engine = generate.TFLiteEngine(os.path.join(tmp, "1", "tflite", "model.tflite"), vocab)
+        export.export(charrnn, os.path.join(tmp, "1"), source="benchmark", tflite=True)
+        loaded = tf.saved_model.load(os.path.join(tmp, "1"))
+        signature = loaded.signatures["generate"]
+        tflite_engine = engines.tflite_engine(os.path.join(tmp, "1", "tflite", "model.tflite"), vocab)
 
         def saved_model(batch, length):
             signature(start_text=tf.constant([vocab.tokens[0]] * batch), num_new_chars=tf.constant(length),
                       temperature=tf.constant([1.0]), top_k=tf.constant(0), seed=tf.constant(1, tf.int64))
 
-        engines = [("checkpoint (bin/sample, XLA)", lambda b, n: keras_engine.generate_ids([prompt] * b, n, seed=1)),
+        engines = [("checkpoint (bin/sample, XLA)", lambda b, n: keras_engine.sample_ids([prompt] * b, n, seed=1)),
                    ("SavedModel `generate` (no XLA)", saved_model),
-                   ("TFLite `step` loop (numpy)", lambda b, n: tflite_engine.generate_ids([prompt] * b, n, seed=1))]
+                   ("TFLite `step` loop (numpy)", lambda b, n: tflite_engine.sample_ids([prompt] * b, n, seed=1))]
         for name, fn in engines:
             rows.append((name, _chars_per_second(fn, 1, args.sample_length),
                          _chars_per_second(fn, 50, max(args.sample_length // 10, 100))))
@@ -199,7 +198,7 @@ def run_preprocess(args) -> str:
                     piece = unit[:megabytes * 2**20 - written]
                     f.write(piece)
                     written += len(piece)
-            command = [sys.executable, os.path.join(REPO_BIN, "preprocess"), "--input_txt", path,
+            command = [sys.executable, "-m", "kerascharrnn.cli.preprocess", "--input_txt", path,
                        "--output_h5", path + ".h5", "--output_json", path + ".json", "--quiet"]
             # Timed from a small launcher: a child forked from this (TensorFlow-sized) process would
             # report this process's pages in its peak RSS.

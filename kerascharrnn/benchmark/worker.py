@@ -1,6 +1,6 @@
-"""One benchmark measurement in a process of its own (run by kerascharrnn.benchmark).
+"""One benchmark measurement in a process of its own (run by kerascharrnn.benchmark.report).
 
-    python3 -m kerascharrnn.bench_worker tf|torch '{"model_type": "lstm", "num_layers": 2, ...}'
+    python3 -m kerascharrnn.benchmark.worker tf|torch '{"model_type": "lstm", "num_layers": 2, ...}'
 
 Prints one JSON line: train-step times after warm-up, tokens/s, and peak RSS growth above this
 framework's idle baseline (RSS once the framework is imported; the kernel's peak counter is reset
@@ -46,54 +46,19 @@ def batches(h5_path: str, batch_size: int, seq_length: int):
 
 def tf_step_fn(config: dict, vocab_size: int):
     from kerascharrnn import data, train
-    from kerascharrnn import model as model_lib
+    from kerascharrnn.charrnn import CharRNN
     from kerascharrnn.config import ModelConfig, TrainConfig
+    from kerascharrnn.vocab import Vocabulary
 
     model_config = ModelConfig(vocab_size=vocab_size, model_type=config["model_type"], wordvec_size=64,
                                rnn_size=config["rnn_size"], num_layers=config["num_layers"])
-    train_config = TrainConfig(input_h5=config["h5"], input_json="", batch_size=config["batch_size"],
-                               seq_length=config["seq_length"])
-    model = model_lib.build_model(model_config, train_config.batch_size)
+    train_config = TrainConfig(batch_size=config["batch_size"], seq_length=config["seq_length"],
+                               fused=config.get("fused", "auto"))
+    vocab = Vocabulary(tuple(chr(0x100 + i) for i in range(vocab_size)))  # speed does not depend on it
+    charrnn = CharRNN.build(model_config, vocab, train_config.batch_size)
     layout = data.StreamLayout(train_config.batch_size, train_config.batch_size, train_config.seq_length, 1000)
-    trainer = train.Trainer(train_config, model, {"train": layout}, use_fused=config.get("use_fused"))
+    trainer = train.Trainer(train_config, charrnn, {"train": layout})
     return lambda x, y: float(trainer.train_step(x, y))
-
-
-def torch_step_fn(config: dict, vocab_size: int):
-    import torch
-    from torch import nn
-
-    kinds = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-
-    class CharRNN(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embedding = nn.Embedding(vocab_size, 64)
-            self.rnn = kinds[config["model_type"]](64, config["rnn_size"], config["num_layers"], batch_first=True)
-            self.logits = nn.Linear(config["rnn_size"], vocab_size)
-
-        def forward(self, x, state):
-            out, state = self.rnn(self.embedding(x), state)
-            return self.logits(out), state
-
-    model = CharRNN()
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, eps=1e-8)
-    loss_fn = nn.CrossEntropyLoss()
-    carried = {"state": None}
-
-    def step(x, y):
-        x, y = torch.from_numpy(x).long(), torch.from_numpy(y).long()
-        optimizer.zero_grad()
-        logits, state = model(x, carried["state"])
-        loss = loss_fn(logits.reshape(-1, vocab_size), y.reshape(-1))
-        loss.backward()
-        nn.utils.clip_grad_value_(model.parameters(), 5.0)
-        optimizer.step()
-        # truncated BPTT: carry the state, not its history
-        carried["state"] = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-        return float(loss)
-
-    return step
 
 
 def main(argv):
@@ -109,7 +74,12 @@ def main(argv):
     data_iter = batches(config["h5"], config["batch_size"], config["seq_length"])
     baseline = rss_mb()
     reset_peak_rss()
-    step = (tf_step_fn if framework == "tf" else torch_step_fn)(config, vocab_size)
+    if framework == "tf":
+        step = tf_step_fn(config, vocab_size)
+    else:
+        from kerascharrnn.benchmark import torch_peer
+
+        step = torch_peer.train_step_fn(config, vocab_size)
     for _ in range(config["warmup"]):
         step(*next(data_iter))
     warmup_peak = rss_mb("VmHWM")  # includes one-off costs: tracing, XLA compilation

@@ -1,10 +1,13 @@
 """Load test for bin/serve: concurrent clients replaying rnn-writer's request (not a unit test).
 
-    bin/loadtest --url http://127.0.0.1:8080 --clients 32 --requests 20 --n 3
+    python3 benchmarks/loadtest.py --url http://127.0.0.1:8080 --clients 32 --requests 20 --n 3
+
+Needs httpx (pip install httpx, or the package's test extra); talks to the server over HTTP only.
 
 Prints requests/s, latency percentiles and the error count (any non-200 or malformed reply).
 """
 
+import argparse
 import asyncio
 import logging
 import statistics
@@ -46,27 +49,24 @@ async def run_load(url: str, clients: int, requests: int, n: int) -> dict:
             "mean_ms": statistics.fmean(ms), "errors": len(errors), "first_errors": errors[:3]}
 
 
-def main(argv):
-    del argv
-    from absl import flags
-
-    f = flags.FLAGS
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="Base URL of a running bin/serve.")
+    parser.add_argument("--clients", type=int, default=32, help="Concurrent clients.")
+    parser.add_argument("--requests", type=int, default=20, help="Requests per client.")
+    parser.add_argument("--n", type=int, default=3, help="Completions per request (rnn-writer's n).")
+    args = parser.parse_args()
+    for name in ("clients", "requests", "n"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    result = asyncio.run(run_load(f.url.rstrip("/"), f.clients, f.requests, f.n))
-    print(f"{result['requests']} requests from {f.clients} clients x {f.requests} (n={f.n}) in "
+    result = asyncio.run(run_load(args.url.rstrip("/"), args.clients, args.requests, args.n))
+    print(f"{result['requests']} requests from {args.clients} clients x {args.requests} (n={args.n}) in "
           f"{result['seconds']:.1f} s: {result['requests_per_s']:.1f} requests/s, p50 {result['p50_ms']:.0f} ms,"
           f" p99 {result['p99_ms']:.0f} ms, errors {result['errors']}")
     for error in result["first_errors"]:
         print("  error:", error)
 
 
-def run():
-    from absl import flags
-
-    from kerascharrnn.cli import common
-
-    flags.DEFINE_string("url", "http://127.0.0.1:8080", "Base URL of a running bin/serve.")
-    flags.DEFINE_integer("clients", 32, "Concurrent clients.", lower_bound=1)
-    flags.DEFINE_integer("requests", 20, "Requests per client.", lower_bound=1)
-    flags.DEFINE_integer("n", 3, "Completions per request (rnn-writer's n).", lower_bound=1)
-    common.run_main(main)
+if __name__ == "__main__":
+    main()

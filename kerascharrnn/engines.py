@@ -1,0 +1,184 @@
+"""Sampling engines: one interface over a Keras checkpoint, an exported SavedModel and a TFLite model.
+
+An Engine is a vocabulary plus a Sampler over some step function: the Keras cells (CharRNN), the
+SavedModel's `step` signature, or the TFLite interpreter's `step` signature. All three run the same
+sampler, so with argmax (`--sample 0`) they give the same text. `open_engine(kind, ...)` loads one.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import re
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from kerascharrnn.config import SampleConfig
+from kerascharrnn.errors import UserError
+from kerascharrnn.sampling import Sampler
+from kerascharrnn.vocab import Vocabulary
+
+KINDS = ("checkpoint", "saved_model", "tflite")
+
+
+@dataclasses.dataclass
+class Engine:
+    """What samples text: `vocab` and `sample_ids(prompts, num_new, **options)` (see Sampler.sample_ids).
+
+    Attributes:
+      vocab: the model's vocabulary.
+      sampler: the compiled (or numpy) sampling loop over the engine's step.
+      source: the file or directory it came from.
+      loaded: an object the step needs alive (a loaded SavedModel owns the signature's variables).
+    """
+
+    vocab: Vocabulary
+    sampler: Sampler
+    source: str = ""
+    loaded: object = None
+
+    def sample_ids(self, prompts, num_new: int, **options) -> List[np.ndarray]:
+        return self.sampler.sample_ids(prompts, num_new, **options)
+
+
+def _state_names(names) -> List[str]:
+    """state_0 ... state_K in numeric order (state_10 after state_9)."""
+    return sorted((n for n in names if re.fullmatch(r"state_\d+", n)), key=lambda n: int(n.split("_")[1]))
+
+
+def _named_step(call: Callable, names: Sequence[str]) -> Callable:
+    """(ids, states) -> (logits, states) over a signature that takes and returns named tensors."""
+
+    def step(ids, states):
+        outputs = call(ids=ids, **dict(zip(names, states)))
+        return outputs["logits"], tuple(outputs[name] for name in names)
+
+    return step
+
+
+def checkpoint_engine(path: str, jit_compile: bool = True) -> Engine:
+    """Samples from a checkpoint through its cells (compiled; XLA for runs of a few rows)."""
+    from kerascharrnn.charrnn import CharRNN
+
+    charrnn = CharRNN.from_checkpoint(path)
+    return Engine(charrnn.vocab, charrnn.sampler(jit_compile=jit_compile), path)
+
+
+def saved_model_engine(version_dir: str, vocab: Vocabulary, jit_compile: bool = True) -> Engine:
+    """Samples through an exported SavedModel's `step` signature (the loop compiled around it)."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(version_dir)
+    signature = loaded.signatures["step"]
+    specs = signature.structured_input_signature[1]
+    names = _state_names(specs)
+    sampler = Sampler.for_tf_step(_named_step(signature, names), [specs[n].shape[1] for n in names], vocab.size,
+                                  jit_compile=jit_compile)
+    return Engine(vocab, sampler, version_dir, loaded=loaded)
+
+
+def tflite_engine(path: str, vocab: Vocabulary) -> Engine:
+    """Samples through a model.tflite's `step` signature with the LiteRT interpreter (numpy loop)."""
+    interpreter = load_interpreter(path)
+    runner = interpreter.get_signature_runner("step")
+    details = runner.get_input_details()
+    names = _state_names(details)
+    return Engine(vocab, Sampler.for_numpy_step(_direct_step(interpreter, runner, names),
+                                                [int(details[n]["shape"][1]) for n in names], vocab.size), path)
+
+
+def _direct_step(interpreter, runner, names: Sequence[str]) -> Callable:
+    """The `step` signature through the interpreter's tensor indices: per character this skips the
+    signature runner's dictionaries and shape checks (resizing only when the batch size changes)."""
+    inputs = {name: d["index"] for name, d in runner.get_input_details().items()}
+    outputs = {name: d["index"] for name, d in runner.get_output_details().items()}
+    in_order = [inputs["ids"]] + [inputs[n] for n in names]
+    out_order = [outputs["logits"]] + [outputs[n] for n in names]
+    batch = [None]
+
+    def step(ids, states):
+        if batch[0] != len(ids):
+            for index, value in zip(in_order, (ids, *states)):
+                interpreter.resize_tensor_input(index, value.shape, strict=False)
+            interpreter.allocate_tensors()
+            batch[0] = len(ids)
+        for index, value in zip(in_order, (ids, *states)):
+            interpreter.set_tensor(index, np.ascontiguousarray(value, dtype=np.int32 if index == in_order[0]
+                                                               else np.float32))
+        interpreter.invoke()
+        logits, *new_states = (interpreter.get_tensor(index) for index in out_order)
+        return logits, tuple(new_states)
+
+    return step
+
+
+def load_interpreter(path: str):
+    """A LiteRT interpreter (ai-edge-litert), or TensorFlow's own deprecated one if LiteRT is absent."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    interpreter = Interpreter(model_path=path)
+    interpreter.allocate_tensors()  # applies the CPU delegate now, while the caller may silence its log line
+    return interpreter
+
+
+def open_engine(kind: str, path: str, vocab: Optional[Vocabulary] = None, jit_compile: bool = True) -> Engine:
+    """Loads an engine; load errors become UserError.
+
+    Args:
+      kind: "checkpoint" (.keras or its .json), "saved_model" (a version directory) or "tflite".
+      path: the file or directory.
+      vocab: the vocabulary of an exported model (a checkpoint carries its own).
+      jit_compile: TensorFlow engines: XLA pays off for long runs of a few rows (bin/sample); a server
+        whose batch sizes vary is better off without it.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown engine kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == "checkpoint":
+        return checkpoint_engine(path, jit_compile=jit_compile)
+    if vocab is None:
+        raise ValueError(f"a {kind} engine needs the vocabulary exported beside it")
+    try:
+        if kind == "saved_model":
+            return saved_model_engine(path, vocab, jit_compile=jit_compile)
+        return tflite_engine(path, vocab)
+    except Exception as e:  # a damaged or foreign file fails in many ways inside TensorFlow / LiteRT
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: cannot load this {kind}: {reason}") from None
+
+
+def sample_texts(engine: Engine, config: SampleConfig, on_text: Optional[Callable[[str], None]] = None) -> List[str]:
+    """Runs `config` on `engine`: num_samples texts of config.length tokens, each starting with start_text.
+
+    Args:
+      engine: what samples.
+      config: the sampling options; `length` counts the start text's tokens too.
+      on_text: called with the first sample's text as it is made (the start text first, then a piece
+        per compiled chunk), for printing while it runs.
+
+    Returns:
+      The texts, each start_text + continuation. Raises UserError for unknown characters or a length
+      shorter than the start text.
+    """
+    vocab = engine.vocab
+    prompt = vocab.encode(config.start_text)
+    num_new = config.length - len(prompt)
+    if num_new < 0:
+        raise UserError(f"--length {config.length} is shorter than --start_text ({len(prompt)} tokens);"
+                        " --length counts the start text too")
+    on_chunk = None
+    if on_text is not None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        on_text(config.start_text)
+
+        def on_chunk(rows):
+            on_text(decoder.decode(vocab.decode_bytes(rows[0])))
+
+    sequences = engine.sample_ids(
+        [prompt] * config.num_samples, num_new, temperature=config.temperature, top_k=config.top_k,
+        top_p=config.top_p, greedy=not config.sample, seed=config.seed, on_chunk=on_chunk)
+    return [vocab.decode(ids) for ids in sequences]

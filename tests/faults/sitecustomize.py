@@ -1,0 +1,31 @@
+"""Fault injection for the kill tests, from the test side: a subprocess started with this directory on
+PYTHONPATH imports it at start-up (Python's `sitecustomize` hook).
+
+KERASCHARRNN_TEST_CRASH_AT=POINT:TAG SIGKILLs the process, as a power cut would, while it writes the
+checkpoint whose tag is TAG (an iteration number or "best"):
+  after_model  the .keras is written, the .state.npz not yet;
+  after_state  the .state.npz is written, the .json not yet.
+"""
+
+import os
+import signal
+
+_WANTED = os.environ.get("KERASCHARRNN_TEST_CRASH_AT")
+
+if _WANTED:
+    from kerascharrnn import checkpoint as _ckpt
+
+    _point, _, _tag = _WANTED.partition(":")
+    _save_state = _ckpt.save_state
+
+    def _matches(path):
+        return path.endswith(f"_{_tag}.state.npz")
+
+    def save_state(path, arrays):
+        if _point == "after_model" and _matches(path):
+            os.kill(os.getpid(), signal.SIGKILL)
+        _save_state(path, arrays)
+        if _point == "after_state" and _matches(path):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    _ckpt.save_state = save_state

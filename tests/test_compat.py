@@ -1,0 +1,109 @@
+"""Files written by v0.1.0 (tests/fixtures/v0.1.0, see its README) still load, sample, evaluate, export
+and resume exactly, and a seeded run from scratch gives v0.1.0's numbers."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from kerascharrnn import checkpoint as ckpt
+from kerascharrnn import data, engines, evaluate
+from kerascharrnn.charrnn import CharRNN
+from kerascharrnn.config import SampleConfig
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "v0.1.0")
+RELATIVE = os.path.join("tests", "fixtures", "v0.1.0")  # how the fixtures' JSON names its files
+KINDS = ("lstm", "gru")
+TRAIN_FLAGS = ["--batch_size", "4", "--seq_length", "16", "--rnn_size", "16", "--wordvec_size", "8", "--num_layers",
+               "2", "--dropout", "0.1", "--max_iters", "100", "--checkpoint_every", "50", "--lr_decay_every", "1",
+               "--learning_rate", "0.01", "--print_every", "0", "--seed", "3"]
+
+with open(os.path.join(FIXTURES, "expected.json"), encoding="utf-8") as f:
+    EXPECTED = json.load(f)
+
+
+def fixture(name: str) -> str:
+    return os.path.join(FIXTURES, name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_v010_checkpoint_loads_with_its_config(kind):
+    record = ckpt.read_record(fixture(f"{kind}_100.json"))
+    assert ckpt.read_model_config(fixture(f"{kind}_100.keras")) is None  # v0.1.0 stored no config entry
+    charrnn = CharRNN.from_checkpoint(fixture(f"{kind}_100.json"))
+    assert charrnn.config == record.model_config
+    assert charrnn.vocab == record.vocab
+    assert record.train_config.fused == "auto"  # v0.1.0 ran the static rule
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_v010_checkpoint_samples_and_evaluates_as_v010_did(kind):
+    engine = engines.open_engine("checkpoint", fixture(f"{kind}_100.keras"))
+    greedy = engines.sample_texts(engine, SampleConfig(length=120, start_text="ROMEO:", sample=False))
+    seeded = engines.sample_texts(engine, SampleConfig(length=120, temperature=0.9, top_k=10, seed=7))
+    assert greedy == [json.loads(EXPECTED[kind]["greedy"])]
+    assert seeded == [json.loads(EXPECTED[kind]["seeded"])]
+    charrnn = CharRNN.from_checkpoint(fixture(f"{kind}_100.keras"))
+    h5 = fixture("corpus.h5")
+    layout = data.stream_layout(data.split_lengths(h5)["val"], charrnn.batch_size, 50, allow_fewer_streams=True)
+    loss = evaluate.split_loss(charrnn.model, h5, "val", layout)
+    assert f"val loss: {loss:.6f} nats/char" in EXPECTED[kind]["eval_val"]
+
+
+def test_v010_checkpoint_exports_and_the_saved_model_samples_the_same(tmp_path):
+    from kerascharrnn import export
+
+    charrnn = CharRNN.from_checkpoint(fixture("lstm_100.keras"))
+    version_dir = str(tmp_path / "m" / "1")
+    export.export(charrnn, version_dir, source=fixture("lstm_100.keras"), tflite=True)
+    for kind, path in (("saved_model", version_dir), ("tflite", os.path.join(version_dir, "tflite", "model.tflite"))):
+        engine = engines.open_engine(kind, path, charrnn.vocab)
+        greedy = engines.sample_texts(engine, SampleConfig(length=120, start_text="ROMEO:", sample=False))
+        assert greedy == [json.loads(EXPECTED["lstm"]["greedy"])], kind
+
+
+def _train(workdir, *args):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    result = subprocess.run([sys.executable, os.path.join(REPO, "bin", "train"), *args], cwd=workdir,
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A copy of the fixtures at the relative path their JSON names, so a resumed run writes there."""
+    shutil.copytree(FIXTURES, tmp_path / RELATIVE)
+    return tmp_path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_v010_checkpoint_resumes_exactly(workdir, kind):
+    """Resuming v0.1.0's checkpoint at 50 reproduces v0.1.0's uninterrupted run to 100 (a learning-rate
+    decay at 75, dropout RNG and carried state in between)."""
+    os.remove(workdir / RELATIVE / f"{kind}_100.json")
+    _train(workdir, "--resume_from", os.path.join(RELATIVE, f"{kind}_50.json"))
+    record = ckpt.read_record(str(workdir / RELATIVE / f"{kind}_100.json"))
+    assert record.iteration == 100
+    np.testing.assert_allclose(record.history["train_loss_history"], EXPECTED[kind]["train_loss_history"],
+                               rtol=1e-6, atol=0)
+    np.testing.assert_allclose(record.history["val_loss_history"], EXPECTED[kind]["val_loss_history"],
+                               rtol=1e-6, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_seeded_run_from_scratch_gives_v010_numbers(workdir, kind):
+    name = str(workdir / "cv" / kind)
+    _train(workdir, "--input_h5", os.path.join(RELATIVE, "corpus.h5"), "--model_type", kind, *TRAIN_FLAGS,
+           "--checkpoint_name", name)
+    record = ckpt.read_record(name + "_100.json")
+    np.testing.assert_allclose(record.history["train_loss_history"], EXPECTED[kind]["train_loss_history"],
+                               rtol=1e-6, atol=0)
+    assert record.train_config.fused == ("on" if kind == "lstm" else "off")  # the choice, recorded
