@@ -14,6 +14,7 @@ from kerascharrnn.errors import UserError
 
 MODEL_TYPES = ("lstm", "gru", "rnn")
 FUSED_CHOICES = ("auto", "on", "off")
+LOWERCASE_CHOICES = ("auto", "1", "0")
 
 
 def setting(default: Any, help: str, *, lower: Optional[float] = None, upper: Optional[float] = None,
@@ -154,8 +155,9 @@ class ServeConfig:
     word_limit_long: int = setting(20, "GET /generate: redraw completions with more words (torch-rnn-server: 20).",
                                    lower=0)
     max_n: int = setting(10, "GET /generate: a larger n is clamped to this (torch-rnn-server: 10).", lower=1)
-    lowercase: bool = setting(True, "GET /generate: 1 = lower-case the start text (torch-rnn-server's reference model"
-                              " was trained on lower-case text); 0 = keep it.", flag_type=int)
+    lowercase: str = setting("auto", "GET /generate: lower-case the start text? auto = only when the model's"
+                             " vocabulary has no upper-case letters (torch-rnn-server always did: its reference model"
+                             " was trained on lower-case text); 1 = always; 0 = never.", choices=LOWERCASE_CHOICES)
     completion_chars: int = setting(140, "GET /generate: a completion stops here if no sentence end came first.",
                                     lower=1, flag=False)
     max_start_text: int = setting(2000, "Longest start text accepted, in characters (longer: 413).", lower=1)

@@ -28,7 +28,7 @@ import re
 import threading
 import time
 import urllib.parse
-from typing import List, Optional, Sequence
+from typing import List, Literal, Optional, Sequence
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -39,7 +39,6 @@ from starlette.exceptions import HTTPException
 
 from kerascharrnn.config import ServeConfig
 from kerascharrnn.engines import Engine
-from kerascharrnn.errors import UserError
 from kerascharrnn.vocab import Vocabulary
 
 log = logging.getLogger("kerascharrnn.serve")
@@ -102,6 +101,35 @@ def parse_n(raw: Optional[str], cap: int) -> int:
 def normalize_start_text(text: str, lowercase: bool) -> str:
     """torch-rnn-server's priming text: lower-cased, each run of whitespace one space."""
     return re.sub(r"\s+", " ", text.lower() if lowercase else text)
+
+
+def lowercase_for(setting: str, vocab: Vocabulary) -> bool:
+    """--lowercase: "1" / "0" force it; "auto" lower-cases only for a vocabulary without upper-case
+    letters (a model trained on lower-cased text would not know them)."""
+    if setting == "auto":
+        return not vocab.has_uppercase_letters()
+    return setting == "1"
+
+
+def unknown_in(text: str, vocab: Vocabulary, lowercase: Optional[bool] = None) -> List[str]:
+    """The characters of the text *as the client sent it* that the priming has to leave out.
+
+    Args:
+      text: what the client sent.
+      vocab: the model's vocabulary.
+      lowercase: None when the text primes the model as it is (JSON API); else GET /generate's
+        normalisation with or without lower-casing. Named from the original text: lower-casing "İ"
+        gives "i" + U+0307, and the client never sent U+0307.
+    """
+    def primed(c):
+        return c if lowercase is None else normalize_start_text(c, lowercase)
+
+    return [c for c in dict.fromkeys(text) if vocab.unknown(primed(c))]
+
+
+def describe_characters(chars: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(f"{c!r} (U+{ord(c):04X})" if len(c) == 1 else repr(c) for c in chars[:limit])
+    return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")
 
 
 def cut_completion(text: str, max_chars: int, min_words: int = 3) -> str:
@@ -226,14 +254,18 @@ def create_app(engine: Engine, config: ServeConfig, model_name: str = "charrnn",
     """The FastAPI app over an engine (kerascharrnn.engines: vocab + sample_ids)."""
     vocab: Vocabulary = engine.vocab
     batcher = batcher or BatchingSampler(engine, config.max_batch_rows)
+    lowercase = lowercase_for(config.lowercase, vocab)
     app = FastAPI(title="kerascharrnn", version="1",
                   description="Character-level RNN text generation; torch-rnn-server compatible at GET /generate.")
 
-    def encode(text: str, field: str) -> np.ndarray:
-        try:
-            return vocab.encode(text)  # names the unknown characters
-        except UserError as e:
-            raise ClientError(400, f"{field}: {e}") from None
+    def encode(text: str, field: str, unknown_chars: str = "error") -> np.ndarray:
+        """The prompt's ids; characters the vocabulary lacks are refused (400) or left out ("skip")."""
+        ids, _ = vocab.encode_known(text)
+        unknown = unknown_in(text, vocab)
+        if unknown and unknown_chars == "error":
+            raise ClientError(400, f"{field}: characters not in the model's vocabulary: {describe_characters(unknown)}"
+                              " (send unknown_chars: \"skip\" to leave them out)")
+        return ids
 
     def check_start_text(text: str) -> None:
         if len(text) > config.max_start_text:
@@ -303,7 +335,12 @@ def create_app(engine: Engine, config: ServeConfig, model_name: str = "charrnn",
         text = decode_component(raw_start_text, "start_text")
         check_start_text(text)
         count = parse_n(raw_query_value(query, "n"), config.max_n)
-        prompt = encode(normalize_start_text(text, config.lowercase), "start_text")
+        # rnn-writer sends whatever the writer typed: characters the model lacks are left out of the
+        # priming, never refused (an error would show instead of suggestions)
+        prompt, _ = vocab.encode_known(normalize_start_text(text, lowercase))
+        unknown = unknown_in(text, vocab, lowercase)
+        if unknown:
+            log.info("GET /generate: left out of the priming (not in the vocabulary): %s", describe_characters(unknown))
         completions = await sentences(prompt, count)
         return {"start_text": raw_start_text, "completions": completions,
                 "time": f"{time.perf_counter() - started:.2f}"}
@@ -319,6 +356,9 @@ def create_app(engine: Engine, config: ServeConfig, model_name: str = "charrnn",
         seed: Optional[int] = Field(None, ge=1, le=2**62, description="Same seed, same text; omit for random.")
         stop: List[str] = Field(default_factory=list, max_length=16,
                                 description="Cut each completion before the first of these strings.")
+        unknown_chars: Literal["error", "skip"] = Field(
+            "error", description="Characters of start_text the model lacks: error (400) or skip (left out of the"
+                                 " priming, kept in nothing else).")
 
     class GenerateReply(BaseModel):
         start_text: str
@@ -331,7 +371,7 @@ def create_app(engine: Engine, config: ServeConfig, model_name: str = "charrnn",
         """Continuations of start_text (without it), each cut at the first stop string if any."""
         started = time.perf_counter()
         check_start_text(body.start_text)
-        prompt = encode(body.start_text, "start_text")
+        prompt = encode(body.start_text, "start_text", body.unknown_chars)
         sequences = await batcher.sample_ids([prompt] * body.num_samples, body.num_new_chars,
                                              [body.temperature] * body.num_samples, top_k=body.top_k,
                                              top_p=body.top_p, seed=body.seed)

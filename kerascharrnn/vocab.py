@@ -76,6 +76,21 @@ class Vocabulary:
         index = self._index()
         return np.array([index[u] for u in self.to_units(text)], dtype=np.int32)
 
+    def encode_known(self, text: Union[str, bytes]) -> Tuple[np.ndarray, list]:
+        """Text -> (0-based ids of the units this vocabulary has, the distinct characters it lacks).
+
+        For callers that must answer whatever the text holds (an editor plug-in's prompt): unknown
+        characters are left out rather than refused.
+        """
+        index = self._index()
+        units = self.to_units(text)
+        ids = np.array([index[u] for u in units if u in index], dtype=np.int32)
+        return ids, self.unknown(text)
+
+    def has_uppercase_letters(self) -> bool:
+        """Whether any token is an upper-case letter (a model trained on lower-cased text has none)."""
+        return any((chr(t) if isinstance(t, int) else t).isupper() for t in self.tokens)
+
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """0-based ids -> raw bytes (bytes mode) or encoded text."""
         if self.is_bytes:

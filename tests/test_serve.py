@@ -2,7 +2,11 @@
 rnn-writer's requests, concurrent clients, bad input, the JSON API and schema-driven fuzzing."""
 
 import asyncio
+import json
+import os
+import shutil
 import socket
+import subprocess
 import time
 import urllib.parse
 
@@ -11,6 +15,7 @@ import pytest
 
 from conftest import run_cli
 from kerascharrnn import serve
+from kerascharrnn.vocab import Vocabulary
 
 # --- the rules ------------------------------------------------------------------------------------
 
@@ -129,7 +134,6 @@ def test_thirty_two_concurrent_clients_all_answered(server):
     ("/generate?start_text=%ZZ&n=1", 400, "percent-encoding"),
     ("/generate?start_text=50%&n=1", 400, "percent-encoding"),
     ("/generate?start_text=%E2%98&n=1", 400, "UTF-8"),
-    ("/generate?start_text=snow%E2%98%83man&n=1", 400, "'☃'"),
     ("/nowhere", 404, "Not Found"),
 ])
 def test_bad_requests_get_4xx_with_message_and_server_keeps_serving(server, path, status, message):
@@ -173,6 +177,57 @@ def test_json_api(server):
 def test_json_api_bad_input(server, body, message):
     reply = post(server, body)
     assert 400 <= reply.status_code < 500 and message in reply.json()["message"], reply.text
+
+
+def test_generate_leaves_unknown_characters_out_and_logs_them(server):
+    text = "snow\u2603man \u201cquoted\u201d \u2014 caf\u00e9 \U0001F600 2024"
+    reply = get(server, "/generate?start_text=" + encode_uri_component(text) + "&n=2")
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["start_text"] == encode_uri_component(text) and len(body["completions"]) == 2
+    time.sleep(0.5)
+    log = server["log"].read_text()
+    assert "left out of the priming" in log and "'\u2603' (U+2603)" in log and "(U+1F600)" in log
+
+
+def test_json_api_unknown_chars_skip(server):
+    reply = post(server, {"start_text": "the \u2603 cat", "num_new_chars": 20, "unknown_chars": "skip", "seed": 2})
+    assert reply.status_code == 200, reply.text
+    assert len(reply.json()["completions"][0]) == 20
+    assert post(server, {"start_text": "x", "unknown_chars": "maybe"}).status_code == 422
+
+
+def test_real_rnn_writer_client_always_gets_suggestions(server):
+    """rnn-writer's own request and reply handling (tests/rnn_writer_client.js, from its source) on editor
+    texts full of characters the model lacks: every text gets suggestions, none an error."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("needs Node.js to run rnn-writer's client code")
+    texts = ["\u201cWell,\u201d she said \u2014 and paused. \u2018It\u2019s 3:45 already\u2026\u2019",
+             "Cr\u00e8me br\u00fbl\u00e9e at the caf\u00e9 in M\u00fcnchen, na\u00efve fa\u00e7ade",
+             "The r\u00e9sum\u00e9 said 1,234 \u20ac \U0001F600\U0001F389 then THE END",
+             "\u0130stanbul \u00bfqu\u00e9? \u00a1s\u00ed! \u00e6\u00f8\u00e5 \u00df \u03a9mega \u4f60\u597d",
+             "plain words the cat sat on a mat"]
+    result = subprocess.run([node, os.path.join(os.path.dirname(__file__), "rnn_writer_client.js"), server["base"],
+                             "5", json.dumps(texts)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    outcomes = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(outcomes) == len(texts)
+    for outcome in outcomes:
+        assert outcome["status"] == 200 and outcome["shown"] == "suggestions", outcome
+        assert len(outcome["completions"]) == 5
+
+
+def test_lowercase_auto_follows_the_vocabulary():
+    lower = Vocabulary(tuple("abc ."))
+    mixed = Vocabulary(tuple("abcA ."))
+    assert serve.lowercase_for("auto", lower) and not serve.lowercase_for("auto", mixed)
+    assert serve.lowercase_for("1", mixed) and not serve.lowercase_for("0", lower)
+    assert not serve.lowercase_for("auto", Vocabulary(tuple(b for b in b"ABab"), "bytes"))
+    # named as the client sent them: lower-casing "\u0130" gives "i" + U+0307, which was never sent
+    assert serve.unknown_in("\u0130a", lower, lowercase=True) == ["\u0130"]
+    assert serve.unknown_in("A b", lower, lowercase=True) == []
+    assert serve.unknown_in("A b", lower) == ["A"]
 
 
 def test_errors_are_logged_with_the_request(server):
