@@ -44,13 +44,15 @@ class CharRNN:
 
     @classmethod
     def from_checkpoint(cls, path: str, batch_size: Optional[int] = None) -> "CharRNN":
-        """Loads a checkpoint: a `.keras` file or its `.json`.
+        """Loads a checkpoint: a `.keras` file or its `.json`, or a torch-rnn `.t7`.
 
         Args:
           path: the file.
           batch_size: rebuild the stateful model for this many streams (None: use it as saved). The
             rebuild happens even at the saved size, so a run's RNG draws do not depend on the file's batch.
         """
+        if ckpt.is_t7(path):
+            return cls.from_t7(path, batch_size)
         model_path = ckpt.model_path_for(path)
         vocab = ckpt.read_vocab(model_path)
         stored_config = ckpt.read_model_config(model_path)
@@ -59,6 +61,21 @@ class CharRNN:
         charrnn = cls(model, vocab, config, source=model_path)
         if batch_size is not None:
             charrnn = charrnn.with_batch_size(batch_size)
+        return charrnn
+
+    @classmethod
+    def from_t7(cls, path: str, batch_size: Optional[int] = None) -> "CharRNN":
+        """A torch-rnn checkpoint (train.lua's .t7) as a CharRNN: same math, stock Keras layers.
+
+        Args:
+          path: the .t7 file.
+          batch_size: streams of the stateful model (None: the run's --batch_size recorded in the file).
+        """
+        t7 = ckpt.read_t7(path)
+        recorded = t7.options.get("batch_size")
+        charrnn = cls.build(t7.model_config, t7.vocab, batch_size or (recorded if isinstance(recorded, int) and
+                                                                      recorded > 0 else 1))
+        charrnn.model.set_weights(t7.weights)
         return charrnn
 
     @property

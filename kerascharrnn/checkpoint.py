@@ -9,6 +9,7 @@ The checks on these files need no TensorFlow, so the CLIs can reject a bad file 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import json
 import math
@@ -169,8 +170,31 @@ def _read_entry(path: str, entry: str):
             raise UserError(f"{path}: its {entry} entry is not JSON") from None
 
 
+def is_t7(path: str) -> bool:
+    """A torch-rnn checkpoint (train.lua's .t7), read through kerascharrnn.torch_checkpoint."""
+    return path.lower().endswith(".t7")
+
+
+def read_t7(path: str):
+    """torch_checkpoint.read_t7, parsed once per file version: the CLIs check a .t7's vocabulary before
+    TensorFlow loads and then load the weights, and a torch-rnn model can be hundreds of MB."""
+    from kerascharrnn import torch_checkpoint
+
+    files.require_file(path, "torch-rnn .t7 checkpoint")
+    status = os.stat(path)
+    return _read_t7_version(os.path.abspath(path), status.st_mtime_ns, status.st_size, torch_checkpoint.read_t7)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_t7_version(path, mtime_ns, size, reader):
+    del mtime_ns, size  # part of the cache key only
+    return reader(path)
+
+
 def read_vocab(path: str) -> Vocabulary:
-    """The vocabulary stored inside a .keras checkpoint."""
+    """The vocabulary of a checkpoint: inside a .keras file, or a torch-rnn .t7's idx_to_token."""
+    if is_t7(path):
+        return read_t7(path).vocab
     return Vocabulary.from_json_dict(_read_entry(path, VOCAB_ENTRY), source=f"{path}:{VOCAB_ENTRY}")
 
 
@@ -266,7 +290,7 @@ def sibling(json_path: str, name: str) -> str:
 
 
 def model_path_for(path: str) -> str:
-    """--checkpoint may name the .keras file or its .json; returns the .keras path."""
+    """--checkpoint may name the .keras file or its .json (or a torch-rnn .t7); returns the model file."""
     if path.endswith(".json"):
         return sibling(path, _file_name(_read_json_object(path), "model_file", path))
     return path

@@ -105,7 +105,8 @@ class TrainConfig:
     checkpoint_name: str = setting("cv/checkpoint", "Checkpoint prefix: writes {name}_{iter}.keras/.state.npz/.json.")
     checkpoint_every: int = setting(1000, "Validate and checkpoint every this many iterations (and at the end).",
                                     lower=0)
-    init_from: str = setting("", "Checkpoint (.json or .keras) whose weights and architecture to start from.")
+    init_from: str = setting("", "Checkpoint whose weights and architecture to start from (fine-tuning): .json or"
+                             " .keras, or a torch-rnn .t7.")
     reset_iterations: bool = setting(True, "With --init_from: 1 = restart the iteration counter, 0 = keep it.",
                                      flag_type=int)
     resume_from: str = setting("", "Continue a run exactly: a checkpoint .json, or 'latest' for the newest complete"

@@ -13,7 +13,8 @@ from kerascharrnn.cli import common
 from kerascharrnn.errors import UserError
 from kerascharrnn.vocab import Vocabulary
 
-flags.DEFINE_string("checkpoint", "", "Checkpoint to evaluate: a .keras file (or its .json).")
+flags.DEFINE_string("checkpoint", "", "Checkpoint to evaluate: a .keras file (or its .json),"
+                    " or a torch-rnn .t7.")
 flags.DEFINE_string("input_h5", "", "HDF5 corpus to evaluate on (from bin/preprocess).")
 flags.DEFINE_string("input_json", "", "Its JSON vocabulary (default: --input_h5 with .json), checked against"
                     " the checkpoint's.")

@@ -12,7 +12,8 @@ from kerascharrnn import files
 from kerascharrnn.cli import common
 from kerascharrnn.errors import UserError
 
-flags.DEFINE_string("checkpoint", "", "Checkpoint to export: a .keras file (or its .json).")
+flags.DEFINE_string("checkpoint", "", "Checkpoint to export: a .keras file (or its .json),"
+                    " or a torch-rnn .t7.")
 flags.DEFINE_string("export_dir", "export/models", "Base directory; the model goes to export_dir/model_name/version.")
 flags.DEFINE_string("model_name", "", "Model name (TF Serving's MODEL_NAME); default: the checkpoint name, e.g."
                     " cv/shakespeare_5000.keras -> shakespeare.")

@@ -15,7 +15,8 @@ from kerascharrnn.cli import common
 from kerascharrnn.config import SampleConfig
 from kerascharrnn.errors import UserError
 
-flags.DEFINE_string("checkpoint", "", "Checkpoint to sample from: a .keras file (or its .json).")
+flags.DEFINE_string("checkpoint", "", "Checkpoint to sample from: a .keras file (or its .json),"
+                    " or a torch-rnn .t7.")
 flags.DEFINE_string("saved_model", "", "Or an exported SavedModel: a version directory, or a model directory"
                     " holding versions (the highest is used).")
 flags.DEFINE_string("tflite", "", "Or an exported model.tflite (its vocab.json must be beside it).")

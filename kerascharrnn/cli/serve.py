@@ -15,7 +15,8 @@ from kerascharrnn.config import ServeConfig
 from kerascharrnn.errors import UserError
 
 flags.DEFINE_string("saved_model", "", "Exported SavedModel: a version directory, or a model directory (highest version).")
-flags.DEFINE_string("checkpoint", "", "Or a training checkpoint (.keras, or its .json).")
+flags.DEFINE_string("checkpoint", "", "Or a training checkpoint (.keras, or its .json),"
+                    " or a torch-rnn .t7.")
 flags.DEFINE_string("host", "127.0.0.1", "Address to bind; loopback unless told otherwise (0.0.0.0 = everywhere).")
 flags.DEFINE_integer("port", 8080, "Port to listen on.", lower_bound=1, upper_bound=65535)
 common.define_flags(ServeConfig)

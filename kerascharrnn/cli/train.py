@@ -66,7 +66,9 @@ def _data_files(train_config: TrainConfig) -> TrainConfig:
 
 
 def _init_iteration(init_path: str) -> int:
-    """--init_from with --reset_iterations 0: the iteration its .json records, if it has one."""
+    """--init_from with --reset_iterations 0: the iteration its .json (or .t7) records, if any."""
+    if ckpt.is_t7(init_path):
+        return ckpt.read_t7(init_path).iteration or 0
     init_json = os.path.splitext(ckpt.model_path_for(init_path))[0] + ".json"
     return ckpt.read_record(init_json).iteration if os.path.exists(init_json) else 0
 
