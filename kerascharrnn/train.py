@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import data, devices, evaluate, fused
+from kerascharrnn import data, devices, distribute, evaluate, fused
 from kerascharrnn import model as model_lib
 from kerascharrnn.charrnn import CharRNN
 from kerascharrnn.config import TrainConfig
@@ -93,6 +93,18 @@ class Trainer:
     def learning_rate(self) -> float:
         return float(self.optimizer.learning_rate)
 
+    # The loop's view of the model, which distribute.DistributedTrainer implements under a strategy.
+    is_chief = True  # writes the checkpoints
+
+    def batches(self, h5_path: str, start_batch: int):
+        return data.make_dataset(h5_path, "train", self.layouts["train"], start_batch)
+
+    def reset_states(self) -> None:
+        model_lib.reset_states(self.model)
+
+    def checkpoint_charrnn(self) -> CharRNN:
+        return self.charrnn
+
     # Training state beyond the weights: optimizer slots (with the iteration, hence the LR schedule
     # position and the data position), the carried RNN state and non-trainable variables (dropout RNG,
     # batch-norm statistics). Keyed by name, never by position: Adam's m and v slots have equal shapes,
@@ -170,6 +182,7 @@ def train_and_evaluate(
     resume: Optional[ckpt.CheckpointRecord] = None,
     start_iteration: int = 0,
     log=print,
+    strategy=None,
 ) -> TrainResult:
     """Trains (or resumes), validating and checkpointing as train.lua does.
 
@@ -181,12 +194,15 @@ def train_and_evaluate(
       resume: the checkpoint record to continue from; its state file must sit beside it.
       start_iteration: iteration counter to start at (--init_from with --reset_iterations 0).
       log: where progress lines go.
+      strategy: a tf.distribute strategy from distribute.make_strategy, or None for one device.
 
     Returns:
       A TrainResult naming the last checkpoint written.
     """
-    model = charrnn.model
-    trainer = Trainer(config, charrnn, layouts)
+    if strategy is None:
+        trainer = Trainer(config, charrnn, layouts)
+    else:  # scale-out: state carried per replica (distribute.py)
+        trainer = distribute.DistributedTrainer(strategy, config, charrnn, layouts, Trainer)
     config = trainer.config  # with the training path resolved, as the checkpoints record it
     history = {key: [] for key in ckpt.HISTORY_KEYS}
     best_val = math.inf
@@ -217,11 +233,13 @@ def train_and_evaluate(
         state = trainer.state_arrays()
         paths = ckpt.CheckpointPaths.for_tag(config.checkpoint_name, iteration)
         try:
-            ckpt.save_checkpoint(paths, charrnn, state, record, num_train)
+            if trainer.is_chief:  # multi_worker: the other workers write nothing
+                ckpt.save_checkpoint(paths, trainer.checkpoint_charrnn(), state, record, num_train)
             if val_loss is not None and val_loss < best_val:
                 best_val = val_loss
-                ckpt.save_checkpoint(ckpt.CheckpointPaths.for_tag(config.checkpoint_name, "best"),
-                                     charrnn, state, record, num_train)
+                if trainer.is_chief:
+                    ckpt.save_checkpoint(ckpt.CheckpointPaths.for_tag(config.checkpoint_name, "best"),
+                                         trainer.checkpoint_charrnn(), state, record, num_train)
         except OSError as e:
             raise UserError(f"could not write checkpoint {paths.model}: {e.strerror or e};"
                             " the previous checkpoint is intact") from None
@@ -234,8 +252,8 @@ def train_and_evaluate(
         while iteration < num_iterations and stop.signum is None:
             epoch, batch = divmod(iteration, num_train)
             if batch == 0:
-                model_lib.reset_states(model)
-            for inputs, targets in data.make_dataset(config.input_h5, "train", layouts["train"], batch):
+                trainer.reset_states()
+            for inputs, targets in trainer.batches(config.input_h5, batch):
                 step_start = time.perf_counter()
                 loss = float(trainer.train_step(inputs, targets))
                 iteration += 1
