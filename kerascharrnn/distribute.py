@@ -109,6 +109,14 @@ def check_replicas(batch_size: int, replicas: int) -> None:
                         " an equal share of the streams; give a multiple of the replica count")
 
 
+def quiet_collective_errors(strategy_name: str) -> None:
+    """multi_worker: a lost peer makes TensorFlow's C++ side log several ERROR lines of gRPC detail; the run
+    reports it in one line instead (lost_worker_error). Call before TensorFlow is imported;
+    KERASCHARRNN_TF_LOGS=1 keeps every log line."""
+    if strategy_name == MULTI_WORKER and os.environ.get("KERASCHARRNN_TF_LOGS") != "1":
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+
+
 # --- TensorFlow from here on ----------------------------------------------------------------------
 
 
@@ -131,29 +139,42 @@ def make_strategy(strategy_name: str, cpu_replicas: int, worker_timeout: int):
         return tf.distribute.MirroredStrategy()
     cluster = cluster_from_env()
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=worker_timeout)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    _check_workers_reachable(cluster, worker_timeout)
-    return strategy
+    # The constructor waits, inside one C++ call that holds the GIL, until every worker of TF_CONFIG has
+    # connected (no timeout of its own, and neither a Python thread nor a signal handler can interrupt it).
+    # A forked watchdog bounds the wait: it prints the error and kills this process if the wait lasts.
+    cancel = _watchdog(worker_timeout, f"not every worker of TF_CONFIG ({', '.join(cluster.workers)}) connected within"
+                       f" --worker_timeout {worker_timeout} s; start every worker with the same command, or fix an"
+                       " address that cannot be reached")
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    finally:
+        cancel()
 
 
-def _check_workers_reachable(cluster: ClusterSpec, timeout_s: int) -> None:
-    """Every worker's gRPC port must answer within the timeout; otherwise the first collective would wait
-    without bound for a worker that is not there."""
-    import socket
-    import time
+def _watchdog(seconds: int, message: str):
+    """Forks a child that, unless the returned cancel() is called within `seconds`, writes `prog: error:
+    message` on stderr and SIGKILLs this process. The child makes system calls only (no TensorFlow)."""
+    import select
+    import signal
+    import sys
 
-    deadline = time.monotonic() + timeout_s
-    for address in cluster.workers:
-        host, _, port = address.rpartition(":")
-        while True:
-            try:
-                with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise UserError(f"worker {address} (TF_CONFIG) cannot be reached after {timeout_s} s; start every"
-                                    " worker with the same command, or fix the address") from None
-                time.sleep(0.5)
+    read_end, write_end = os.pipe()
+    parent = os.getpid()
+    child = os.fork()
+    if child == 0:
+        os.close(write_end)
+        ready, _, _ = select.select([read_end], [], [], seconds)
+        if not ready:
+            os.write(2, f"{os.path.basename(sys.argv[0])}: error: {message}\n".encode())
+            os.kill(parent, signal.SIGKILL)
+        os._exit(0)
+    os.close(read_end)
+
+    def cancel():
+        os.close(write_end)  # the child's select returns: it exits quietly
+        os.waitpid(child, 0)
+
+    return cancel
 
 
 _TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")

@@ -293,7 +293,8 @@ def train_and_evaluate(
                             with writer.as_default(step=iteration):
                                 tf.summary.scalar("val/loss", val_loss)
                     last_json = write_checkpoint(val_loss)
-                    log(f"Saved checkpoint {ckpt.CheckpointPaths.for_tag(config.checkpoint_name, iteration).model}")
+                    if trainer.is_chief:
+                        log(f"Saved checkpoint {ckpt.CheckpointPaths.for_tag(config.checkpoint_name, iteration).model}")
                     window_start, window_steps = time.perf_counter(), 0
                 if at_end or stop.signum:
                     break

@@ -113,6 +113,7 @@ def main(argv):
         start_iteration = _init_iteration(train_config.init_from)
 
     # Inputs are good: now pay for TensorFlow.
+    distribute.quiet_collective_errors(train_config.strategy)
     common.quiet_tensorflow()
     from kerascharrnn import devices, train
     from kerascharrnn.charrnn import CharRNN
