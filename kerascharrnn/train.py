@@ -199,8 +199,8 @@ def train_and_evaluate(
     Returns:
       A TrainResult naming the last checkpoint written.
     """
-    if strategy is None:
-        trainer = Trainer(config, charrnn, layouts)
+    if strategy is None:  # replicas=1: a run resumed from a distributed checkpoint records one device
+        trainer = Trainer(dataclasses.replace(config, replicas=1), charrnn, layouts)
     else:  # scale-out: state carried per replica (distribute.py)
         trainer = distribute.DistributedTrainer(strategy, config, charrnn, layouts, Trainer)
     config = trainer.config  # with the training path resolved, as the checkpoints record it
