@@ -5,7 +5,8 @@ batch; see ../shared/TF-NOTES.md). So under `--strategy mirrored|multi_worker` t
 the same layers with explicit state: each recurrent layer's `inner_loop` (the code its stateful call
 runs, cuDNN on a GPU included) on per-replica state tensors that `strategy.run` carries from one
 minibatch to the next. Replica r owns streams r*n .. r*n+n-1 (n = N / replicas) for the whole run and
-reads only their rows from the HDF5 file, so every stream sees exactly what it sees on one device.
+reads only their rows from the HDF5 file (distribute_datasets_from_function), so every stream sees exactly
+what it sees on one device.
 
 The loss is each replica's token-loss sum over the global N*T count; the gradients are summed over the
 replicas (one all-reduce), and the optimizer then applies them in cross-replica context, where Keras
@@ -250,17 +251,29 @@ class DistributedTrainer:
                      for array in arrays)
 
     def _batches(self, h5_path: str, split: str, layout, start_batch: int = 0):
-        """This process's replicas' rows of each minibatch, as per-replica (inputs, targets); nothing else is read."""
+        """Per-replica (inputs, targets) minibatches through distribute_datasets_from_function: this worker's
+        pipeline reads only its replicas' rows of the HDF5 file, and yields them replica after replica, the
+        order in which the strategy hands consecutive elements to a worker's replicas."""
         import h5py
 
         from kerascharrnn import data
 
-        with h5py.File(h5_path, "r") as f:
-            readers = {r: data.batch_arrays(f[split], layout, start_batch, rows=self._rows(r)) for r in self._local_ids}
-            for _ in range(start_batch, layout.num_batches):
-                batch = {r: next(reader) for r, reader in readers.items()}
-                yield (self._distribute({r: b[0] for r, b in batch.items()}),
-                       self._distribute({r: b[1] for r, b in batch.items()}))
+        tf = self._tf
+        local_ids, n, T = self._local_ids, self._per_replica, layout.seq_length
+
+        def generate():
+            with h5py.File(h5_path, "r") as f:
+                readers = [data.batch_arrays(f[split], layout, start_batch, rows=self._rows(r)) for r in local_ids]
+                for _ in range(start_batch, layout.num_batches):
+                    for reader in readers:
+                        yield next(reader)
+
+        def dataset_fn(context):
+            del context  # one pipeline per worker; its replicas are local_ids
+            spec = tf.TensorSpec((n, T), tf.int32)
+            return tf.data.Dataset.from_generator(generate, output_signature=(spec, spec)).prefetch(tf.data.AUTOTUNE)
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     # --- the model with explicit state --------------------------------------------------------------
 
