@@ -143,6 +143,7 @@ def make_strategy(strategy_name: str, cpu_replicas: int, worker_timeout: int):
     # The constructor waits, inside one C++ call that holds the GIL, until every worker of TF_CONFIG has
     # connected (no timeout of its own, and neither a Python thread nor a signal handler can interrupt it).
     # A forked watchdog bounds the wait: it prints the error and kills this process if the wait lasts.
+    _configure_heartbeat(cluster, worker_timeout)
     cancel = _watchdog(worker_timeout, f"not every worker of TF_CONFIG ({', '.join(cluster.workers)}) connected within"
                        f" --worker_timeout {worker_timeout} s; start every worker with the same command, or fix an"
                        " address that cannot be reached")
@@ -150,6 +151,24 @@ def make_strategy(strategy_name: str, cpu_replicas: int, worker_timeout: int):
         return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     finally:
         cancel()
+
+
+def _configure_heartbeat(cluster: ClusterSpec, timeout_s: int) -> None:
+    """The coordination service that MultiWorkerMirroredStrategy sets up, as it sets it up, but with a heartbeat
+    timeout of --worker_timeout: a worker that hangs (not only one whose connection drops) is then declared
+    lost after that long rather than TensorFlow's default of about a minute. The strategy keeps a service
+    configured before it (collective_all_reduce_strategy.py); context.configure_coordination_service is
+    TensorFlow's own (non-public) call for it."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
+
+    jobs = [coordination_config_pb2.CoordinatedJob(name="chief", num_tasks=1)] if cluster._has_chief else []
+    workers = len(cluster.workers) - len(jobs)
+    if workers:
+        jobs.append(coordination_config_pb2.CoordinatedJob(name="worker", num_tasks=workers))
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=f"/job:{jobs[0].name}/replica:0/task:0",
+        heartbeat_timeout_in_ms=timeout_s * 1000, coordinated_jobs=jobs)
 
 
 def _watchdog(seconds: int, message: str):
@@ -181,11 +200,18 @@ def _watchdog(seconds: int, message: str):
 _TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
 
 
-def lost_worker_error(error: Exception, own_task: str) -> UserError:
-    """One line for a collective that failed because a peer died or stopped answering."""
-    tasks = [f"{job} {index}" for job, index in _TASK.findall(str(error))]
-    others = [t for t in dict.fromkeys(tasks) if t != own_task]
-    who = f"lost {others[0]}" if others else "lost a worker"
+def lost_worker_error(error: Exception, own_task: str, tasks: List[str]) -> UserError:
+    """One line for a collective that failed because a peer died or stopped answering.
+
+    Args:
+      error: TensorFlow's error; a dropped connection names the peer's task in its message, a timed-out
+        collective does not (then, in a two-worker cluster, it can only be the other one).
+      own_task: this process's task ("worker 0").
+      tasks: every task of the cluster.
+    """
+    named = [f"{job} {index}" for job, index in _TASK.findall(str(error))]
+    others = [t for t in dict.fromkeys(named) if t != own_task] or [t for t in tasks if t != own_task]
+    who = f"lost {others[0]}" if len(others) == 1 or named else "lost a worker"
     return UserError(f"{who} ({type(error).__name__}); this worker ({own_task}) stopped. Restart every worker"
                      " with the same command plus --resume_from latest to continue from the last complete checkpoint")
 
@@ -223,11 +249,13 @@ class DistributedTrainer:
         self._sizes = model_lib.state_sizes(self.model)
         self._per_replica = config.batch_size // self.replicas
         self._tf = tf
-        self._own_task = "worker 0"
+        self._own_task, self._tasks = "worker 0", ["worker 0"]
         self.is_chief = True
         if config.strategy == MULTI_WORKER:
             cluster = cluster_from_env()
             self._own_task, self.is_chief = cluster.name, cluster.is_chief
+            self._tasks = [f"chief {i}" for i in range(int(cluster._has_chief))] + [
+                f"worker {i}" for i in range(len(cluster.workers) - int(cluster._has_chief))]
         # which global replica ids live in this process (MultiWorkerMirroredStrategy: this worker's)
         ids = strategy.experimental_distribute_values_from_function(lambda ctx: ctx.replica_id_in_sync_group)
         self._local_ids = [int(i) for i in strategy.experimental_local_results(ids)]
@@ -346,14 +374,23 @@ class DistributedTrainer:
             return fn(*args)
         except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
                 tf.errors.AbortedError) as e:
-            raise lost_worker_error(e, self._own_task) from None
+            raise lost_worker_error(e, self._own_task, self._tasks) from None
         except tf.errors.InternalError as e:
             if "collective" in str(e).lower() or "peer" in str(e).lower():
-                raise lost_worker_error(e, self._own_task) from None
+                raise lost_worker_error(e, self._own_task, self._tasks) from None
             raise
 
     def batches(self, h5_path: str, start_batch: int):
-        return self._batches(h5_path, "train", self.layouts["train"], start_batch)
+        return self._guarded_iteration(self._batches(h5_path, "train", self.layouts["train"], start_batch))
+
+    def _guarded_iteration(self, dataset):
+        # a multi-worker iterator agrees with the other workers (a collective) before each element
+        iterator = iter(dataset)
+        while True:
+            try:
+                yield self._guarded(next, iterator)
+            except StopIteration:
+                return
 
     def train_step(self, inputs, targets):
         loss, self._states = self._guarded(self._train_fn, inputs, targets, self._states)
@@ -379,7 +416,7 @@ class DistributedTrainer:
         weights = self._distribute_rows([data.row_weights(layout)])[0]
         states = self._distribute_rows([np.zeros((layout.batch_size, h), np.float32) for h in self._sizes])
         total, count = 0.0, 0.0
-        for inputs, targets in self._batches(h5_path, split, layout):
+        for inputs, targets in self._guarded_iteration(self._batches(h5_path, split, layout)):
             loss_sum, n, states = self._guarded(self._eval_fn, inputs, targets, weights, states)
             total += float(loss_sum)
             count += float(n)

@@ -6,6 +6,7 @@ set up before TensorFlow starts, which in the pytest process it already has."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -213,26 +214,33 @@ def test_multi_worker_gives_one_device_losses_and_only_the_chief_writes(small_co
 
 
 @pytest.mark.slow
-def test_lost_worker_stops_the_other_and_resume_latest_continues(small_corpus, one_device, tmp_path):
+@pytest.mark.parametrize("how", ["killed", "hung"])
+def test_lost_worker_stops_the_other_and_resume_latest_continues(small_corpus, one_device, tmp_path, how):
+    """A worker killed (its connections drop) or hung (SIGSTOP: it stops answering heartbeats): the other
+    stops within --worker_timeout with one line, and every worker restarted with --resume_from latest
+    continues."""
     _, h5, _ = small_corpus
     prefix = tmp_path / "c"
+    timeout_s = 15
     args = ["--input_h5", h5, *[a if a != "30" else "100000" for a in SMALL], "--checkpoint_name", prefix,
-            "--strategy", "multi_worker", "--worker_timeout", "30"]
+            "--strategy", "multi_worker", "--worker_timeout", timeout_s]
     with Workers(tmp_path, [args, args]) as workers:
         deadline = time.monotonic() + TIMEOUT
         while not os.path.exists(f"{prefix}_10.json"):
             assert time.monotonic() < deadline and all(p.poll() is None for p in workers.processes)
             time.sleep(0.2)
-        workers.processes[1].kill()
+        workers.processes[1].send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
         start = time.monotonic()
-        code, stderr = workers.wait(timeout=120)[0]
+        code, stderr = workers.processes[0].wait(timeout=120), workers.processes[0].stderr.read()
         stopped_after = time.monotonic() - start
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code != 0 and len(lines) == 1, stderr[-3000:]
     assert "lost worker 1" in lines[0] and "--resume_from latest" in lines[0]
-    assert stopped_after < 60
+    assert stopped_after < timeout_s + 30
     latest = ckpt.find_latest(str(prefix))
     assert latest is not None and not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+    if how == "hung":
+        return  # the resume is the same as after a kill
 
     # every worker restarted with --resume_from latest continues from the last complete checkpoint
     done = ckpt.read_record(latest).iteration
@@ -244,3 +252,12 @@ def test_lost_worker_stops_the_other_and_resume_latest_continues(small_corpus, o
     assert record.iteration == done + 5 and len(train_losses) == done + 5
     overlap = min(30, done + 5)  # the killed run and its continuation follow one device's numbers
     np.testing.assert_allclose(train_losses[:overlap], one_device[0][:overlap], atol=1e-4, rtol=0)
+
+
+def test_lost_worker_named_from_the_error_or_the_cluster():
+    dropped = Exception("recvmsg:Connection reset by peer from remote target /job:worker/replica:0/task:2 ...")
+    tasks = ["worker 0", "worker 1", "worker 2"]
+    assert str(distribute.lost_worker_error(dropped, "worker 0", tasks)).startswith("lost worker 2 (Exception)")
+    timed_out = Exception("Collective ops timed out")
+    assert str(distribute.lost_worker_error(timed_out, "worker 0", tasks)).startswith("lost a worker")
+    assert str(distribute.lost_worker_error(timed_out, "worker 1", tasks[:2])).startswith("lost worker 0")
