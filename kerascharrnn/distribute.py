@@ -41,17 +41,23 @@ class ClusterSpec:
     task_type: str
     task_index: int
 
+    has_chief: bool = False
+
     @property
     def is_chief(self) -> bool:
         # TensorFlow's rule: the "chief" task, or worker 0 when the cluster names no chief.
         return self.task_type == "chief" or (self.task_type == "worker" and self.task_index == 0
-                                             and not self._has_chief)
-
-    _has_chief: bool = False
+                                             and not self.has_chief)
 
     @property
     def name(self) -> str:
         return f"{self.task_type} {self.task_index}"
+
+    @property
+    def task_names(self) -> List[str]:
+        """Every task as named in messages: "chief 0", "worker 0", ..."""
+        chiefs = int(self.has_chief)
+        return [f"chief {i}" for i in range(chiefs)] + [f"worker {i}" for i in range(len(self.workers) - chiefs)]
 
 
 def parse_tf_config(text: Optional[str]) -> ClusterSpec:
@@ -92,7 +98,7 @@ def parse_tf_config(text: Optional[str]) -> ClusterSpec:
         raise UserError(f"TF_CONFIG: task.index {task_index!r} is not one of the {len(addresses[task_type])}"
                         f" {task_type} task(s) in cluster.{task_type}")
     return ClusterSpec(addresses["chief"] + addresses["worker"], task_type, task_index,
-                       _has_chief=bool(addresses["chief"]))
+                       has_chief=bool(addresses["chief"]))
 
 
 def cluster_from_env() -> ClusterSpec:
@@ -162,7 +168,7 @@ def _configure_heartbeat(cluster: ClusterSpec, timeout_s: int) -> None:
     from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
     from tensorflow.python.eager import context
 
-    jobs = [coordination_config_pb2.CoordinatedJob(name="chief", num_tasks=1)] if cluster._has_chief else []
+    jobs = [coordination_config_pb2.CoordinatedJob(name="chief", num_tasks=1)] if cluster.has_chief else []
     workers = len(cluster.workers) - len(jobs)
     if workers:
         jobs.append(coordination_config_pb2.CoordinatedJob(name="worker", num_tasks=workers))
@@ -232,14 +238,13 @@ class DistributedTrainer:
         self.strategy = strategy
         self.replicas = strategy.num_replicas_in_sync
         check_replicas(config.batch_size, self.replicas)
-        if config.fused == "on":
-            raise UserError(f"--fused on: the fused XLA path runs on one device only; with --strategy {config.strategy}"
-                            " use --fused off or auto")
         self.charrnn = charrnn  # one device: what the checkpoints save
         self.layouts = layouts
         with strategy.scope():
             twin = CharRNN.build(charrnn.config, charrnn.vocab, config.batch_size)
             twin.model.set_weights(charrnn.model.get_weights())
+            # the fused XLA path (fused.py) is one-device code: a strategy trains through the Keras layers, and
+            # records "off" (a one-device checkpoint that trained fused resumes here too)
             self._trainer = make_trainer(dataclasses.replace(config, fused="off"), twin, layouts)
         self.config = dataclasses.replace(self._trainer.config, replicas=self.replicas)
         self.fused = False
@@ -254,8 +259,7 @@ class DistributedTrainer:
         if config.strategy == MULTI_WORKER:
             cluster = cluster_from_env()
             self._own_task, self.is_chief = cluster.name, cluster.is_chief
-            self._tasks = [f"chief {i}" for i in range(int(cluster._has_chief))] + [
-                f"worker {i}" for i in range(len(cluster.workers) - int(cluster._has_chief))]
+            self._tasks = cluster.task_names
         # which global replica ids live in this process (MultiWorkerMirroredStrategy: this worker's)
         ids = strategy.experimental_distribute_values_from_function(lambda ctx: ctx.replica_id_in_sync_group)
         self._local_ids = [int(i) for i in strategy.experimental_local_results(ids)]

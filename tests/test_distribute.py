@@ -92,6 +92,7 @@ def test_tf_config_parsed_and_chief_found():
     with_chief = json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "worker", "index": 0}})
     spec = distribute.parse_tf_config(with_chief)
     assert spec.workers == ["a:1", "b:2"] and not spec.is_chief  # the chief task, not worker 0, writes
+    assert spec.task_names == ["chief 0", "worker 0"]
 
 
 @pytest.mark.parametrize("text, words", [
