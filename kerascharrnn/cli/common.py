@@ -35,8 +35,11 @@ def parse_flags(argv: List[str]) -> List[str]:
     return rest
 
 
-def run_main(main: Callable[[List[str]], None]) -> None:
-    """app.run(main) where UserError becomes `prog: error: message` on stderr and exit 1."""
+def run_main(main: Callable[[List[str]], None], flags_parser: Callable = parse_flags) -> None:
+    """app.run(main) where UserError becomes `prog: error: message` on stderr and exit 1.
+
+    flags_parser: parse_flags, or a parser of a tool that takes positional arguments (bin/novelty).
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines are noise here
 
     def guarded(argv):
@@ -51,7 +54,7 @@ def run_main(main: Callable[[List[str]], None]) -> None:
             sys.stderr.close()
             sys.exit(0)
 
-    app.run(guarded, flags_parser=parse_flags)
+    app.run(guarded, flags_parser=flags_parser)
 
 
 @contextlib.contextmanager
