@@ -32,7 +32,7 @@ MODEL_CONFIG_ENTRY = "model_config.json"
 FORMAT_KEY = "kerascharrnn_checkpoint"
 _KERAS_ENTRIES = ("config.json", "model.weights.h5")
 HISTORY_KEYS = ("train_loss_history", "val_loss_history", "val_loss_history_it", "forward_backward_times",
-                "memory_usage")
+                "memory_usage", "learning_rate_history")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +87,7 @@ class CheckpointRecord:
       vocab: the vocabulary.
       history: the loss histories, and times/memory under --speed_benchmark/--memory_benchmark.
       best_val_loss: the lowest val loss so far, or None.
+      elapsed_seconds: wall time spent training so far, resumes included (--max_minutes counts it).
     """
 
     path: str
@@ -98,6 +99,7 @@ class CheckpointRecord:
     vocab: Vocabulary
     history: Dict[str, List[float]]
     best_val_loss: Optional[float] = None
+    elapsed_seconds: float = 0.0
 
     @property
     def model_path(self) -> str:
@@ -115,6 +117,7 @@ class CheckpointRecord:
             "model_config": dataclasses.asdict(self.model_config),
             "train_config": dataclasses.asdict(self.train_config),
             "best_val_loss": self.best_val_loss,
+            "elapsed_seconds": self.elapsed_seconds,
             FORMAT_KEY: 1,
             "model_file": self.model_file,
             "state_file": self.state_file,
@@ -266,6 +269,9 @@ def read_record(path: str) -> CheckpointRecord:
     best = values.get("best_val_loss")
     if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best)):
         raise UserError(f"{path}: checkpoint JSON field 'best_val_loss' must be a number or null")
+    elapsed = _field(values, "elapsed_seconds", (int, float), path, default=0.0)
+    if not math.isfinite(elapsed) or elapsed < 0:
+        raise UserError(f"{path}: checkpoint JSON field 'elapsed_seconds' must be a number >= 0")
     iteration = _field(values, "iteration", (int,), path)
     if iteration < 0:
         raise UserError(f"{path}: checkpoint JSON field 'iteration' must be >= 0")
@@ -282,6 +288,7 @@ def read_record(path: str) -> CheckpointRecord:
         vocab=Vocabulary.from_json_dict(_field(values, "vocab", (dict,), path), source=f"{path}: vocab"),
         history=history,
         best_val_loss=best,
+        elapsed_seconds=float(elapsed),
     )
 
 

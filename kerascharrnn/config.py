@@ -15,6 +15,7 @@ from kerascharrnn.errors import UserError
 MODEL_TYPES = ("lstm", "gru", "rnn")
 FUSED_CHOICES = ("auto", "on", "off")
 LOWERCASE_CHOICES = ("auto", "1", "0")
+LR_SCHEDULES = ("step", "cosine")
 
 
 def setting(default: Any, help: str, *, lower: Optional[float] = None, upper: Optional[float] = None,
@@ -80,6 +81,8 @@ class ModelConfig:
     rnn_size: int = setting(128, "H: hidden units per recurrent layer.", lower=1)
     num_layers: int = setting(2, "Recurrent layers.", lower=1)
     dropout: float = setting(0.0, "Dropout after each recurrent layer (0 = none).", lower=0.0, upper=0.99)
+    embedding_dropout: float = setting(0.0, "Dropout on the character embeddings, before the first recurrent layer"
+                                       " (0 = none, torch-rnn's model).", lower=0.0, upper=0.99)
     batchnorm: bool = setting(False, "1 = batch normalisation after each recurrent layer.", flag_type=int)
 
     def __post_init__(self):
@@ -96,11 +99,24 @@ class TrainConfig:
     seq_length: int = setting(50, "T: characters per stream per minibatch (truncated BPTT length).", lower=1)
     max_epochs: int = setting(50, "Passes over the training split.", lower=1)
     max_iters: int = setting(0, "Stop after this many iterations in all (0 = only --max_epochs limits).", lower=0)
+    max_minutes: float = setting(0.0, "Stop after this many minutes of training (validation included), then validate"
+                                 " and checkpoint (0 = no time limit). Counts across resumes.", lower=0.0)
     learning_rate: float = setting(2e-3, "Adam learning rate.", above=0.0)
     grad_clip: float = setting(5.0, "Clamp each gradient element to [-grad_clip, grad_clip] (0 = off).", lower=0.0)
     lr_decay_every: int = setting(5, "Multiply the learning rate by --lr_decay_factor every this many epochs.",
                                   lower=1)
     lr_decay_factor: float = setting(0.5, "Learning-rate decay factor.", above=0.0)
+    lr_schedule: str = setting("step", "step = torch-rnn's (--lr_decay_every/--lr_decay_factor); cosine = anneal to"
+                               " --min_learning_rate at the end of the run (--max_iters, --max_epochs, or the"
+                               " iterations --max_minutes allows, estimated from the measured speed).",
+                               choices=LR_SCHEDULES)
+    min_learning_rate: float = setting(0.0, "cosine: the learning rate at the end of the run.", lower=0.0)
+    warmup_iters: int = setting(0, "Raise the learning rate linearly from 0 over this many iterations (0 = none).",
+                                lower=0)
+    lr_schedule_iters: int = setting(0, "cosine: the iteration at which the schedule ends (resolved at the start, or"
+                                     " once the speed is measured).", lower=0, flag=False)
+    weight_decay: float = setting(0.0, "Decoupled weight decay (AdamW) on the kernels and embeddings; 0 = Adam, as"
+                                  " torch-rnn.", lower=0.0)
     print_every: int = setting(1, "Print the training loss every this many iterations (0 = never).", lower=0)
     checkpoint_name: str = setting("cv/checkpoint", "Checkpoint prefix: writes {name}_{iter}.keras/.state.npz/.json.")
     checkpoint_every: int = setting(1000, "Validate and checkpoint every this many iterations (and at the end).",
@@ -124,6 +140,8 @@ class TrainConfig:
         _check_fields(self)
         if self.init_from and self.resume_from:
             raise UserError("--init_from and --resume_from conflict: give one of them")
+        if self.min_learning_rate > self.learning_rate:
+            raise UserError("--min_learning_rate must not exceed --learning_rate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,9 +160,13 @@ class SampleConfig:
     num_samples: int = setting(1, "Independent samples to generate, as one batched run.", lower=1, upper=100_000)
     seed: Optional[int] = setting(None, "Seed for the draws: the same seed gives the same text.", lower=0,
                                   upper=2**62, flag_type=int)
+    beam_size: int = setting(0, "Beam search with this many beams: the most likely text instead of a sample (no"
+                             " temperature or draws; 1 = argmax, as --sample 0). 0 = off.", lower=0, upper=1000)
 
     def __post_init__(self):
         _check_fields(self)
+        if self.beam_size and self.num_samples > 1:
+            raise UserError("--beam_size gives the one most likely text: use it with --num_samples 1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,19 +21,30 @@ from kerascharrnn import corpus, data, files
 from kerascharrnn.cli import common
 from kerascharrnn.config import ModelConfig, TrainConfig
 from kerascharrnn.errors import UserError
+from kerascharrnn.presets import PRESETS
 from kerascharrnn.vocab import Vocabulary
 
 common.define_flags(TrainConfig)
 common.define_flags(ModelConfig)
 flags.DEFINE_enum("corpus", "stdlib", corpus.CORPORA, "Built-in corpus used when --input_h5 is empty:"
                   " 'stdlib' (the Python standard library's sources, offline) or 'tiny_shakespeare' (downloaded once).")
+flags.DEFINE_enum("preset", "", ["", *PRESETS], "A named set of flag values (kerascharrnn/presets.py): cpu_15min"
+                  " = the best recipe found for ~1 MB of text in 15 minutes on a 2-core CPU (with --max_minutes 15);"
+                  " gpu_large = a larger model for a GPU. Flags given explicitly override the preset's.")
 common.define_gpu_flag()
 flags.DEFINE_string("gpu_backend", "cuda", "Only 'cuda': TensorFlow has no OpenCL backend.")
 FLAGS = flags.FLAGS
 
 # Flags that may change when resuming; everything else comes from the checkpoint.
-_RESUMABLE = ("max_epochs", "max_iters", "print_every", "checkpoint_every", "speed_benchmark",
+_RESUMABLE = ("max_epochs", "max_iters", "max_minutes", "print_every", "checkpoint_every", "speed_benchmark",
               "memory_benchmark", "tensorboard_dir", "input_h5", "input_json")
+
+
+def _apply_preset(name: str) -> None:
+    """Sets the preset's values on every flag the command line did not give."""
+    for flag, value in PRESETS[name].items():
+        if not FLAGS[flag].present:
+            FLAGS[flag].value = value
 
 
 def _resume_record(train_config: TrainConfig) -> ckpt.CheckpointRecord:
@@ -78,6 +89,8 @@ def main(argv):
     if FLAGS.gpu_backend != "cuda":
         raise UserError(f"--gpu_backend {FLAGS.gpu_backend!r}: TensorFlow has no OpenCL backend; use cuda"
                         " (the default) or --gpu -1 for the CPU")
+    if FLAGS.preset:
+        _apply_preset(FLAGS.preset)
     model_config = common.config_from_flags(ModelConfig)
     train_config = common.config_from_flags(TrainConfig)
     resume = _resume_record(train_config) if train_config.resume_from else None
