@@ -6,6 +6,9 @@ import contextlib
 import dataclasses
 import os
 import sys
+import tempfile
+import time
+import traceback
 import typing
 from typing import Callable, Iterator, List, Sequence
 
@@ -35,8 +38,37 @@ def parse_flags(argv: List[str]) -> List[str]:
     return rest
 
 
+# sysexits.h's EX_SOFTWARE: an internal error, as opposed to 1 (bad input) and 2 (bad flags).
+INTERNAL_ERROR_EXIT = 70
+
+
+def crash_log_path(prog: str) -> str:
+    """Where an unexpected exception's traceback goes: $TMPDIR/kerascharrnn-crash-<tool>-<time>-<pid>.log."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join(tempfile.gettempdir(), f"kerascharrnn-crash-{prog}-{stamp}-{os.getpid()}.log")
+
+
+def report_internal_error(prog: str, error: BaseException) -> None:
+    """The last line of defence: one line on stderr, the traceback in a log file, exit 70.
+
+    Every known bad input has its own UserError; this only keeps a bug from scrolling a traceback at
+    the user while still keeping the details for a bug report.
+    """
+    summary = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")[:300]
+    path = crash_log_path(prog)
+    try:
+        with open(path, "w", encoding="utf-8", errors="replace") as f:
+            f.write(f"{' '.join(sys.argv)}\n\n")
+            traceback.print_exception(type(error), error, error.__traceback__, file=f)
+        where = f"details in {path}"
+    except OSError as e:  # nowhere to write: the summary alone still beats a traceback
+        where = f"no log written ({e.strerror or e})"
+    _fail(prog, f"internal error: {summary}; {where}", INTERNAL_ERROR_EXIT)
+
+
 def run_main(main: Callable[[List[str]], None]) -> None:
-    """app.run(main) where UserError becomes `prog: error: message` on stderr and exit 1."""
+    """app.run(main) where UserError becomes `prog: error: message` on stderr and exit 1, and any other
+    exception `prog: error: internal error: ...; details in <log>` and exit 70."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines are noise here
 
     def guarded(argv):
@@ -50,6 +82,8 @@ def run_main(main: Callable[[List[str]], None]) -> None:
         except BrokenPipeError:  # e.g. `bin/sample ... | head`
             sys.stderr.close()
             sys.exit(0)
+        except Exception as e:  # noqa: BLE001 - the one place that catches everything; see report_internal_error
+            report_internal_error(_prog(argv), e)
 
     app.run(guarded, flags_parser=parse_flags)
 

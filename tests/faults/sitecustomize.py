@@ -29,3 +29,18 @@ if _WANTED:
             os.kill(os.getpid(), signal.SIGKILL)
 
     _ckpt.save_state = save_state
+
+# KERASCHARRNN_TEST_RAISE=MODULE:FUNCTION makes that library function raise an exception no code
+# expects (a bug, as far as the CLI can tell), to test the CLIs' last line of defence.
+_RAISE = os.environ.get("KERASCHARRNN_TEST_RAISE")
+
+if _RAISE:
+    import importlib
+
+    _module_name, _, _function = _RAISE.partition(":")
+    _module = importlib.import_module(_module_name)
+
+    def _injected(*args, **kwargs):
+        raise RuntimeError("injected fault for the test")
+
+    setattr(_module, _function, _injected)
