@@ -14,6 +14,7 @@ from typing import Callable, Iterator, List, Sequence
 
 from absl import app, flags
 
+from kerascharrnn import config as config_lib
 from kerascharrnn.errors import UserError
 
 
@@ -142,6 +143,8 @@ def define_flags(cls, skip: Sequence[str] = ()) -> None:
         if meta.get("choices"):
             flags.DEFINE_enum(field.name, default, list(meta["choices"]), meta["help"])
         elif kind is int:
+            if bounds["upper_bound"] is None:  # the config refuses beyond int32 anyway; say so in --help
+                bounds["upper_bound"] = config_lib.INT32_MAX
             if _field_type(cls, field) is bool:  # torch-rnn's 0/1 options
                 default, bounds = int(default), {"lower_bound": 0, "upper_bound": 1}
             flags.DEFINE_integer(field.name, default, meta["help"], **bounds)

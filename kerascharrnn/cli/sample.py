@@ -9,7 +9,7 @@ import time
 
 from absl import flags
 
-from kerascharrnn import artifacts
+from kerascharrnn import artifacts, resources
 from kerascharrnn import checkpoint as ckpt
 from kerascharrnn.cli import common
 from kerascharrnn.config import SampleConfig
@@ -48,6 +48,7 @@ def _source():
 def main(argv):
     del argv
     config = common.config_from_flags(SampleConfig)
+    resources.check_sampling_fits(config.num_samples, config.length)
     kind, path, vocab = _source()
     prompt = vocab.encode(config.start_text)  # names unknown characters before TensorFlow loads
     if config.length < len(prompt):

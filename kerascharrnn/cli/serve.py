@@ -65,7 +65,8 @@ def main(argv):
     serve.log.propagate = False
     print(f"Serving {path} on http://{FLAGS.host}:{FLAGS.port} (GET /generate, POST /v1/generate, /docs)",
           flush=True)
-    uvicorn.run(app, host=FLAGS.host, port=FLAGS.port, log_level="info")
+    uvicorn.run(app, host=FLAGS.host, port=FLAGS.port, log_level="info", http=serve.http_protocol_class(),
+                h11_max_incomplete_event_size=serve.MAX_REQUEST_HEAD_BYTES)
 
 
 def run():
