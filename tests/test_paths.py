@@ -1,6 +1,7 @@
 """Path safety (kerascharrnn.paths), atomic writes' modes and names (kerascharrnn.files), and the CLIs'
 last line of defence (cli/common.run_main). Real files, symlinks and processes; no mocks."""
 
+import json
 import os
 import re
 import stat
@@ -112,3 +113,51 @@ def test_unexpected_exception_is_one_line_exit_70_and_a_log(tmp_path):
     log = open(match.group(1)).read()
     assert match.group(1).startswith(str(tmp_path)) and "Traceback" in log and "build_vocabulary" not in lines[0]
     assert not (tmp_path / "o.h5").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs (a full disk, for real) where the tests run as root; skipped elsewhere."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a full disk) needs root")
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_during_preprocess_is_one_line_and_keeps_the_old_outputs(tmp_path, small_disk):
+    (tmp_path / "big.txt").write_text("".join(chr(32 + i % 90) for i in range(2_000_000)))
+    (small_disk / "out.h5").write_bytes(b"the previous HDF5")
+    (small_disk / "out.json").write_bytes(b"the previous vocabulary")
+    result = run_cli("preprocess", "--input_txt", tmp_path / "big.txt", "--output_h5", small_disk / "out.h5",
+                     "--output_json", small_disk / "out.json", "--quiet")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no space left on the device" in lines[0] and "unchanged" in lines[0], lines
+    assert (small_disk / "out.h5").read_bytes() == b"the previous HDF5"
+    assert (small_disk / "out.json").read_bytes() == b"the previous vocabulary"
+    assert sorted(os.listdir(small_disk)) == ["out.h5", "out.json"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("where", ["kerascharrnn.preprocess:_write_ids", "kerascharrnn.files:write_text_atomic"],
+                         ids=["while-writing-ids", "hdf5-written-json-not-yet"])
+def test_kill_during_preprocess_keeps_the_old_outputs(tmp_path, where):
+    (tmp_path / "in.txt").write_text("a new corpus to preprocess " * 200)
+    (tmp_path / "out.h5").write_bytes(b"the previous HDF5")
+    (tmp_path / "out.json").write_bytes(b"the previous vocabulary")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [FAULTS, os.environ.get("PYTHONPATH")])),
+           "KERASCHARRNN_TEST_KILL_IN": where}
+    args = ["--input_txt", tmp_path / "in.txt", "--output_h5", tmp_path / "out.h5", "--output_json",
+            tmp_path / "out.json", "--quiet"]
+    killed = run_cli("preprocess", *args, env=env)
+    assert killed.returncode == -9
+    assert (tmp_path / "out.h5").read_bytes() == b"the previous HDF5"
+    assert (tmp_path / "out.json").read_bytes() == b"the previous vocabulary"
+    again = run_cli("preprocess", *args)
+    assert again.returncode == 0, again.stderr
+    assert json.load(open(tmp_path / "out.json"))["idx_to_token"]["1"] == "a"

@@ -44,3 +44,19 @@ if _RAISE:
         raise RuntimeError("injected fault for the test")
 
     setattr(_module, _function, _injected)
+
+# KERASCHARRNN_TEST_KILL_IN=MODULE:FUNCTION SIGKILLs the process when that function is first called
+# (after it has done nothing), as a power cut in the middle of the work would.
+_KILL = os.environ.get("KERASCHARRNN_TEST_KILL_IN")
+
+if _KILL:
+    import importlib
+
+    _kill_module_name, _, _kill_function = _KILL.partition(":")
+    _kill_module = importlib.import_module(_kill_module_name)
+    _kill_original = getattr(_kill_module, _kill_function)
+
+    def _killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    setattr(_kill_module, _kill_function, _killed)
