@@ -96,6 +96,10 @@ def bad(tmp_path_factory, trained):
             elif item != "model_config.json":
                 dst.writestr(item, src.read(item))
 
+    os.makedirs(root / "models" / "inside" / "1")
+    shutil.copyfile(trained["keras"], root / "models" / "inside" / "1" / "ck.keras")
+    (root / "fake.t7").write_bytes(b"a torch-rnn checkpoint that must survive")
+    os.symlink(root / "fake.t7", root / "t7link.keras")
     os.makedirs(root / "models" / "tiny" / "1")
     (root / "models" / "tiny" / "1" / "saved_model.pb").write_bytes(b"an existing version")
     (root / "fake.tflite").write_bytes(b"\x00" * 64)
@@ -188,6 +192,12 @@ CASES = [
     ("train-checkpoint-name-overwrites-init", "train",
      ["--input_h5", "{h5}", "--init_from", "{root}/ft_40.keras", "--checkpoint_name", "{root}/ft"],
      "would overwrite --init_from", "ft_40.keras"),
+    ("export-over-its-own-checkpoint", "export",
+     ["--checkpoint", "{root}/models/inside/1/ck.keras", "--export_dir", "{root}/models", "--model_name", "inside",
+      "--version", "1", "--overwrite"], "would hold or replace --checkpoint", "models/inside/1/ck.keras"),
+    ("convert-output-symlink-to-input", "convert",
+     ["--checkpoint", "{root}/fake.t7", "--output", "{root}/t7link.keras", "--overwrite"],
+     "would overwrite the input", "fake.t7"),
     # wrong data in silence
     ("train-resume-with-another-corpus", "train", ["--resume_from", "{record}", "--input_h5", "{root}/other.h5"],
      "--init_from", None),

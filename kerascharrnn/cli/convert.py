@@ -11,7 +11,7 @@ import os
 from absl import flags
 
 from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import files
+from kerascharrnn import files, paths
 from kerascharrnn.cli import common
 from kerascharrnn.errors import UserError
 
@@ -34,6 +34,7 @@ def main(argv):
         raise UserError(f"--output {output}: Keras needs a .keras file name")
     if os.path.exists(output) and not FLAGS.overwrite:
         raise UserError(f"{output} already exists; pass --overwrite to replace it")
+    paths.check_outputs(inputs=[("--checkpoint", FLAGS.checkpoint)], outputs=[("--output", output)])
     t7 = ckpt.read_t7(FLAGS.checkpoint)  # every check on the file, before TensorFlow loads
     files.require_writable_dir_for(output)
 

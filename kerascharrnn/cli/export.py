@@ -8,7 +8,7 @@ from absl import flags
 
 from kerascharrnn import artifacts
 from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import files
+from kerascharrnn import files, paths
 from kerascharrnn.cli import common
 from kerascharrnn.errors import UserError
 
@@ -39,6 +39,10 @@ def main(argv):
     version_dir = os.path.join(model_dir, str(version))
     if os.path.exists(version_dir) and not FLAGS.overwrite:
         raise UserError(f"{version_dir} already exists; pass --overwrite to replace it, or another --version")
+    if os.path.exists(version_dir) and not os.path.isdir(version_dir):
+        raise UserError(f"{version_dir} is a file, not a version directory; choose another --version or --export_dir")
+    paths.check_outputs(inputs=[("--checkpoint", FLAGS.checkpoint), ("--checkpoint", model_path)], outputs=[],
+                        directories=[("--export_dir", version_dir)])
     files.require_writable_dir_for(version_dir)
 
     common.quiet_tensorflow()
