@@ -111,4 +111,5 @@ def check_checkpoint_name(checkpoint_name: str, inputs: Iterable[Named]) -> None
         if pattern.match(real(path)) or real(path) == prefix:
             raise UserError(f"--checkpoint_name {checkpoint_name} would overwrite {flag} {path}"
                             f" ({real(path)}); choose another --checkpoint_name")
-    check_name_length(checkpoint_name + "_best.state.npz", "--checkpoint_name")
+    # the longest name of the series for up to 10-digit iteration counts
+    check_name_length(checkpoint_name + "_" + "9" * 10 + ".state.npz", "--checkpoint_name")

@@ -18,7 +18,8 @@ from kerascharrnn.errors import UserError
 flags.DEFINE_string("checkpoint", "", "The torch-rnn checkpoint to convert (a .t7 written by train.lua).")
 flags.DEFINE_string("output", "", "The .keras file to write (default: the .t7's path with .keras).")
 flags.DEFINE_integer("batch_size", 0, "Streams of the saved stateful model (0 = the --batch_size the .t7 records;"
-                     " bin/train and bin/sample rebuild it at their own size anyway).", lower_bound=0)
+                     " bin/train and bin/sample rebuild it at their own size anyway; at most 65536).", lower_bound=0,
+                     upper_bound=65536)
 flags.DEFINE_bool("overwrite", False, "Replace an existing --output file.")
 FLAGS = flags.FLAGS
 

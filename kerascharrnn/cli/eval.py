@@ -19,7 +19,8 @@ flags.DEFINE_string("input_h5", "", "HDF5 corpus to evaluate on (from bin/prepro
 flags.DEFINE_string("input_json", "", "Its JSON vocabulary (default: --input_h5 with .json), checked against"
                     " the checkpoint's.")
 flags.DEFINE_enum("split", "val", ["val", "test"], "Which split to evaluate.")
-flags.DEFINE_integer("seq_length", 50, "T: characters per stream per minibatch.")
+flags.DEFINE_integer("seq_length", 50, "T: characters per stream per minibatch (longer than the split: the"
+                     " split's length).", lower_bound=1, upper_bound=2**31 - 1)
 common.define_gpu_flag()
 FLAGS = flags.FLAGS
 
