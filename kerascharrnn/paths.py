@@ -69,6 +69,10 @@ def check_outputs(inputs: Iterable[Named], outputs: Sequence[Named], directories
     """
     inputs = [(flag, path) for flag, path in inputs if path]
     for flag, path in outputs:
+        if not path:
+            raise UserError(f"{flag} is empty; give a file name")
+        if path.endswith((os.sep, "/.", "/..")) or path in (".", ".."):
+            raise UserError(f"{flag} {path}: names a directory; give a file name")
         if os.path.isdir(path):
             raise UserError(f"{flag} {path}: is a directory; give a file name")
         check_name_length(path, flag)
@@ -113,3 +117,15 @@ def check_checkpoint_name(checkpoint_name: str, inputs: Iterable[Named]) -> None
                             f" ({real(path)}); choose another --checkpoint_name")
     # the longest name of the series for up to 10-digit iteration counts
     check_name_length(checkpoint_name + "_" + "9" * 10 + ".state.npz", "--checkpoint_name")
+
+
+def check_output_dir(flag: str, directory: str) -> None:
+    """Refuses a directory to write into that is a file, or that cannot be created or written."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise UserError(f"{flag} {directory}: is a file, not a directory")
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag} {directory}: cannot create the directory: {e.strerror or e}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {directory}: not writable")

@@ -44,7 +44,7 @@ def check_encoding(encoding: str) -> str:
     except LookupError:
         raise UserError(f"unknown --encoding {encoding!r}; use a Python codec name or 'bytes'") from None
     # base64, zlib, rot13...: codecs that map bytes to bytes or str to str, not a file's text encoding.
-    if not getattr(info, "_is_text_encoding", True):
+    if not getattr(info, "_is_text_encoding", True) or info.incrementaldecoder is None:
         raise UserError(f"--encoding {encoding!r} is a {info.name} transform, not a text encoding;"
                         " use e.g. utf-8, latin-1, or 'bytes'")
     return info.name
@@ -81,6 +81,9 @@ def iter_units(path: str, encoding: str, chunk_bytes: int = CHUNK_BYTES) -> Iter
                     f"{path}: not valid {encoding} text (byte {position});"
                     " pass --encoding with the file's encoding, or --encoding bytes"
                 ) from None
+            except ValueError as e:  # e.g. utf-16 with no byte-order mark (UnicodeError): no position to report
+                raise UserError(f"{path}: not valid {encoding} text ({e}); pass --encoding with the file's encoding,"
+                                " or --encoding bytes") from None
             if "\0" in text:
                 raise UserError(f"{path}: looks like a binary file (it contains NUL characters), not text")
             offset += len(block)

@@ -117,6 +117,8 @@ def main(argv):
     files.require_writable_dir_for(train_config.checkpoint_name + "_0.json")
     if train_config.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
         raise UserError("--tensorboard_dir needs TensorBoard: pip install 'kerascharrnn[tensorboard]'")
+    if train_config.tensorboard_dir:
+        paths.check_output_dir("--tensorboard_dir", train_config.tensorboard_dir)
     if not resume:
         model_config = dataclasses.replace(model_config, vocab_size=vocab.size)
     if not train_config.init_from:  # --init_from's model exists already; its size is its own
