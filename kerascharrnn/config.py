@@ -170,7 +170,9 @@ class SampleConfig:
     start_text: str = setting("", "Text to prime the model with; the output starts with it.")
     sample: bool = setting(True, "1 = sample from the distribution, 0 = take the most likely character (argmax).",
                            flag_type=int)
-    temperature: float = setting(1.0, "Softmax temperature (> 0); lower is more conservative.", above=0.0)
+    temperature: float = setting(1.0, "Softmax temperature (> 0, at most 1e6: beyond it every character is equally"
+                                 " likely anyway, and float32 overflows); lower is more conservative.", above=0.0,
+                                 upper=1e6)
     top_k: int = setting(0, "Sample only among the k most likely characters (0 = off; a k above the vocabulary"
                          " size is clamped to it, i.e. off).", lower=0, upper=2**31 - 1)
     top_p: float = setting(1.0, "Nucleus sampling: the smallest set with this much probability (1 = off).",

@@ -81,6 +81,25 @@ def check_training_fits(config: ModelConfig, batch_size: int, seq_length: int,
                         " is available; lower --rnn_size, --num_layers, --batch_size or --seq_length")
 
 
+def inference_bytes(config: ModelConfig, rows: int, steps: int) -> int:
+    """A lower bound of the memory of running `config` forward over (rows, steps) tokens: the weights
+    and each token's embedding, gates, states and logits."""
+    V, D, H, g = config.vocab_size, config.wordvec_size, config.rnn_size, _GATES[config.model_type]
+    per_token = D + config.num_layers * (g + 2) * H + 2 * V
+    return _FLOAT_BYTES * (parameter_count(config) + rows * steps * per_token)
+
+
+def check_inference_fits(config: ModelConfig, rows: int, steps: int, what: str,
+                         available: Optional[int] = None) -> None:
+    """Raises UserError, with the estimate, if running the model over (rows, steps) cannot fit in memory."""
+    need = inference_bytes(config, rows, steps)
+    available = available_memory() if available is None else available
+    if available is not None and need > available:
+        raise UserError(f"{what}: {rows:,} rows x {steps:,} steps of this model ({parameter_count(config):,}"
+                        f" parameters, embedding {config.wordvec_size}, vocabulary {config.vocab_size}) need at least"
+                        f" {_gib(need)} of memory and {_gib(available)} is available")
+
+
 def check_sampling_fits(num_samples: int, length: int, available: Optional[int] = None) -> None:
     """Raises UserError if num_samples texts of `length` characters cannot be held in memory.
 

@@ -84,6 +84,11 @@ def run_main(main: Callable[[List[str]], None]) -> None:
             sys.stderr.close()
             sys.exit(0)
         except Exception as e:  # noqa: BLE001 - the one place that catches everything; see report_internal_error
+            if type(e).__name__ == "ResourceExhaustedError":  # TensorFlow out of memory, past every estimate
+                first = str(e).strip().splitlines()
+                detail = next((line.strip() for line in first if line.strip().startswith("OOM")), "")[:200]
+                _fail(_prog(argv), f"out of memory{f' ({detail})' if detail else ''}; lower --batch_size,"
+                      " --num_samples, --seq_length or the model's size")
             report_internal_error(_prog(argv), e)
 
     app.run(guarded, flags_parser=parse_flags)

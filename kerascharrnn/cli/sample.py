@@ -50,6 +50,10 @@ def main(argv):
     config = common.config_from_flags(SampleConfig)
     resources.check_sampling_fits(config.num_samples, config.length)
     kind, path, vocab = _source()
+    if kind == "checkpoint":
+        model_config = ckpt.read_t7(path).model_config if ckpt.is_t7(path) else ckpt.read_model_config(path)
+        if model_config is not None:  # v0.1.0 files store none; their size is checked as they load
+            resources.check_inference_fits(model_config, config.num_samples, 1, "--num_samples")
     prompt = vocab.encode(config.start_text)  # names unknown characters before TensorFlow loads
     if config.length < len(prompt):
         raise UserError(f"--length {config.length} is shorter than --start_text ({len(prompt)} tokens);"
