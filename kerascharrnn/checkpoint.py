@@ -236,6 +236,12 @@ def read_model_config(path: str) -> Optional[ModelConfig]:
     return config_lib.from_dict(ModelConfig, values, f"{path}:{MODEL_CONFIG_ENTRY}")
 
 
+def stored_model_config(path: str) -> Optional[ModelConfig]:
+    """The architecture a checkpoint file records (.keras or .t7), read without TensorFlow; None for
+    v0.1.0 .keras files, which record none."""
+    return read_t7(path).model_config if is_t7(path) else read_model_config(path)
+
+
 def load_keras(path: str):
     """keras.models.load_model in safe mode (a Lambda layer is refused); errors become UserError."""
     import keras

@@ -40,10 +40,10 @@ def largest_tensor(config: ModelConfig, batch_size: int, seq_length: int) -> int
 
 def training_bytes(config: ModelConfig, batch_size: int, seq_length: int) -> int:
     """A lower bound of a training run's memory: weights with gradients and Adam slots, and the
-    activations back-propagation keeps for one (N, T) minibatch."""
+    activations back-propagation keeps for one (N, T) minibatch, with their gradients."""
     V, D, H, g = config.vocab_size, config.wordvec_size, config.rnn_size, _GATES[config.model_type]
     per_token = D + config.num_layers * (g + 2) * H + 2 * V  # embedding, gates + h + c per layer, logits
-    activations = batch_size * seq_length * per_token
+    activations = 2 * batch_size * seq_length * per_token  # and, in the backward pass, their gradients
     return _FLOAT_BYTES * (_TRAINING_COPIES * parameter_count(config) + activations)
 
 

@@ -51,7 +51,7 @@ def main(argv):
     resources.check_sampling_fits(config.num_samples, config.length)
     kind, path, vocab = _source()
     if kind == "checkpoint":
-        model_config = ckpt.read_t7(path).model_config if ckpt.is_t7(path) else ckpt.read_model_config(path)
+        model_config = ckpt.stored_model_config(path)
         if model_config is not None:  # v0.1.0 files store none; their size is checked as they load
             resources.check_inference_fits(model_config, config.num_samples, 1, "--num_samples")
     prompt = vocab.encode(config.start_text)  # names unknown characters before TensorFlow loads

@@ -121,8 +121,9 @@ def main(argv):
         paths.check_output_dir("--tensorboard_dir", train_config.tensorboard_dir)
     if not resume:
         model_config = dataclasses.replace(model_config, vocab_size=vocab.size)
-    if not train_config.init_from:  # --init_from's model exists already; its size is its own
-        resources.check_training_fits(model_config, train_config.batch_size, train_config.seq_length)
+    fit_config = ckpt.stored_model_config(init_path) if train_config.init_from else model_config
+    if fit_config is not None:  # a v0.1.0 --init_from file records no architecture
+        resources.check_training_fits(fit_config, train_config.batch_size, train_config.seq_length)
     start_iteration = 0
     if train_config.init_from and not train_config.reset_iterations:
         start_iteration = _init_iteration(train_config.init_from)
