@@ -420,7 +420,8 @@ def http_protocol_class():
                       f" headers of at most {MAX_REQUEST_HEAD_BYTES // 2**20} MiB"
             log.warning("malformed request from %s: %s", (self.client or ("?",))[0], reason)
             body = json.dumps({"message": message}).encode("utf-8")
-            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close")]
             self.transport.write(self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request")))
             self.transport.write(self.conn.send(h11.Data(data=body)))
             self.transport.write(self.conn.send(h11.EndOfMessage()))
