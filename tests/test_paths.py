@@ -161,3 +161,17 @@ def test_kill_during_preprocess_keeps_the_old_outputs(tmp_path, where):
     again = run_cli("preprocess", *args)
     assert again.returncode == 0, again.stderr
     assert json.load(open(tmp_path / "out.json"))["idx_to_token"]["1"] == "a"
+
+
+def test_preprocess_outputs_get_the_umask_mode_and_keep_a_shared_mode(tmp_path):
+    (tmp_path / "in.txt").write_text("a corpus shared with a group " * 20)
+    (tmp_path / "shared.json").write_text("{}")
+    os.chmod(tmp_path / "shared.json", 0o664)
+    old = os.umask(0o022)  # the subprocess inherits it
+    try:
+        result = run_cli("preprocess", "--input_txt", tmp_path / "in.txt", "--output_h5", tmp_path / "new.h5",
+                         "--output_json", tmp_path / "shared.json", "--quiet")
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.stderr
+    assert _mode(tmp_path / "new.h5") == 0o644 and _mode(tmp_path / "shared.json") == 0o664
