@@ -7,7 +7,7 @@ kernels take is refused too. No TensorFlow here.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 from kerascharrnn.config import ModelConfig
 from kerascharrnn.errors import UserError
@@ -100,14 +100,15 @@ def check_inference_fits(config: ModelConfig, rows: int, steps: int, what: str,
                         f" {_gib(need)} of memory and {_gib(available)} is available")
 
 
-def check_sampling_fits(num_samples: int, length: int, available: Optional[int] = None) -> None:
+def check_sampling_fits(num_samples: int, length: int, available: Optional[int] = None,
+                        flags: Tuple[str, str] = ("--num_samples", "--length")) -> None:
     """Raises UserError if num_samples texts of `length` characters cannot be held in memory.
 
     The sampler keeps every row's ids (int32) and the decoded text (up to 4 bytes a character, plus
-    Python's str), so about 12 bytes a character in all.
+    Python's str), so about 12 bytes a character in all. `flags` name the two numbers in the message.
     """
     need = 12 * num_samples * length
     available = available_memory() if available is None else available
     if available is not None and need > available // 2:
-        raise UserError(f"--num_samples {num_samples} x --length {length} needs about {_gib(need)} of memory;"
-                        f" {_gib(available)} is available (at most half is used); lower --length or --num_samples")
+        raise UserError(f"{flags[0]} {num_samples} x {flags[1]} {length} needs about {_gib(need)} of memory;"
+                        f" {_gib(available)} is available (at most half is used); lower {flags[1]} or {flags[0]}")

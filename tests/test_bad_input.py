@@ -225,6 +225,8 @@ CASES = [
     ("preprocess-encoding-not-text", "preprocess", ["--input_txt", "{root}/tiny.txt", "--encoding", "rot13",
                                                     "--output_h5", "{root}/precious.h5"], "not a text encoding",
      "precious.h5"),
+    ("serve-caps-beyond-memory", "serve", ["--checkpoint", "{keras}", "--max_num_new_chars", "2000000000",
+                                           "--max_num_samples", "100000"], "lower --max_num_new_chars", None),
     # files read with a wrong field, type or size
     ("train-directory-json", "train", ["--input_h5", "{h5}", "--input_json", "{root}/a_dir"], "is a directory", None),
     ("train-resume-directory", "train", ["--resume_from", "{root}/a_dir"], "is a directory", None),
