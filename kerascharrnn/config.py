@@ -165,8 +165,8 @@ class SampleConfig:
     """Options of one sampling run (sample.lua's flags plus top-k/top-p)."""
 
     length: int = setting(2000, "Tokens (characters) of output in all, the start text included (a run whose"
-                          " --num_samples x --length, ~12 bytes each, exceeds half the free memory is refused).", lower=0,
-                          upper=10**9)
+                          " --num_samples x --length, ~12 bytes each, exceeds half the free memory is refused).",
+                          lower=0, upper=10**9)
     start_text: str = setting("", "Text to prime the model with; the output starts with it.")
     sample: bool = setting(True, "1 = sample from the distribution, 0 = take the most likely character (argmax).",
                            flag_type=int)

@@ -125,7 +125,9 @@ def split_lengths(h5_path: str) -> Dict[str, int]:
                 dataset = f[split]
             except (KeyError, OSError):  # a soft or external link to nothing, or to an unreadable file
                 link = f.get(split, getlink=True)
-                target = f"{link.filename}:{link.path}" if getattr(link, "filename", None) else getattr(link, "path", "")
+                target = getattr(link, "path", "")
+                if getattr(link, "filename", None):
+                    target = f"{link.filename}:{target}"
                 where = f" ({type(link).__name__} to {target})" if target else ""
                 raise UserError(f"{h5_path}: dataset {split!r} cannot be opened{where}; is it a dangling link?") \
                     from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-import os
 from typing import Iterator, List
 
 import numpy as np
