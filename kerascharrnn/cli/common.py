@@ -43,10 +43,12 @@ def parse_flags(argv: List[str]) -> List[str]:
 INTERNAL_ERROR_EXIT = 70
 
 
-def crash_log_path(prog: str) -> str:
-    """Where an unexpected exception's traceback goes: $TMPDIR/kerascharrnn-crash-<tool>-<time>-<pid>.log."""
+def _open_crash_log(prog: str):
+    """A new file $TMPDIR/kerascharrnn-crash-<tool>-<time>-<random>.log, created exclusively (mkstemp):
+    a predictable name in a shared /tmp could be a symlink planted by someone else."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return os.path.join(tempfile.gettempdir(), f"kerascharrnn-crash-{prog}-{stamp}-{os.getpid()}.log")
+    fd, path = tempfile.mkstemp(prefix=f"kerascharrnn-crash-{prog}-{stamp}-", suffix=".log")
+    return os.fdopen(fd, "w", encoding="utf-8", errors="replace"), path
 
 
 def report_internal_error(prog: str, error: BaseException) -> None:
@@ -56,9 +58,9 @@ def report_internal_error(prog: str, error: BaseException) -> None:
     the user while still keeping the details for a bug report.
     """
     summary = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")[:300]
-    path = crash_log_path(prog)
     try:
-        with open(path, "w", encoding="utf-8", errors="replace") as f:
+        f, path = _open_crash_log(prog)
+        with f:
             f.write(f"{' '.join(sys.argv)}\n\n")
             traceback.print_exception(type(error), error, error.__traceback__, file=f)
         where = f"details in {path}"
