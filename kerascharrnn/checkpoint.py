@@ -194,11 +194,41 @@ def _read_t7_version(path, mtime_ns, size, reader):
     return reader(path)
 
 
+def model_io_sizes(path: str) -> Dict[str, int]:
+    """From a .keras file's own config.json: the Embedding's input_dim and the last Dense layer's units,
+    i.e. the vocabulary sizes the model's input and output were built for (those found)."""
+    values = _read_entry(path, "config.json")
+    layers = values.get("config", {}).get("layers") if isinstance(values, dict) and \
+        isinstance(values.get("config"), dict) else None
+    if not isinstance(layers, list):
+        raise UserError(f"{path}: its config.json has no layer list; not a Keras functional model")
+    sizes = {}
+    for layer in layers:
+        config = layer.get("config") if isinstance(layer, dict) else None
+        if not isinstance(config, dict):
+            continue
+        if layer.get("class_name") == "Embedding" and "input_dim" not in sizes:
+            sizes["input_dim"] = config.get("input_dim")
+        elif layer.get("class_name") == "Dense":
+            sizes["units"] = config.get("units")
+    for field, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{path}: config.json: the {'Embedding' if field == 'input_dim' else 'Dense'} layer's"
+                            f" {field} is {value!r}, not a positive integer")
+    return sizes
+
+
 def read_vocab(path: str) -> Vocabulary:
-    """The vocabulary of a checkpoint: inside a .keras file, or a torch-rnn .t7's idx_to_token."""
+    """The vocabulary of a checkpoint: inside a .keras file (checked against the sizes of the model's input
+    and output, which v0.1.0 files do not record elsewhere), or a torch-rnn .t7's idx_to_token."""
     if is_t7(path):
         return read_t7(path).vocab
-    return Vocabulary.from_json_dict(_read_entry(path, VOCAB_ENTRY), source=f"{path}:{VOCAB_ENTRY}")
+    vocab = Vocabulary.from_json_dict(_read_entry(path, VOCAB_ENTRY), source=f"{path}:{VOCAB_ENTRY}")
+    for field, size in model_io_sizes(path).items():
+        if size != vocab.size:
+            layer = "Embedding input_dim (input)" if field == "input_dim" else "Dense units (output)"
+            raise UserError(f"{path}: its {VOCAB_ENTRY} has {vocab.size} tokens but the model's {layer} is {size}")
+    return vocab
 
 
 def read_model_config(path: str) -> Optional[ModelConfig]:
@@ -207,6 +237,12 @@ def read_model_config(path: str) -> Optional[ModelConfig]:
     if values is None:
         return None
     return config_lib.from_dict(ModelConfig, values, f"{path}:{MODEL_CONFIG_ENTRY}")
+
+
+def stored_model_config(path: str) -> Optional[ModelConfig]:
+    """The architecture a checkpoint file records (.keras or .t7), read without TensorFlow; None for
+    v0.1.0 .keras files, which record none."""
+    return read_t7(path).model_config if is_t7(path) else read_model_config(path)
 
 
 def load_keras(path: str):

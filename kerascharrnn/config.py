@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from typing import Any, Optional, Sequence
 
 from kerascharrnn.errors import UserError
 
 MODEL_TYPES = ("lstm", "gru", "rnn")
+# An integer setting without a bound of its own stops here: past it, the value meets TensorFlow as an
+# int32 (shapes, steps, k) and fails there, with a traceback, instead of here with one line.
+INT32_MAX = 2**31 - 1
+# Each layer is built, traced and compiled in turn: 100,000 would build for many minutes in silence.
+MAX_LAYERS = 128
 FUSED_CHOICES = ("auto", "on", "off")
 LOWERCASE_CHOICES = ("auto", "1", "0")
 LR_SCHEDULES = ("step", "cosine")
@@ -53,6 +59,30 @@ def _check_fields(config) -> None:
             raise UserError(f"--{field.name} must be > {meta['above']:g}, got {value}")
         if meta.get("upper") is not None and value > meta["upper"]:
             raise UserError(f"--{field.name} must be <= {meta['upper']:g}, got {value}")
+        if meta.get("upper") is None and isinstance(value, int) and not isinstance(value, bool) and value > INT32_MAX:
+            raise UserError(f"--{field.name} must be <= {INT32_MAX} (2^31 - 1), got {value}")
+
+
+def _type_problem(cls, name: str, value) -> str:
+    """Why a stored value cannot be field `name` of `cls` ("" if it can): a float where an int belongs
+    would pass the bounds and fail deep in Keras."""
+    hint = typing.get_type_hints(cls)[name]
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return ""
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        ok = isinstance(value, bool) or value in (0, 1) and type(value) is int
+    elif hint is int:
+        ok = type(value) is int
+    elif hint is float:
+        ok = type(value) in (int, float)
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    return "" if ok else f"must be {hint.__name__}, got {type(value).__name__} {value!r}"[:200]
 
 
 def from_dict(cls, values: dict, source: str):
@@ -63,6 +93,10 @@ def from_dict(cls, values: dict, source: str):
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(f"{source}: unexpected {cls.__name__} field(s): {', '.join(unknown)}")
+    for name, value in values.items():
+        problem = _type_problem(cls, name, value)
+        if problem:
+            raise UserError(f"{source}: {cls.__name__} field {name!r} {problem}")
     try:
         return cls(**values)
     except TypeError as e:
@@ -79,7 +113,7 @@ class ModelConfig:
     model_type: str = setting("lstm", "Recurrent cell: lstm, gru or rnn (SimpleRNN).", choices=MODEL_TYPES)
     wordvec_size: int = setting(64, "D: embedding size.", lower=1)
     rnn_size: int = setting(128, "H: hidden units per recurrent layer.", lower=1)
-    num_layers: int = setting(2, "Recurrent layers.", lower=1)
+    num_layers: int = setting(2, f"Recurrent layers (at most {MAX_LAYERS}).", lower=1, upper=MAX_LAYERS)
     dropout: float = setting(0.0, "Dropout after each recurrent layer (0 = none).", lower=0.0, upper=0.99)
     embedding_dropout: float = setting(0.0, "Dropout on the character embeddings, before the first recurrent layer"
                                        " (0 = none, torch-rnn's model).", lower=0.0, upper=0.99)
@@ -148,13 +182,17 @@ class TrainConfig:
 class SampleConfig:
     """Options of one sampling run (sample.lua's flags plus top-k/top-p)."""
 
-    length: int = setting(2000, "Tokens (characters) of output in all, the start text included.", lower=0,
-                          upper=10**9)
+    length: int = setting(2000, "Tokens (characters) of output in all, the start text included (a run whose"
+                          " --num_samples x --length, ~12 bytes each, exceeds half the free memory is refused).",
+                          lower=0, upper=10**9)
     start_text: str = setting("", "Text to prime the model with; the output starts with it.")
     sample: bool = setting(True, "1 = sample from the distribution, 0 = take the most likely character (argmax).",
                            flag_type=int)
-    temperature: float = setting(1.0, "Softmax temperature (> 0); lower is more conservative.", above=0.0)
-    top_k: int = setting(0, "Sample only among the k most likely characters (0 = off).", lower=0, upper=2**31 - 1)
+    temperature: float = setting(1.0, "Softmax temperature (> 0, at most 1e6: beyond it every character is equally"
+                                 " likely anyway, and float32 overflows); lower is more conservative.", above=0.0,
+                                 upper=1e6)
+    top_k: int = setting(0, "Sample only among the k most likely characters (0 = off; a k above the vocabulary"
+                         " size is clamped to it, i.e. off).", lower=0, upper=2**31 - 1)
     top_p: float = setting(1.0, "Nucleus sampling: the smallest set with this much probability (1 = off).",
                            above=0.0, upper=1.0)
     num_samples: int = setting(1, "Independent samples to generate, as one batched run.", lower=1, upper=100_000)

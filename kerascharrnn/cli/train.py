@@ -17,7 +17,7 @@ import sys
 from absl import flags
 
 from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import corpus, data, files
+from kerascharrnn import corpus, data, files, lock, paths, resources
 from kerascharrnn.cli import common
 from kerascharrnn.config import ModelConfig, TrainConfig
 from kerascharrnn.errors import UserError
@@ -63,6 +63,8 @@ def _resume_record(train_config: TrainConfig) -> ckpt.CheckpointRecord:
 def _resumed_config(record: ckpt.CheckpointRecord, train_config: TrainConfig) -> TrainConfig:
     """Architecture and training settings come from the checkpoint; only run-length flags override."""
     given = {name: getattr(train_config, name) for name in _RESUMABLE if FLAGS[name].present}
+    if "input_h5" in given and "input_json" not in given:
+        given["input_json"] = ""  # the vocabulary beside the new --input_h5, never the checkpoint's old one
     return dataclasses.replace(record.train_config, resume_from=record.path, init_from="", **given)
 
 
@@ -82,6 +84,16 @@ def _init_iteration(init_path: str) -> int:
         return ckpt.read_t7(init_path).iteration or 0
     init_json = os.path.splitext(ckpt.model_path_for(init_path))[0] + ".json"
     return ckpt.read_record(init_json).iteration if os.path.exists(init_json) else 0
+
+
+def _inputs(train_config: TrainConfig):
+    """(flag, path) of every file this run reads, for paths.check_checkpoint_name."""
+    named = [("--input_h5", train_config.input_h5), ("--input_json", train_config.input_json)]
+    if train_config.init_from:
+        init_model = ckpt.model_path_for(train_config.init_from)
+        named += [("--init_from", train_config.init_from), ("--init_from", init_model),
+                  ("--init_from", os.path.splitext(init_model)[0] + ".json")]
+    return named
 
 
 def main(argv):
@@ -109,17 +121,26 @@ def main(argv):
     data.check_ids_match(train_config.input_h5, vocab, train_config.input_json)
     layouts = data.layouts_for(lengths, train_config.batch_size, train_config.seq_length)
     if resume and resume.vocab != vocab:
-        raise UserError(f"{train_config.input_json} is not the vocabulary the checkpoint {resume.path} was trained on")
+        raise UserError(f"{train_config.input_json} is not the vocabulary the checkpoint {resume.path} was trained on"
+                        " (--resume_from continues a run on its own data; to fine-tune the checkpoint on other data"
+                        f" with the same characters, use --init_from {resume.model_path})")
     if init_vocab and init_vocab != vocab:
         raise UserError(f"{train_config.input_json} is not the vocabulary of --init_from {train_config.init_from}")
+    paths.check_checkpoint_name(train_config.checkpoint_name, _inputs(train_config))
     files.require_writable_dir_for(train_config.checkpoint_name + "_0.json")
     if train_config.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
         raise UserError("--tensorboard_dir needs TensorBoard: pip install 'kerascharrnn[tensorboard]'")
+    if train_config.tensorboard_dir:
+        paths.check_output_dir("--tensorboard_dir", train_config.tensorboard_dir)
     if not resume:
         model_config = dataclasses.replace(model_config, vocab_size=vocab.size)
+    fit_config = ckpt.stored_model_config(init_path) if train_config.init_from else model_config
+    if fit_config is not None:  # a v0.1.0 --init_from file records no architecture
+        resources.check_training_fits(fit_config, train_config.batch_size, train_config.seq_length)
     start_iteration = 0
     if train_config.init_from and not train_config.reset_iterations:
         start_iteration = _init_iteration(train_config.init_from)
+    lock.acquire(train_config.checkpoint_name)  # held until the process ends
 
     # Inputs are good: now pay for TensorFlow.
     common.quiet_tensorflow()
