@@ -30,9 +30,10 @@ class CharRNN:
         described = model_lib.config_of(model)
         if described != config:
             raise UserError(f"{source}: the stored model config does not match the model's layers")
-        if vocab.size != config.vocab_size:
-            raise UserError(f"{source}: the vocabulary has {vocab.size} tokens but the model's input and output"
-                            f" have {config.vocab_size}")
+        output_size = model.outputs[0].shape[-1]
+        if vocab.size != config.vocab_size or output_size != vocab.size:
+            raise UserError(f"{source}: the vocabulary has {vocab.size} tokens but the model's input has"
+                            f" {config.vocab_size} and its output {output_size}")
         self.model = model
         self.vocab = vocab
         self.config = config

@@ -32,7 +32,7 @@ MODEL_CONFIG_ENTRY = "model_config.json"
 FORMAT_KEY = "kerascharrnn_checkpoint"
 _KERAS_ENTRIES = ("config.json", "model.weights.h5")
 HISTORY_KEYS = ("train_loss_history", "val_loss_history", "val_loss_history_it", "forward_backward_times",
-                "memory_usage")
+                "memory_usage", "learning_rate_history")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +87,7 @@ class CheckpointRecord:
       vocab: the vocabulary.
       history: the loss histories, and times/memory under --speed_benchmark/--memory_benchmark.
       best_val_loss: the lowest val loss so far, or None.
+      elapsed_seconds: wall time spent training so far, resumes included (--max_minutes counts it).
     """
 
     path: str
@@ -98,6 +99,7 @@ class CheckpointRecord:
     vocab: Vocabulary
     history: Dict[str, List[float]]
     best_val_loss: Optional[float] = None
+    elapsed_seconds: float = 0.0
 
     @property
     def model_path(self) -> str:
@@ -115,6 +117,7 @@ class CheckpointRecord:
             "model_config": dataclasses.asdict(self.model_config),
             "train_config": dataclasses.asdict(self.train_config),
             "best_val_loss": self.best_val_loss,
+            "elapsed_seconds": self.elapsed_seconds,
             FORMAT_KEY: 1,
             "model_file": self.model_file,
             "state_file": self.state_file,
@@ -191,11 +194,41 @@ def _read_t7_version(path, mtime_ns, size, reader):
     return reader(path)
 
 
+def model_io_sizes(path: str) -> Dict[str, int]:
+    """From a .keras file's own config.json: the Embedding's input_dim and the last Dense layer's units,
+    i.e. the vocabulary sizes the model's input and output were built for (those found)."""
+    values = _read_entry(path, "config.json")
+    layers = values.get("config", {}).get("layers") if isinstance(values, dict) and \
+        isinstance(values.get("config"), dict) else None
+    if not isinstance(layers, list):
+        raise UserError(f"{path}: its config.json has no layer list; not a Keras functional model")
+    sizes = {}
+    for layer in layers:
+        config = layer.get("config") if isinstance(layer, dict) else None
+        if not isinstance(config, dict):
+            continue
+        if layer.get("class_name") == "Embedding" and "input_dim" not in sizes:
+            sizes["input_dim"] = config.get("input_dim")
+        elif layer.get("class_name") == "Dense":
+            sizes["units"] = config.get("units")
+    for field, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{path}: config.json: the {'Embedding' if field == 'input_dim' else 'Dense'} layer's"
+                            f" {field} is {value!r}, not a positive integer")
+    return sizes
+
+
 def read_vocab(path: str) -> Vocabulary:
-    """The vocabulary of a checkpoint: inside a .keras file, or a torch-rnn .t7's idx_to_token."""
+    """The vocabulary of a checkpoint: inside a .keras file (checked against the sizes of the model's input
+    and output, which v0.1.0 files do not record elsewhere), or a torch-rnn .t7's idx_to_token."""
     if is_t7(path):
         return read_t7(path).vocab
-    return Vocabulary.from_json_dict(_read_entry(path, VOCAB_ENTRY), source=f"{path}:{VOCAB_ENTRY}")
+    vocab = Vocabulary.from_json_dict(_read_entry(path, VOCAB_ENTRY), source=f"{path}:{VOCAB_ENTRY}")
+    for field, size in model_io_sizes(path).items():
+        if size != vocab.size:
+            layer = "Embedding input_dim (input)" if field == "input_dim" else "Dense units (output)"
+            raise UserError(f"{path}: its {VOCAB_ENTRY} has {vocab.size} tokens but the model's {layer} is {size}")
+    return vocab
 
 
 def read_model_config(path: str) -> Optional[ModelConfig]:
@@ -204,6 +237,12 @@ def read_model_config(path: str) -> Optional[ModelConfig]:
     if values is None:
         return None
     return config_lib.from_dict(ModelConfig, values, f"{path}:{MODEL_CONFIG_ENTRY}")
+
+
+def stored_model_config(path: str) -> Optional[ModelConfig]:
+    """The architecture a checkpoint file records (.keras or .t7), read without TensorFlow; None for
+    v0.1.0 .keras files, which record none."""
+    return read_t7(path).model_config if is_t7(path) else read_model_config(path)
 
 
 def load_keras(path: str):
@@ -266,6 +305,9 @@ def read_record(path: str) -> CheckpointRecord:
     best = values.get("best_val_loss")
     if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best)):
         raise UserError(f"{path}: checkpoint JSON field 'best_val_loss' must be a number or null")
+    elapsed = _field(values, "elapsed_seconds", (int, float), path, default=0.0)
+    if not math.isfinite(elapsed) or elapsed < 0:
+        raise UserError(f"{path}: checkpoint JSON field 'elapsed_seconds' must be a number >= 0")
     iteration = _field(values, "iteration", (int,), path)
     if iteration < 0:
         raise UserError(f"{path}: checkpoint JSON field 'iteration' must be >= 0")
@@ -282,6 +324,7 @@ def read_record(path: str) -> CheckpointRecord:
         vocab=Vocabulary.from_json_dict(_field(values, "vocab", (dict,), path), source=f"{path}: vocab"),
         history=history,
         best_val_loss=best,
+        elapsed_seconds=float(elapsed),
     )
 
 

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from typing import Any, Optional, Sequence
 
 from kerascharrnn.errors import UserError
 
 MODEL_TYPES = ("lstm", "gru", "rnn")
+# An integer setting without a bound of its own stops here: past it, the value meets TensorFlow as an
+# int32 (shapes, steps, k) and fails there, with a traceback, instead of here with one line.
+INT32_MAX = 2**31 - 1
+# Each layer is built, traced and compiled in turn: 100,000 would build for many minutes in silence.
+MAX_LAYERS = 128
 FUSED_CHOICES = ("auto", "on", "off")
 LOWERCASE_CHOICES = ("auto", "1", "0")
+LR_SCHEDULES = ("step", "cosine")
 STRATEGY_CHOICES = ("one_device", "mirrored", "multi_worker")  # kerascharrnn.distribute.STRATEGIES
 
 
@@ -53,6 +60,30 @@ def _check_fields(config) -> None:
             raise UserError(f"--{field.name} must be > {meta['above']:g}, got {value}")
         if meta.get("upper") is not None and value > meta["upper"]:
             raise UserError(f"--{field.name} must be <= {meta['upper']:g}, got {value}")
+        if meta.get("upper") is None and isinstance(value, int) and not isinstance(value, bool) and value > INT32_MAX:
+            raise UserError(f"--{field.name} must be <= {INT32_MAX} (2^31 - 1), got {value}")
+
+
+def _type_problem(cls, name: str, value) -> str:
+    """Why a stored value cannot be field `name` of `cls` ("" if it can): a float where an int belongs
+    would pass the bounds and fail deep in Keras."""
+    hint = typing.get_type_hints(cls)[name]
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return ""
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        ok = isinstance(value, bool) or value in (0, 1) and type(value) is int
+    elif hint is int:
+        ok = type(value) is int
+    elif hint is float:
+        ok = type(value) in (int, float)
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    return "" if ok else f"must be {hint.__name__}, got {type(value).__name__} {value!r}"[:200]
 
 
 def from_dict(cls, values: dict, source: str):
@@ -63,6 +94,10 @@ def from_dict(cls, values: dict, source: str):
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(f"{source}: unexpected {cls.__name__} field(s): {', '.join(unknown)}")
+    for name, value in values.items():
+        problem = _type_problem(cls, name, value)
+        if problem:
+            raise UserError(f"{source}: {cls.__name__} field {name!r} {problem}")
     try:
         return cls(**values)
     except TypeError as e:
@@ -79,8 +114,10 @@ class ModelConfig:
     model_type: str = setting("lstm", "Recurrent cell: lstm, gru or rnn (SimpleRNN).", choices=MODEL_TYPES)
     wordvec_size: int = setting(64, "D: embedding size.", lower=1)
     rnn_size: int = setting(128, "H: hidden units per recurrent layer.", lower=1)
-    num_layers: int = setting(2, "Recurrent layers.", lower=1)
+    num_layers: int = setting(2, f"Recurrent layers (at most {MAX_LAYERS}).", lower=1, upper=MAX_LAYERS)
     dropout: float = setting(0.0, "Dropout after each recurrent layer (0 = none).", lower=0.0, upper=0.99)
+    embedding_dropout: float = setting(0.0, "Dropout on the character embeddings, before the first recurrent layer"
+                                       " (0 = none, torch-rnn's model).", lower=0.0, upper=0.99)
     batchnorm: bool = setting(False, "1 = batch normalisation after each recurrent layer.", flag_type=int)
 
     def __post_init__(self):
@@ -97,11 +134,24 @@ class TrainConfig:
     seq_length: int = setting(50, "T: characters per stream per minibatch (truncated BPTT length).", lower=1)
     max_epochs: int = setting(50, "Passes over the training split.", lower=1)
     max_iters: int = setting(0, "Stop after this many iterations in all (0 = only --max_epochs limits).", lower=0)
+    max_minutes: float = setting(0.0, "Stop after this many minutes of training (validation included), then validate"
+                                 " and checkpoint (0 = no time limit). Counts across resumes.", lower=0.0)
     learning_rate: float = setting(2e-3, "Adam learning rate.", above=0.0)
     grad_clip: float = setting(5.0, "Clamp each gradient element to [-grad_clip, grad_clip] (0 = off).", lower=0.0)
     lr_decay_every: int = setting(5, "Multiply the learning rate by --lr_decay_factor every this many epochs.",
                                   lower=1)
     lr_decay_factor: float = setting(0.5, "Learning-rate decay factor.", above=0.0)
+    lr_schedule: str = setting("step", "step = torch-rnn's (--lr_decay_every/--lr_decay_factor); cosine = anneal to"
+                               " --min_learning_rate at the end of the run (--max_iters, --max_epochs, or the"
+                               " iterations --max_minutes allows, estimated from the measured speed).",
+                               choices=LR_SCHEDULES)
+    min_learning_rate: float = setting(0.0, "cosine: the learning rate at the end of the run.", lower=0.0)
+    warmup_iters: int = setting(0, "Raise the learning rate linearly from 0 over this many iterations (0 = none).",
+                                lower=0)
+    lr_schedule_iters: int = setting(0, "cosine: the iteration at which the schedule ends (resolved at the start, or"
+                                     " once the speed is measured).", lower=0, flag=False)
+    weight_decay: float = setting(0.0, "Decoupled weight decay (AdamW) on the kernels and embeddings; 0 = Adam, as"
+                                  " torch-rnn.", lower=0.0)
     print_every: int = setting(1, "Print the training loss every this many iterations (0 = never).", lower=0)
     checkpoint_name: str = setting("cv/checkpoint", "Checkpoint prefix: writes {name}_{iter}.keras/.state.npz/.json.")
     checkpoint_every: int = setting(1000, "Validate and checkpoint every this many iterations (and at the end).",
@@ -128,13 +178,16 @@ class TrainConfig:
     cpu_replicas: int = setting(0, "With --strategy mirrored on a host without GPUs: split the CPU into this many"
                                 " logical devices, one replica each (0 = off).", lower=0, upper=1024)
     worker_timeout: int = setting(120, "multi_worker: seconds to wait for an unreachable or lost worker before"
-                                  " stopping with an error.", lower=1)
-    replicas: int = setting(1, "Replicas the run trained on (resolved and recorded, not a flag).", lower=1, flag=False)
+                                  " stopping with an error.", lower=1, upper=86400)
+    replicas: int = setting(1, "Replicas the run trained on (resolved and recorded, not a flag).", lower=1,
+                            upper=2**31 - 1, flag=False)
 
     def __post_init__(self):
         _check_fields(self)
         if self.init_from and self.resume_from:
             raise UserError("--init_from and --resume_from conflict: give one of them")
+        if self.min_learning_rate > self.learning_rate:
+            raise UserError("--min_learning_rate must not exceed --learning_rate")
         _check_strategy(self)
 
 
@@ -150,21 +203,29 @@ def _check_strategy(config: "TrainConfig") -> None:
 class SampleConfig:
     """Options of one sampling run (sample.lua's flags plus top-k/top-p)."""
 
-    length: int = setting(2000, "Tokens (characters) of output in all, the start text included.", lower=0,
-                          upper=10**9)
+    length: int = setting(2000, "Tokens (characters) of output in all, the start text included (a run whose"
+                          " --num_samples x --length, ~12 bytes each, exceeds half the free memory is refused).",
+                          lower=0, upper=10**9)
     start_text: str = setting("", "Text to prime the model with; the output starts with it.")
     sample: bool = setting(True, "1 = sample from the distribution, 0 = take the most likely character (argmax).",
                            flag_type=int)
-    temperature: float = setting(1.0, "Softmax temperature (> 0); lower is more conservative.", above=0.0)
-    top_k: int = setting(0, "Sample only among the k most likely characters (0 = off).", lower=0, upper=2**31 - 1)
+    temperature: float = setting(1.0, "Softmax temperature (> 0, at most 1e6: beyond it every character is equally"
+                                 " likely anyway, and float32 overflows); lower is more conservative.", above=0.0,
+                                 upper=1e6)
+    top_k: int = setting(0, "Sample only among the k most likely characters (0 = off; a k above the vocabulary"
+                         " size is clamped to it, i.e. off).", lower=0, upper=2**31 - 1)
     top_p: float = setting(1.0, "Nucleus sampling: the smallest set with this much probability (1 = off).",
                            above=0.0, upper=1.0)
     num_samples: int = setting(1, "Independent samples to generate, as one batched run.", lower=1, upper=100_000)
     seed: Optional[int] = setting(None, "Seed for the draws: the same seed gives the same text.", lower=0,
                                   upper=2**62, flag_type=int)
+    beam_size: int = setting(0, "Beam search with this many beams: the most likely text instead of a sample (no"
+                             " temperature or draws; 1 = argmax, as --sample 0). 0 = off.", lower=0, upper=1000)
 
     def __post_init__(self):
         _check_fields(self)
+        if self.beam_size and self.num_samples > 1:
+            raise UserError("--beam_size gives the one most likely text: use it with --num_samples 1")
 
 
 @dataclasses.dataclass(frozen=True)

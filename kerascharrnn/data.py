@@ -126,7 +126,16 @@ def split_lengths(h5_path: str) -> Dict[str, int]:
             raise UserError(f"{h5_path}: no {', '.join(missing)} dataset; make it with bin/preprocess")
         lengths = {}
         for split in SPLITS:
-            dataset = f[split]
+            try:
+                dataset = f[split]
+            except (KeyError, OSError):  # a soft or external link to nothing, or to an unreadable file
+                link = f.get(split, getlink=True)
+                target = getattr(link, "path", "")
+                if getattr(link, "filename", None):
+                    target = f"{link.filename}:{target}"
+                where = f" ({type(link).__name__} to {target})" if target else ""
+                raise UserError(f"{h5_path}: dataset {split!r} cannot be opened{where}; is it a dangling link?") \
+                    from None
             if not hasattr(dataset, "shape") or len(dataset.shape) != 1 or dataset.dtype.kind not in "iu":
                 raise UserError(f"{h5_path}: dataset {split!r} is not a 1-D integer array")
             lengths[split] = int(dataset.shape[0])

@@ -406,6 +406,10 @@ class DistributedTrainer:
     def learning_rate(self) -> float:
         return self._trainer.learning_rate()
 
+    def set_schedule_length(self, total_iterations: int) -> None:
+        self._trainer.set_schedule_length(total_iterations)
+        self.config = dataclasses.replace(self._trainer.config, replicas=self.replicas)
+
     @property
     def iteration(self) -> int:
         return self._trainer.iteration

@@ -41,6 +41,9 @@ class Engine:
     def sample_ids(self, prompts, num_new: int, **options) -> List[np.ndarray]:
         return self.sampler.sample_ids(prompts, num_new, **options)
 
+    def beam_search_ids(self, prompt: np.ndarray, num_new: int, beam_size: int) -> np.ndarray:
+        return self.sampler.beam_search_ids(prompt, num_new, beam_size)
+
 
 def _state_names(names) -> List[str]:
     """state_0 ... state_K in numeric order (state_10 after state_9)."""
@@ -170,6 +173,11 @@ def sample_texts(engine: Engine, config: SampleConfig, on_text: Optional[Callabl
     if num_new < 0:
         raise UserError(f"--length {config.length} is shorter than --start_text ({len(prompt)} tokens);"
                         " --length counts the start text too")
+    if config.beam_size:
+        ids = engine.beam_search_ids(prompt, num_new, config.beam_size)
+        if on_text is not None:
+            on_text(vocab.decode(ids))
+        return [vocab.decode(ids)]
     on_chunk = None
     if on_text is not None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

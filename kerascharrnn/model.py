@@ -1,7 +1,7 @@
 """The char-RNN as stock Keras layers, the one walker over its layer stack, and a single-step function.
 
-Model: Embedding -> num_layers x (LSTM | GRU | SimpleRNN [-> BatchNormalization] [-> Dropout]) -> Dense,
-the stack of torch-rnn's LanguageModel. Only stock layers, so `keras.models.load_model(path)` needs no
+Model: Embedding [-> Dropout] -> num_layers x (LSTM | GRU | SimpleRNN [-> BatchNormalization] [-> Dropout])
+-> Dense, the stack of torch-rnn's LanguageModel (plus an optional dropout on the embeddings). Only stock layers, so `keras.models.load_model(path)` needs no
 custom objects. LSTM/GRU keep Keras's defaults, which are exactly cuDNN's conditions on a GPU.
 
 `layer_stack(model)` is the only code that looks at layer types: the step function, the fused training
@@ -96,6 +96,8 @@ def build_model(config: ModelConfig, batch_size: int) -> keras.Model:
     """
     ids = keras.Input(batch_shape=(batch_size, None), dtype="int32", name="ids")
     x = keras.layers.Embedding(config.vocab_size, config.wordvec_size, name="embedding")(ids)  # (N, T, D)
+    if config.embedding_dropout > 0:
+        x = keras.layers.Dropout(config.embedding_dropout, name="embedding_dropout")(x)
     rnn_class = RECURRENT_KINDS[config.model_type].layer_class
     for i in range(config.num_layers):
         # The defaults (tanh/sigmoid, use_bias, no recurrent dropout, unroll=False and GRU reset_after)
@@ -114,7 +116,8 @@ def config_of(model: keras.Model) -> ModelConfig:
     stages = layer_stack(model)
     recurrent = [s for s in stages if s.role == "recurrent"]
     embedding = stages[0].layer
-    dropouts = [s.layer.rate for s in stages if s.role == "dropout"]
+    embedding_dropout = stages[1].layer.rate if stages[1].role == "dropout" else 0.0
+    dropouts = [s.layer.rate for s in stages[2 if embedding_dropout else 1:] if s.role == "dropout"]
     return ModelConfig(
         vocab_size=embedding.input_dim,
         model_type=recurrent[0].kind.name,
@@ -123,6 +126,7 @@ def config_of(model: keras.Model) -> ModelConfig:
         num_layers=len(recurrent),
         dropout=dropouts[0] if dropouts else 0.0,
         batchnorm=any(s.role == "batchnorm" for s in stages),
+        embedding_dropout=embedding_dropout,
     )
 
 

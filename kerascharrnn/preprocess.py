@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-import os
 from typing import Iterator, List
 
 import numpy as np
 
-from kerascharrnn import files
+from kerascharrnn import files, paths
 from kerascharrnn.errors import UserError
 from kerascharrnn.vocab import BYTES, Vocabulary
 
@@ -40,9 +39,14 @@ def check_encoding(encoding: str) -> str:
     if encoding == BYTES:
         return encoding
     try:
-        return codecs.lookup(encoding).name
+        info = codecs.lookup(encoding)
     except LookupError:
         raise UserError(f"unknown --encoding {encoding!r}; use a Python codec name or 'bytes'") from None
+    # base64, zlib, rot13...: codecs that map bytes to bytes or str to str, not a file's text encoding.
+    if not getattr(info, "_is_text_encoding", True) or info.incrementaldecoder is None:
+        raise UserError(f"--encoding {encoding!r} is a {info.name} transform, not a text encoding;"
+                        " use e.g. utf-8, latin-1, or 'bytes'")
+    return info.name
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -76,6 +80,9 @@ def iter_units(path: str, encoding: str, chunk_bytes: int = CHUNK_BYTES) -> Iter
                     f"{path}: not valid {encoding} text (byte {position});"
                     " pass --encoding with the file's encoding, or --encoding bytes"
                 ) from None
+            except ValueError as e:  # e.g. utf-16 with no byte-order mark (UnicodeError): no position to report
+                raise UserError(f"{path}: not valid {encoding} text ({e}); pass --encoding with the file's encoding,"
+                                " or --encoding bytes") from None
             if "\0" in text:
                 raise UserError(f"{path}: looks like a binary file (it contains NUL characters), not text")
             offset += len(block)
@@ -100,7 +107,11 @@ def build_vocabulary(path: str, encoding: str, chunk_bytes: int = CHUNK_BYTES):
                 table[value] = len(tokens)
     if encoding != BYTES:
         tokens = [chr(t) for t in tokens]
-    return Vocabulary(tuple(tokens), encoding), table, total
+    try:
+        vocab = Vocabulary(tuple(tokens), encoding)
+    except UserError as e:  # e.g. unicode_escape turned "\ud800" into a lone surrogate
+        raise UserError(f"{path}: {e}") from None
+    return vocab, table, total
 
 
 def preprocess(
@@ -137,8 +148,8 @@ def preprocess(
     if val_frac + test_frac >= 1.0:
         raise UserError(f"--val_frac + --test_frac = {val_frac + test_frac:g} leaves no training data")
     files.require_file(input_txt, "text file")
-    if os.path.abspath(input_txt) in (os.path.abspath(output_h5), os.path.abspath(output_json)):
-        raise UserError("the output path must differ from --input_txt")
+    paths.check_outputs(inputs=[("--input_txt", input_txt)],
+                        outputs=[("--output_h5", output_h5), ("--output_json", output_json)])
     files.require_writable_dir_for(output_h5)
     files.require_writable_dir_for(output_json)
 
@@ -158,12 +169,15 @@ def preprocess(
         log(f"  Test size: {sizes.test}")
         log(f"Using dtype  {np.dtype(dtype).name}")
 
-    with files.atomic_path(output_h5) as tmp_h5:
-        with h5py.File(tmp_h5, "w") as f:
-            splits = [(f.create_dataset(name, (size,), dtype=dtype), size)
-                      for name, size in (("train", sizes.train), ("val", sizes.val), ("test", sizes.test))]
-            _write_ids(iter_units(input_txt, encoding, chunk_bytes), table, dtype, splits)
-        files.write_text_atomic(output_json, vocab.to_json())
+    try:
+        with files.atomic_path(output_h5) as tmp_h5:
+            with h5py.File(tmp_h5, "w") as f:
+                splits = [(f.create_dataset(name, (size,), dtype=dtype), size)
+                          for name, size in (("train", sizes.train), ("val", sizes.val), ("test", sizes.test))]
+                _write_ids(iter_units(input_txt, encoding, chunk_bytes), table, dtype, splits)
+            files.write_text_atomic(output_json, vocab.to_json())
+    except OSError as e:  # a full disk, mostly: the temporary is gone, the old outputs are intact
+        raise files.write_error(output_h5, e) from None
     return sizes
 
 

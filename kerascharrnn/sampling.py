@@ -184,8 +184,9 @@ class Sampler:
     """
 
     def __init__(self, chunk_fn_for: ChunkFnFactory, state_sizes: Sequence[int], vocab_size: int,
-                 jit_compile: bool = False, chunk_size: Optional[int] = None):
+                 jit_compile: bool = False, chunk_size: Optional[int] = None, numpy_step: Optional[Callable] = None):
         self._chunk_fn_for = chunk_fn_for
+        self._numpy_step = numpy_step  # one character at a time on numpy arrays, for beam search
         self._state_sizes = list(state_sizes)
         self._vocab_size = vocab_size
         self._jit_compile = jit_compile
@@ -196,14 +197,20 @@ class Sampler:
     def for_tf_step(cls, step_fn: Callable, state_sizes: Sequence[int], vocab_size: int, jit_compile: bool = True,
                     chunk_size: Optional[int] = None) -> "Sampler":
         """jit_compile: use XLA for runs of up to XLA_MAX_ROWS rows."""
+        compiled_step = tf.function(step_fn, jit_compile=jit_compile)
+
+        def numpy_step(ids, states):
+            logits, states = compiled_step(tf.constant(ids, tf.int32), tuple(tf.constant(s) for s in states))
+            return logits.numpy(), tuple(s.numpy() for s in states)
+
         return cls(lambda filters, use_xla: make_chunk_fn(step_fn, filters, use_xla), state_sizes, vocab_size,
-                   jit_compile=jit_compile, chunk_size=chunk_size)
+                   jit_compile=jit_compile, chunk_size=chunk_size, numpy_step=numpy_step)
 
     @classmethod
     def for_numpy_step(cls, step_fn: Callable, state_sizes: Sequence[int], vocab_size: int,
                        chunk_size: Optional[int] = None) -> "Sampler":
         return cls(lambda filters, use_xla: make_numpy_chunk_fn(step_fn, filters), state_sizes, vocab_size,
-                   chunk_size=chunk_size)
+                   chunk_size=chunk_size, numpy_step=step_fn)
 
     def _chunk_fn(self, filters: Filters, use_xla: bool):
         key = (filters, use_xla)
@@ -271,3 +278,36 @@ class Sampler:
                 on_chunk([ids[row, max(0, lengths[row] - start):] for row in range(num_rows)])
         sequence = np.concatenate(pieces, axis=1) if pieces else np.zeros((num_rows, 0), np.int32)
         return [sequence[row, :lengths[row] + num_new] for row in range(num_rows)]
+
+    def beam_search_ids(self, prompt: np.ndarray, num_new: int, beam_size: int) -> np.ndarray:
+        """The continuation of `prompt` that beam search finds most likely (sum of log-probabilities).
+
+        Keeps the `beam_size` best sequences at every step; with beam_size 1 it is argmax decoding, the
+        same ids as sample_ids(..., greedy=True). Deterministic: no temperature, no draws.
+
+        Returns:
+          The prompt followed by num_new ids.
+        """
+        if num_new < 0 or beam_size < 1:
+            raise ValueError(f"need num_new >= 0 and beam_size >= 1, got {num_new}, {beam_size}")
+        states = tuple(np.zeros((1, size), np.float32) for size in self._state_sizes)
+        logits = np.zeros((1, self._vocab_size), np.float32)  # no prompt: every first character alike
+        for token in prompt:
+            logits, states = self._numpy_step(np.array([token], np.int32), states)
+        sequences = np.zeros((1, 0), np.int32)
+        scores = np.zeros(1)
+        for t in range(num_new):
+            log_probs = _log_softmax(np.asarray(logits, np.float64))  # (beams, V)
+            candidates = (scores[:, None] + log_probs).reshape(-1)
+            best = np.argsort(-candidates, kind="stable")[:beam_size]  # ties: the lower id, as argmax
+            parents, tokens = np.divmod(best, self._vocab_size)
+            sequences = np.concatenate([sequences[parents], tokens[:, None].astype(np.int32)], axis=1)
+            scores = candidates[best]
+            if t + 1 < num_new:  # the last choice needs no further step
+                logits, states = self._numpy_step(tokens.astype(np.int32), tuple(s[parents] for s in states))
+        return np.concatenate([np.asarray(prompt, np.int32), sequences[0]])
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))

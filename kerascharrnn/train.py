@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import resource
 import signal
 import time
@@ -14,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import data, devices, distribute, evaluate, fused
+from kerascharrnn import data, devices, distribute, evaluate, fused, plots, schedule
 from kerascharrnn import model as model_lib
 from kerascharrnn.charrnn import CharRNN
 from kerascharrnn.config import TrainConfig
@@ -67,13 +68,16 @@ class Trainer:
         # gradients); on a GPU the Keras call runs cuDNN. Same layers and weights either way.
         self.fused = fused.choose(model, config.fused, on_gpu=devices.on_gpu())
         self.config = dataclasses.replace(config, fused="on" if self.fused else "off")
-        num_train = layouts["train"].num_batches
-        schedule = keras.optimizers.schedules.ExponentialDecay(
-            config.learning_rate, decay_steps=config.lr_decay_every * num_train,
-            decay_rate=config.lr_decay_factor, staircase=True)
+        self.schedule = schedule.TrainingSchedule(config, layouts["train"].num_batches)
         # torch-rnn clamps every gradient element to [-grad_clip, grad_clip]: that is clipvalue.
-        self.optimizer = keras.optimizers.Adam(
-            learning_rate=schedule, epsilon=1e-8, clipvalue=config.grad_clip or None)
+        options = dict(learning_rate=self.schedule, epsilon=1e-8, clipvalue=config.grad_clip or None)
+        if config.weight_decay:
+            self.optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **options)
+            # decay the matrices (kernels, embeddings), not the biases or batch-norm scales (as nanoGPT)
+            self.optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables
+                                                               if len(v.shape) < 2])
+        else:
+            self.optimizer = keras.optimizers.Adam(**options)
         self.optimizer.build(model.trainable_variables)
         self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self._eval_step = evaluate.make_eval_step(model)
@@ -91,7 +95,13 @@ class Trainer:
         return loss
 
     def learning_rate(self) -> float:
+        """The rate the next step will use."""
         return float(self.optimizer.learning_rate)
+
+    def set_schedule_length(self, total_iterations: int) -> None:
+        """Fixes where the cosine schedule ends (a time-budgeted run, once its speed is known)."""
+        self.schedule.total.assign(total_iterations)
+        self.config = dataclasses.replace(self.config, lr_schedule_iters=total_iterations)
 
     # The loop's view of the model, which distribute.DistributedTrainer implements under a strategy.
     is_chief = True  # writes the checkpoints
@@ -175,6 +185,23 @@ def _peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def parameter_advice(num_params: int, num_characters: int) -> str:
+    """char-rnn's rule of thumb: parameters and training characters within an order of magnitude."""
+    ratio = num_params / max(num_characters, 1)
+    line = f"{num_params:,} parameters, {num_characters:,} training characters (ratio {ratio:.2g})"
+    if ratio > 10:
+        return line + ": far more parameters than data; the model can memorise it: raise --dropout or shrink it"
+    if ratio < 0.1:
+        return line + ": far more data than parameters; the model underfits: make it larger (--rnn_size)"
+    return line + ": within an order of magnitude (char-rnn's advice); watch the val loss for overfitting"
+
+
+# A time-budgeted cosine run learns its length from its speed: timed over at least this many iterations
+# (the first, compiling, left out) and 2% of the budget, up to the first checkpoint so that validation
+# time counts too (or over 10% of the budget, if no checkpoint comes sooner).
+SPEED_PROBE_ITERS = 20
+
+
 def train_and_evaluate(
     config: TrainConfig,
     charrnn: CharRNN,
@@ -199,17 +226,19 @@ def train_and_evaluate(
     Returns:
       A TrainResult naming the last checkpoint written.
     """
+    started = time.perf_counter()
     if strategy is None:  # replicas=1: a run resumed from a distributed checkpoint records one device
         trainer = Trainer(dataclasses.replace(config, replicas=1), charrnn, layouts)
     else:  # scale-out: state carried per replica (distribute.py)
         trainer = distribute.DistributedTrainer(strategy, config, charrnn, layouts, Trainer)
-    config = trainer.config  # with the training path resolved, as the checkpoints record it
     history = {key: [] for key in ckpt.HISTORY_KEYS}
     best_val = math.inf
+    spent_before = 0.0  # training time of the run this one resumes
     if resume is not None:
         trainer.restore_state(ckpt.load_state(resume.state_path), resume.path)
         history = {key: list(values) for key, values in resume.history.items()}
         best_val = resume.best_val_loss if resume.best_val_loss is not None else math.inf
+        spent_before = resume.elapsed_seconds
     elif start_iteration:
         trainer.optimizer.iterations.assign(start_iteration)
 
@@ -218,18 +247,46 @@ def train_and_evaluate(
     if config.max_iters:
         num_iterations = min(num_iterations, config.max_iters)
     iteration = trainer.iteration
-    log(f"Model: {charrnn.config.model_type} {charrnn.config.num_layers} x {charrnn.config.rnn_size},"
-        f" {charrnn.count_params():,} parameters; {num_train} minibatches per epoch;"
-        f" {'fused' if trainer.fused else 'Keras'} training path")
+    budget = config.max_minutes * 60 if config.max_minutes else math.inf
+    if config.lr_schedule == "cosine" and not config.lr_schedule_iters and not config.max_minutes:
+        trainer.set_schedule_length(num_iterations)
+    config = trainer.config  # the training path and the schedule's length resolved, as checkpoints record them
+    probe_from = None  # (iteration, time) where a time-budgeted cosine run starts timing itself
+    log(f"Model: {charrnn.config.model_type} {charrnn.config.num_layers} x {charrnn.config.rnn_size};"
+        f" {parameter_advice(charrnn.count_params(), layouts['train'].tokens_covered)}")
+    log(f"{num_train} minibatches per epoch; {'fused' if trainer.fused else 'Keras'} training path;"
+        f" learning rate: {config.lr_schedule}" + (f", time budget {config.max_minutes:g} minutes" if config.max_minutes
+                                                   else ""))
     writer = tf.summary.create_file_writer(config.tensorboard_dir) if config.tensorboard_dir else None
+    plot_path = config.checkpoint_name + "_loss.png"
+    if not plots.available():
+        log("matplotlib is not installed: no loss plot (pip install 'kerascharrnn[plot]')")
+
+    def elapsed() -> float:
+        return spent_before + time.perf_counter() - started
+
+    def probe_due(share_of_budget: float) -> bool:
+        return bool(probe_from) and iteration - probe_from[0] >= SPEED_PROBE_ITERS and (
+            time.perf_counter() - probe_from[1] >= share_of_budget * budget)
+
+    def fix_schedule_length() -> TrainConfig:
+        """A time budget only: from the measured speed, where the cosine must end to fit in it."""
+        nonlocal probe_from
+        per_iteration = (time.perf_counter() - probe_from[1]) / (iteration - probe_from[0])
+        remaining = max(budget - elapsed(), 0.0)
+        trainer.set_schedule_length(min(num_iterations, iteration + int(remaining / per_iteration)))
+        probe_from = None
+        log(f"Measured {per_iteration * 1000:.1f} ms per iteration, validation included: the cosine schedule ends"
+            f" at iteration {trainer.config.lr_schedule_iters}")
+        return trainer.config
 
     def write_checkpoint(val_loss):
         nonlocal best_val
         record = ckpt.CheckpointRecord(
             path="", iteration=iteration, model_file="", state_file="", model_config=charrnn.config,
-            train_config=config, vocab=charrnn.vocab, history=history,
+            train_config=trainer.config, vocab=charrnn.vocab, history=history,
             best_val_loss=min(best_val, val_loss) if val_loss is not None else
-            (best_val if math.isfinite(best_val) else None))
+            (best_val if math.isfinite(best_val) else None), elapsed_seconds=elapsed())
         state = trainer.state_arrays()
         paths = ckpt.CheckpointPaths.for_tag(config.checkpoint_name, iteration)
         try:
@@ -240,6 +297,10 @@ def train_and_evaluate(
                 if trainer.is_chief:
                     ckpt.save_checkpoint(ckpt.CheckpointPaths.for_tag(config.checkpoint_name, "best"),
                                          trainer.checkpoint_charrnn(), state, record, num_train)
+            if plots.available() and trainer.is_chief:
+                plots.write_loss_plot(plot_path, history["train_loss_history"], history["val_loss_history"],
+                                      history["val_loss_history_it"], history["learning_rate_history"],
+                                      title=os.path.basename(config.checkpoint_name))
         except OSError as e:
             raise UserError(f"could not write checkpoint {paths.model}: {e.strerror or e};"
                             " the previous checkpoint is intact") from None
@@ -248,13 +309,15 @@ def train_and_evaluate(
     last_json = None
     tokens_per_step = config.batch_size * config.seq_length
     window_start, window_steps = time.perf_counter(), 0
+    out_of_time = False
     with _StopSignal() as stop:
-        while iteration < num_iterations and stop.signum is None:
+        while iteration < num_iterations and stop.signum is None and not out_of_time:
             epoch, batch = divmod(iteration, num_train)
             if batch == 0:
                 trainer.reset_states()
             for inputs, targets in trainer.batches(config.input_h5, batch):
                 step_start = time.perf_counter()
+                history["learning_rate_history"].append(trainer.learning_rate())
                 loss = float(trainer.train_step(inputs, targets))
                 iteration += 1
                 window_steps += 1
@@ -263,10 +326,12 @@ def train_and_evaluate(
                     raise UserError(f"loss became {loss} at iteration {iteration}{where};"
                                     " try a lower --learning_rate or --grad_clip")
                 history["train_loss_history"].append(loss)
+                if probe_from is None and config.lr_schedule == "cosine" and not config.lr_schedule_iters:
+                    probe_from = (iteration, time.perf_counter())  # timed from here: the first step compiled
                 if config.speed_benchmark:
-                    elapsed = time.perf_counter() - step_start
-                    history["forward_backward_times"].append(elapsed)
-                    log(f"Forward / backward pass took {elapsed:f}")
+                    step_elapsed = time.perf_counter() - step_start
+                    history["forward_backward_times"].append(step_elapsed)
+                    log(f"Forward / backward pass took {step_elapsed:f}")
                 if config.memory_benchmark:
                     history["memory_usage"].append(_peak_memory_bytes())
                     log(f"Peak memory use: {history['memory_usage'][-1] / 2**20:.1f} MiB")
@@ -280,11 +345,19 @@ def train_and_evaluate(
                     if writer:
                         with writer.as_default(step=iteration):
                             tf.summary.scalar("train/loss", loss)
-                            tf.summary.scalar("learning_rate", trainer.learning_rate())
+                            tf.summary.scalar("learning_rate", history["learning_rate_history"][-1])
                             tf.summary.scalar("tokens_per_second", tokens_per_s)
-                at_end = iteration >= num_iterations
-                if (config.checkpoint_every and iteration % config.checkpoint_every == 0) or at_end or stop.signum:
+                out_of_time = elapsed() >= budget
+                at_end = iteration >= num_iterations or out_of_time
+                checkpoint_due = (config.checkpoint_every and iteration % config.checkpoint_every == 0) or at_end
+                if probe_due(0.1) and not checkpoint_due:
+                    config = fix_schedule_length()  # no checkpoint (validation) to time with came soon enough
+                if checkpoint_due or stop.signum:
+                    if out_of_time:
+                        log(f"Time budget of {config.max_minutes:g} minutes spent at iteration {iteration}")
                     val_loss = trainer.evaluate(config.input_h5, "val")
+                    if probe_due(0.02):
+                        config = fix_schedule_length()  # timed with a validation pass in it
                     if val_loss is not None:
                         history["val_loss_history"].append(val_loss)
                         history["val_loss_history_it"].append(iteration)

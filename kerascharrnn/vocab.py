@@ -18,6 +18,7 @@ from kerascharrnn.errors import UserError
 
 BYTES = "bytes"
 _BYTE_KEY = re.compile(r"^\[(\d+)\]$")
+_CANONICAL_ID = re.compile(r"^[1-9][0-9]*$")  # "1", not "01", " 1", "+1" or "1_0" (all of which int() takes)
 
 Token = Union[str, int]  # a character in text mode, a byte value in bytes mode
 
@@ -25,6 +26,25 @@ Token = Union[str, int]  # a character in text mode, a byte value in bytes mode
 def byte_token_key(byte: int) -> str:
     """torch-rnn's JSON key for a byte token: the ASCII character, or "[195]" above 127."""
     return chr(byte) if byte <= 127 else f"[{byte}]"
+
+
+def unencodable_token(tokens, encoding: str) -> str:
+    """Why a vocabulary could not be written into a checkpoint (its JSON is UTF-8), or "" if it can.
+
+    Checked when a vocabulary is made, so a training never dies at its first checkpoint over it.
+    """
+    if encoding == BYTES:
+        bad = [t for t in tokens if not (isinstance(t, int) and 0 <= t <= 255)]
+        return f"vocabulary token {bad[0]!r} is not a byte value 0..255" if bad else ""
+    for token in tokens:
+        try:
+            token.encode("utf-8")
+        except UnicodeEncodeError:
+            return (f"vocabulary token U+{ord(token[0]):04X} cannot be encoded as UTF-8 (a lone surrogate);"
+                    " a checkpoint could not store it")
+        except AttributeError:
+            return f"vocabulary token {token!r} is not a string"
+    return ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +62,9 @@ class Vocabulary:
     def __post_init__(self):
         if len(set(self.tokens)) != len(self.tokens):
             raise UserError("vocabulary has duplicate tokens")
+        problem = unencodable_token(self.tokens, self.encoding)
+        if problem:
+            raise UserError(problem)
 
     @property
     def size(self) -> int:  # V
@@ -127,16 +150,18 @@ class Vocabulary:
         if not isinstance(data, dict) or not isinstance(data.get("idx_to_token"), dict):
             raise UserError(f"{source}: not a vocabulary JSON (no 'idx_to_token' object)")
         raw = data["idx_to_token"]
-        try:
-            ids = sorted(int(k) for k in raw)
-        except ValueError:
-            raise UserError(f"{source}: 'idx_to_token' keys must be integers") from None
+        bad = [k for k in raw if not _CANONICAL_ID.match(k)]
+        if bad:
+            raise UserError(f"{source}: 'idx_to_token' key {bad[0]!r} is not a plain integer id (1, 2, ...)")
+        ids = sorted(int(k) for k in raw)
         if ids != list(range(1, len(ids) + 1)) or not ids:
             raise UserError(f"{source}: 'idx_to_token' ids must be 1..V with none missing")
         keys = [raw[str(i)] for i in ids]
         if not all(isinstance(k, str) and k for k in keys):
             raise UserError(f"{source}: every token must be a non-empty string")
         encoding = data.get("encoding")
+        if encoding is not None and not isinstance(encoding, str):
+            raise UserError(f"{source}: 'encoding' must be a string, got {type(encoding).__name__}")
         if encoding is None:  # torch-rnn's own files: bytes mode is the one with "[n]" keys
             encoding = BYTES if any(len(k) > 1 for k in keys) else "utf-8"
         if encoding == BYTES:
@@ -152,6 +177,9 @@ class Vocabulary:
             return cls(tuple(tokens), BYTES)
         if any(len(k) != 1 for k in keys):
             raise UserError(f"{source}: text-mode tokens must be single characters")
+        problem = unencodable_token(keys, encoding)
+        if problem:
+            raise UserError(f"{source}: {problem}")
         return cls(tuple(keys), encoding)
 
     @classmethod

@@ -7,19 +7,38 @@ from conftest import run_cli
 
 
 def test_benchmark_tiny_run_prints_tables_and_plot(keras_home, tmp_path):
-    result = run_cli("benchmark", "--grid", "1x16", "--iters", 2, "--warmup", 1, "--batch_size", 4, "--seq_length", 8,
-                     "--what", "train", "--what", "preprocess", "--preprocess_mb", 1,
+    result = run_cli("benchmark", "--grid", "1x16", "--iters", 3, "--warmup", 1, "--batch_size", 4, "--seq_length", 8,
+                     "--what", "train", "--what", "preprocess", "--preprocess_mb", 1, "--model_type", "lstm",
+                     "--model_type", "gru",
                      "--output_md", tmp_path / "b.md", "--output_png", tmp_path / "b.png",
                      env={"KERAS_HOME": keras_home})
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert out.startswith("Machine: ") and "Command: `bin/benchmark --grid 1x16" in out
-    assert re.search(r"^\| 1 x 16 lstm \| [\d.]+ ± [\d.]+ \| [\d,]+ \| -?\d+ \(-?\d+\) \|$", out, re.M), out
+    for model_type in ("lstm", "gru"):  # median [quartiles], tokens/s, memory
+        assert re.search(rf"^\| 1 x 16 {model_type} \| [\d.]+ \[[\d.]+–[\d.]+\] \| [\d,]+ \| -?\d+ \(-?\d+\) \|$",
+                         out, re.M), out
     assert re.search(r"^\| 1 MB \| [\d.]+ \| [\d.]+ \| \d+ \|$", out, re.M), out
     assert (tmp_path / "b.md").read_text().strip() == out.strip()
-    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for model_type in ("lstm", "gru"):
+        assert (tmp_path / f"b_{model_type}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_benchmark_bad_grid_is_one_line():
     result = run_cli("benchmark", "--grid", "2by128")
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1 and "--grid" in result.stderr
+
+
+def test_runs_alternate_and_quartiles_pool_the_repeats(monkeypatch):
+    from kerascharrnn.benchmark import report
+
+    calls = []
+    monkeypatch.setattr(report, "measure", lambda name, config: calls.append(name) or
+                        {"times_ms": [len(calls)], "tokens_per_step": 1})
+    ours, peer = report.measure_row({}, peer=True, repeats=3, first=1)
+    assert calls == ["torch", "tf", "tf", "torch", "torch", "tf"]  # who goes first alternates too
+    assert len(ours.runs) == len(peer.runs) == 3
+
+    timing = report.Timing([{"times_ms": [1, 2, 3], "tokens_per_step": 10}, {"times_ms": [4, 5], "tokens_per_step": 10}])
+    assert (timing.percentile(25), timing.median_ms, timing.percentile(75)) == (2, 3, 4)
+    assert timing.tokens_per_s == 10 / 3 * 1000

@@ -79,3 +79,33 @@ def test_unknown_engine_kind_is_an_error(trained):
         engines.open_engine("onnx", trained["keras"])
     with pytest.raises(ValueError, match="vocabulary"):
         engines.open_engine("tflite", "model.tflite")
+
+
+def test_beam_size_one_is_argmax_and_wider_beams_find_likelier_text(engine, trained):
+    greedy = engines.sample_texts(engine, SampleConfig(length=80, start_text="The", sample=False))
+    beam_one = engines.sample_texts(engine, SampleConfig(length=80, start_text="The", beam_size=1))
+    assert beam_one == greedy
+
+    import tensorflow as tf
+
+    charrnn = CharRNN.from_checkpoint(trained["keras"])
+    step = charrnn.step_fn()
+
+    def log_likelihood(text):
+        ids = charrnn.vocab.encode(text)
+        states = tuple(tf.zeros((1, size)) for size in charrnn.state_sizes)
+        total = 0.0
+        for t in range(len(ids) - 1):
+            logits, states = step(tf.constant(ids[t:t + 1]), states)
+            if t >= 2:  # the continuation after "The"
+                total += float(tf.nn.log_softmax(logits)[0, ids[t + 1]])
+        return total
+
+    beam_five = engines.sample_texts(engine, SampleConfig(length=80, start_text="The", beam_size=5))[0]
+    assert beam_five.startswith("The") and len(beam_five) == 80
+    assert log_likelihood(beam_five) >= log_likelihood(greedy[0]) - 1e-4
+
+
+def test_beam_search_takes_one_sample():
+    with pytest.raises(UserError, match="--num_samples 1"):
+        SampleConfig(beam_size=3, num_samples=2)

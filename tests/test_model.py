@@ -79,6 +79,10 @@ def test_state_helpers():
     config = ModelConfig(vocab_size=V, model_type="gru", wordvec_size=D, rnn_size=H, num_layers=3, dropout=0.25,
                          batchnorm=True)
     assert model_lib.config_of(model_lib.build_model(config, N)) == config
+    for embedding_dropout, dropout in ((0.1, 0.0), (0.1, 0.3), (0.0, 0.3)):
+        config = ModelConfig(vocab_size=V, wordvec_size=D, rnn_size=H, dropout=dropout,
+                             embedding_dropout=embedding_dropout)
+        assert model_lib.config_of(model_lib.build_model(config, N)) == config
 
 
 @pytest.mark.parametrize("model_type", ["lstm", "gru", "rnn"])

@@ -6,12 +6,14 @@ import zipfile
 
 import keras
 import numpy as np
+import pytest
 
-from conftest import train_in_process
+from conftest import run_cli, train_in_process
 from kerascharrnn import checkpoint as ckpt
 from kerascharrnn import data, train
 from kerascharrnn import model as model_lib
 from kerascharrnn.charrnn import CharRNN
+from kerascharrnn.presets import PRESETS
 from kerascharrnn.vocab import Vocabulary
 
 
@@ -108,3 +110,77 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(trained, tmp_path):
     assert len(resumed.train_loss_history) == len(full.train_loss_history)
     np.testing.assert_allclose(resumed.train_loss_history, full.train_loss_history, atol=1e-6, rtol=0)
     np.testing.assert_allclose(resumed.val_loss_history[-1], full.val_loss_history[-1], atol=1e-6)
+
+
+def test_parameter_advice_says_which_way_the_risk_lies():
+    assert "memorise" in train.parameter_advice(3_000_000, 100_000)
+    assert "underfits" in train.parameter_advice(10_000, 1_000_000)
+    assert "within an order of magnitude" in train.parameter_advice(1_000_000, 900_000)
+
+
+def test_resume_is_exact_with_cosine_warmup_weight_decay_and_embedding_dropout(trained, tmp_path):
+    """The new schedule and regularisers keep resume exact (state and schedule position restored)."""
+    base = dataclasses.replace(trained["config"], max_iters=30, checkpoint_every=10, lr_schedule="cosine",
+                               warmup_iters=5, min_learning_rate=1e-4, weight_decay=0.1,
+                               checkpoint_name=str(tmp_path / "full"))
+    model_config = dataclasses.replace(trained["model_config"], embedding_dropout=0.2, dropout=0.1)
+    full = train_in_process(base, model_config)
+    assert ckpt.read_record(str(tmp_path / "full_10.json")).train_config.lr_schedule_iters == 30  # resolved
+    # the same run stopped at 10 (as by Ctrl-C): its schedule still ends at 30
+    part = dataclasses.replace(base, checkpoint_name=str(tmp_path / "part"), max_iters=10, lr_schedule_iters=30)
+    train_in_process(part, model_config)
+    record = ckpt.read_record(str(tmp_path / "part_10.json"))
+    charrnn = CharRNN.from_checkpoint(record.model_path, batch_size=base.batch_size)
+    assert charrnn.config.embedding_dropout == 0.2
+    resumed = train_in_process(dataclasses.replace(record.train_config, max_iters=30), model_config,
+                               charrnn=charrnn, resume=record)
+    np.testing.assert_allclose(resumed.train_loss_history, full.train_loss_history, atol=1e-6, rtol=0)
+    full_record = ckpt.read_record(str(tmp_path / "full_30.json"))
+    lr = full_record.history["learning_rate_history"]
+    assert len(lr) == 30 and lr[0] < lr[4] and lr[-1] < lr[10]  # warm-up, then the cosine falls
+    assert os.path.exists(str(tmp_path / "full_loss.png"))
+
+
+def test_weight_decay_uses_adamw_on_matrices_only(trained):
+    config = dataclasses.replace(trained["config"], weight_decay=0.1)
+    charrnn = CharRNN.build(trained["model_config"], trained["vocab"], config.batch_size)
+    layouts = data.layouts_for(data.split_lengths(config.input_h5), config.batch_size, config.seq_length)
+    trainer = train.Trainer(config, charrnn, layouts)
+    assert isinstance(trainer.optimizer, keras.optimizers.AdamW)
+    decayed = {v.path for v in charrnn.model.trainable_variables if trainer.optimizer._use_weight_decay(v)}
+    assert decayed == {v.path for v in charrnn.model.trainable_variables if len(v.shape) == 2}
+    assert isinstance(train.Trainer(trained["config"], charrnn, layouts).optimizer, keras.optimizers.Adam)
+
+
+def test_time_budget_stops_cleanly_and_fits_the_cosine_to_it(small_corpus, tmp_path):
+    _, h5, _ = small_corpus
+    result = run_cli("train", "--input_h5", h5, "--batch_size", 4, "--seq_length", 16, "--rnn_size", 16,
+                     "--wordvec_size", 8, "--lr_schedule", "cosine", "--max_minutes", 0.1, "--checkpoint_every", 0,
+                     "--print_every", 0, "--checkpoint_name", tmp_path / "cv" / "c", "--seed", 1)
+    assert result.returncode == 0, result.stderr
+    assert "Time budget of 0.1 minutes spent at iteration" in result.stdout
+    assert "the cosine schedule ends at iteration" in result.stdout
+    last = result.stdout.split("checkpoint ")[-1].strip()
+    record = ckpt.read_record(last)
+    assert 6 <= record.elapsed_seconds < 30  # stopped once the budget was spent (no timing is checked closer)
+    end = record.train_config.lr_schedule_iters
+    assert end > train.SPEED_PROBE_ITERS
+    rates = record.history["learning_rate_history"]
+    assert rates[0] == rates[train.SPEED_PROBE_ITERS] == pytest.approx(2e-3)  # held until the length was known
+    assert rates[min(end, len(rates)) - 1] < 2e-3 * 0.5 or end > len(rates) * 1.5
+    assert "training characters" in result.stdout and "parameters" in result.stdout
+
+
+def test_preset_values_apply_and_explicit_flags_win(small_corpus, tmp_path):
+    _, h5, _ = small_corpus
+    result = run_cli("train", "--input_h5", h5, "--preset", "cpu_15min", "--rnn_size", 16, "--batch_size", 4,
+                     "--seq_length", 16, "--max_iters", 2, "--checkpoint_name", tmp_path / "p")
+    assert result.returncode == 0, result.stderr
+    record = ckpt.read_record(str(tmp_path / "p_2.json"))
+    preset = PRESETS["cpu_15min"]
+    assert record.model_config.rnn_size == 16 and record.train_config.batch_size == 4  # given explicitly
+    assert record.model_config.num_layers == preset["num_layers"]
+    assert record.model_config.embedding_dropout == preset["embedding_dropout"]
+    assert record.train_config.lr_schedule == "cosine" and record.train_config.weight_decay == preset["weight_decay"]
+    unknown = run_cli("train", "--preset", "tpu_huge")
+    assert unknown.returncode != 0 and "--preset" in unknown.stderr

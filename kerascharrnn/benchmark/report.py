@@ -1,8 +1,10 @@
 """bin/benchmark: torch-rnn's speed benchmark, with a PyTorch peer measured in the same run.
 
---what train: the mean train-step time (B=50, T=50, after warm-up) of 1/2/3-layer x 64/128/256/512
-    models on tiny-shakespeare, each configuration in a subprocess of its own, ours and (with
-    --peer torch) PyTorch's nn.LSTM/GRU/RNN; the ratio per row is peer time / our time (> 1: we are faster).
+--what train: the median train-step time (B=50, T=50, after warm-up; with its quartiles) of 1/2/3-layer x
+    64/128/256/512 models on tiny-shakespeare, each configuration in a subprocess of its own, ours and
+    (with --peer torch) PyTorch's nn.LSTM/GRU/RNN, --repeats times, the two frameworks alternating row by
+    row (and which goes first alternating too) so that drift on the machine hits both; the ratio per row is
+    peer median / our median (> 1: we are faster). One table per --model_type.
 --what sample: chars/s of a 2x128 LSTM at batch 1 and 50, from a checkpoint (bin/sample's compiled
     path), the SavedModel `generate` signature (no XLA, as TF Serving runs it) and the TFLite step loop.
 --what preprocess: MB/s and peak RSS of the whole bin/preprocess process (`python -m
@@ -22,15 +24,47 @@ from typing import Dict, List, Optional
 
 
 @dataclasses.dataclass
+class Timing:
+    """One framework's runs of one configuration: step times pooled over the repeats, worst memory."""
+
+    runs: List[dict]
+
+    def _times(self):
+        return [t for run in self.runs for t in run["times_ms"]]
+
+    def percentile(self, q: float) -> float:
+        times = sorted(self._times())
+        position = q / 100 * (len(times) - 1)
+        low = math.floor(position)
+        high = min(low + 1, len(times) - 1)
+        return times[low] + (times[high] - times[low]) * (position - low)
+
+    @property
+    def median_ms(self) -> float:
+        return self.percentile(50)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.runs[0]["tokens_per_step"] / self.median_ms * 1000
+
+    def memory(self) -> dict:
+        return {key: max(run[key] for run in self.runs) if self.runs[0].get(key) is not None else None
+                for key in ("peak_growth_mb", "steady_growth_mb", "gpu_peak_mb")}
+
+    def cell(self) -> str:
+        return f"{self.median_ms:.1f} [{self.percentile(25):.1f}–{self.percentile(75):.1f}]"
+
+
+@dataclasses.dataclass
 class Row:
     num_layers: int
     rnn_size: int
-    ours: dict
-    peer: Optional[dict] = None
+    ours: Timing
+    peer: Optional[Timing] = None
 
     @property
     def ratio(self) -> Optional[float]:
-        return self.peer["mean_ms"] / self.ours["mean_ms"] if self.peer else None
+        return self.peer.median_ms / self.ours.median_ms if self.peer else None
 
 
 def parse_grid(text: str) -> List[tuple]:
@@ -53,15 +87,15 @@ def measure(framework: str, config: dict) -> dict:
 
 def train_table(rows: List[Row], model_type: str) -> str:
     has_peer = any(r.peer for r in rows)
-    header = ["model", "ours ms/step (±sd)", "ours tokens/s", "ours peak MB (steady)"]
+    header = ["model", "ours ms/step median [quartiles]", "ours tokens/s", "ours peak MB (steady)"]
     if has_peer:
-        header += ["PyTorch ms/step (±sd)", "PyTorch peak MB (steady)", "speed ratio (PyTorch / ours)"]
+        header += ["PyTorch ms/step median [quartiles]", "PyTorch peak MB (steady)", "speed ratio (PyTorch / ours)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [f"{r.num_layers} x {r.rnn_size} {model_type}", f"{r.ours['mean_ms']:.1f} ± {r.ours['std_ms']:.1f}",
-                 f"{r.ours['tokens_per_s']:,.0f}", _memory(r.ours)]
+        cells = [f"{r.num_layers} x {r.rnn_size} {model_type}", r.ours.cell(), f"{r.ours.tokens_per_s:,.0f}",
+                 _memory(r.ours)]
         if has_peer:
-            cells += [f"{r.peer['mean_ms']:.1f} ± {r.peer['std_ms']:.1f}", _memory(r.peer), f"{r.ratio:.2f}x"]
+            cells += [r.peer.cell(), _memory(r.peer), f"{r.ratio:.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
     if has_peer:
         geomean = math.exp(sum(math.log(r.ratio) for r in rows) / len(rows))
@@ -72,7 +106,8 @@ def train_table(rows: List[Row], model_type: str) -> str:
     return "\n".join(lines)
 
 
-def _memory(result: dict) -> str:
+def _memory(timing: Timing) -> str:
+    result = timing.memory()
     text = f"{result['peak_growth_mb']:.0f} ({result['steady_growth_mb']:.0f})"
     if result.get("gpu_peak_mb") is not None:
         text += f", GPU {result['gpu_peak_mb']:.0f}"
@@ -91,9 +126,10 @@ def plot(rows: List[Row], path: str, model_type: str) -> None:
     for layers in sorted({r.num_layers for r in rows}):
         chosen = [r for r in rows if r.num_layers == layers]
         sizes = [r.rnn_size for r in chosen]
-        line, = axes[0][0].plot(sizes, [r.ours["mean_ms"] for r in chosen], "o-", label=f"kerascharrnn {layers} layer(s)")
+        line, = axes[0][0].plot(sizes, [r.ours.median_ms for r in chosen], "o-",
+                                label=f"kerascharrnn {layers} layer(s)")
         if has_peer:
-            axes[0][0].plot(sizes, [r.peer["mean_ms"] for r in chosen], "s--", color=line.get_color(),
+            axes[0][0].plot(sizes, [r.peer.median_ms for r in chosen], "s--", color=line.get_color(),
                             label=f"PyTorch {layers} layer(s)")
             axes[0][1].plot(sizes, [r.ratio for r in chosen], "o-", label=f"{layers} layer(s)")
     axes[0][0].set(xscale="log", yscale="log", xlabel="rnn_size", ylabel="ms per train step (B=50, T=50)",
@@ -107,23 +143,38 @@ def plot(rows: List[Row], path: str, model_type: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def measure_row(config: dict, peer: bool, repeats: int, first: int) -> tuple:
+    """Our runs and the peer's of one configuration, alternating (which goes first alternates too)."""
+    frameworks = ["tf", "torch"] if peer else ["tf"]
+    runs = {name: [] for name in frameworks}
+    for repeat in range(repeats):
+        order = frameworks if (repeat + first) % 2 == 0 else frameworks[::-1]
+        for name in order:
+            runs[name].append(measure(name, config))
+    return Timing(runs["tf"]), Timing(runs["torch"]) if peer else None
+
+
 def run_train(args) -> str:
     from kerascharrnn import corpus
 
     h5 = args.input_h5 or corpus.corpus_files(args.corpus)[0]
-    rows = []
-    for layers, size in parse_grid(args.grid):
-        config = {"h5": h5, "model_type": args.model_type, "num_layers": layers, "rnn_size": size,
-                  "batch_size": args.batch_size, "seq_length": args.seq_length, "iters": args.iters,
-                  "warmup": args.warmup, "fused": args.fused}
-        row = Row(layers, size, measure("tf", config), measure("torch", config) if args.peer == "torch" else None)
-        rows.append(row)
-        ratio = f", PyTorch {row.peer['mean_ms']:.1f} ms, ratio {row.ratio:.2f}x" if row.peer else ""
-        print(f"{layers} x {size}: ours {row.ours['mean_ms']:.1f} ms{ratio}", file=sys.stderr, flush=True)
-    table = train_table(rows, args.model_type)
-    if args.output_png:
-        plot(rows, args.output_png, args.model_type)
-    return table
+    tables = []
+    for model_type in args.model_type:
+        rows = []
+        for index, (layers, size) in enumerate(parse_grid(args.grid)):
+            config = {"h5": h5, "model_type": model_type, "num_layers": layers, "rnn_size": size,
+                      "batch_size": args.batch_size, "seq_length": args.seq_length, "iters": args.iters,
+                      "warmup": args.warmup, "fused": args.fused}
+            row = Row(layers, size, *measure_row(config, args.peer == "torch", args.repeats, index))
+            rows.append(row)
+            ratio = f", PyTorch {row.peer.median_ms:.1f} ms, ratio {row.ratio:.2f}x" if row.peer else ""
+            print(f"{layers} x {size} {model_type}: ours {row.ours.median_ms:.1f} ms{ratio}", file=sys.stderr,
+                  flush=True)
+        tables.append(train_table(rows, model_type))
+        if args.output_png:
+            stem, ext = os.path.splitext(args.output_png)
+            plot(rows, args.output_png if len(args.model_type) == 1 else f"{stem}_{model_type}{ext}", model_type)
+    return "\n\n".join(tables)
 
 
 def _chars_per_second(generate, batch: int, length: int) -> float:

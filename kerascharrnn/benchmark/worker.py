@@ -2,7 +2,7 @@
 
     python3 -m kerascharrnn.benchmark.worker tf|torch '{"model_type": "lstm", "num_layers": 2, ...}'
 
-Prints one JSON line: train-step times after warm-up, tokens/s, and peak RSS growth above this
+Prints one JSON line: every timed train-step time (after warm-up), and peak RSS growth above this
 framework's idle baseline (RSS once the framework is imported; the kernel's peak counter is reset
 there, so the import's own peak does not count): over the whole run (warm-up, hence tracing and XLA
 compilation, included) and over the timed steps only (steady state).
@@ -103,8 +103,7 @@ def main(argv):
 
         if torch.cuda.is_available():
             gpu_peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    print(json.dumps({"mean_ms": 1000 * times.mean(), "std_ms": 1000 * times.std(), "median_ms": 1000 * np.median(times),
-                      "tokens_per_s": tokens / times.mean(), "baseline_rss_mb": baseline,
+    print(json.dumps({"times_ms": [1000 * t for t in times], "tokens_per_step": tokens, "baseline_rss_mb": baseline,
                       "peak_growth_mb": max(warmup_peak, rss_mb("VmHWM")) - baseline,
                       "steady_growth_mb": rss_mb("VmHWM") - baseline, "gpu_peak_mb": gpu_peak_mb}))
 

@@ -14,7 +14,10 @@ flags.DEFINE_multi_enum("what", ["train"], ["train", "sample", "preprocess"], "W
 flags.DEFINE_enum("peer", "none", ["none", "torch"], "Also run the same configurations with PyTorch (pip install"
                   " 'kerascharrnn[bench]'), each in its own process, and print the ratio per row.")
 flags.DEFINE_string("grid", "torch-rnn", "Layers x rnn_size list, e.g. '1x64,2x128'; torch-rnn = 1/2/3 x 64..512.")
-flags.DEFINE_enum("model_type", "lstm", list(MODEL_TYPES), "Recurrent layer type.")
+flags.DEFINE_multi_enum("model_type", ["lstm"], list(MODEL_TYPES), "Recurrent layer type (repeatable: one table"
+                        " each, e.g. --model_type lstm --model_type gru against nn.LSTM and nn.GRU).")
+flags.DEFINE_integer("repeats", 1, "Runs of each configuration per framework, alternating with the peer's.",
+                     lower_bound=1)
 flags.DEFINE_enum("fused", "auto", list(FUSED_CHOICES), "Our LSTM training path (bin/train's --fused).")
 flags.DEFINE_integer("batch_size", 50, "B.", lower_bound=1)
 flags.DEFINE_integer("seq_length", 50, "T.", lower_bound=1)

@@ -6,11 +6,15 @@ import contextlib
 import dataclasses
 import os
 import sys
+import tempfile
+import time
+import traceback
 import typing
 from typing import Callable, Iterator, List, Sequence
 
 from absl import app, flags
 
+from kerascharrnn import config as config_lib
 from kerascharrnn.errors import UserError
 
 
@@ -35,8 +39,42 @@ def parse_flags(argv: List[str]) -> List[str]:
     return rest
 
 
-def run_main(main: Callable[[List[str]], None]) -> None:
-    """app.run(main) where UserError becomes `prog: error: message` on stderr and exit 1."""
+# sysexits.h's EX_SOFTWARE: an internal error, as opposed to 1 (bad input) and 2 (bad flags).
+INTERNAL_ERROR_EXIT = 70
+
+
+def _open_crash_log(prog: str):
+    """A new file $TMPDIR/kerascharrnn-crash-<tool>-<time>-<random>.log, created exclusively (mkstemp):
+    a predictable name in a shared /tmp could be a symlink planted by someone else."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    fd, path = tempfile.mkstemp(prefix=f"kerascharrnn-crash-{prog}-{stamp}-", suffix=".log")
+    return os.fdopen(fd, "w", encoding="utf-8", errors="replace"), path
+
+
+def report_internal_error(prog: str, error: BaseException) -> None:
+    """The last line of defence: one line on stderr, the traceback in a log file, exit 70.
+
+    Every known bad input has its own UserError; this only keeps a bug from scrolling a traceback at
+    the user while still keeping the details for a bug report.
+    """
+    summary = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")[:300]
+    try:
+        f, path = _open_crash_log(prog)
+        with f:
+            f.write(f"{' '.join(sys.argv)}\n\n")
+            traceback.print_exception(type(error), error, error.__traceback__, file=f)
+        where = f"details in {path}"
+    except OSError as e:  # nowhere to write: the summary alone still beats a traceback
+        where = f"no log written ({e.strerror or e})"
+    _fail(prog, f"internal error: {summary}; {where}", INTERNAL_ERROR_EXIT)
+
+
+def run_main(main: Callable[[List[str]], None], flags_parser: Callable = parse_flags) -> None:
+    """app.run(main) where UserError becomes `prog: error: message` on stderr and exit 1, and any other
+    exception `prog: error: internal error: ...; details in <log>` and exit 70.
+
+    flags_parser: parse_flags, or a parser of a tool that takes positional arguments (bin/novelty).
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines are noise here
 
     def guarded(argv):
@@ -50,8 +88,15 @@ def run_main(main: Callable[[List[str]], None]) -> None:
         except BrokenPipeError:  # e.g. `bin/sample ... | head`
             sys.stderr.close()
             sys.exit(0)
+        except Exception as e:  # noqa: BLE001 - the one place that catches everything; see report_internal_error
+            if type(e).__name__ == "ResourceExhaustedError":  # TensorFlow out of memory, past every estimate
+                first = str(e).strip().splitlines()
+                detail = next((line.strip() for line in first if line.strip().startswith("OOM")), "")[:200]
+                _fail(_prog(argv), f"out of memory{f' ({detail})' if detail else ''}; lower --batch_size,"
+                      " --num_samples, --seq_length or the model's size")
+            report_internal_error(_prog(argv), e)
 
-    app.run(guarded, flags_parser=parse_flags)
+    app.run(guarded, flags_parser=flags_parser)
 
 
 @contextlib.contextmanager
@@ -108,6 +153,8 @@ def define_flags(cls, skip: Sequence[str] = ()) -> None:
         if meta.get("choices"):
             flags.DEFINE_enum(field.name, default, list(meta["choices"]), meta["help"])
         elif kind is int:
+            if bounds["upper_bound"] is None:  # the config refuses beyond int32 anyway; say so in --help
+                bounds["upper_bound"] = config_lib.INT32_MAX
             if _field_type(cls, field) is bool:  # torch-rnn's 0/1 options
                 default, bounds = int(default), {"lower_bound": 0, "upper_bound": 1}
             flags.DEFINE_integer(field.name, default, meta["help"], **bounds)

@@ -11,14 +11,15 @@ import os
 from absl import flags
 
 from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import files
+from kerascharrnn import files, paths
 from kerascharrnn.cli import common
 from kerascharrnn.errors import UserError
 
 flags.DEFINE_string("checkpoint", "", "The torch-rnn checkpoint to convert (a .t7 written by train.lua).")
 flags.DEFINE_string("output", "", "The .keras file to write (default: the .t7's path with .keras).")
 flags.DEFINE_integer("batch_size", 0, "Streams of the saved stateful model (0 = the --batch_size the .t7 records;"
-                     " bin/train and bin/sample rebuild it at their own size anyway).", lower_bound=0)
+                     " bin/train and bin/sample rebuild it at their own size anyway; at most 65536).", lower_bound=0,
+                     upper_bound=65536)
 flags.DEFINE_bool("overwrite", False, "Replace an existing --output file.")
 FLAGS = flags.FLAGS
 
@@ -34,6 +35,7 @@ def main(argv):
         raise UserError(f"--output {output}: Keras needs a .keras file name")
     if os.path.exists(output) and not FLAGS.overwrite:
         raise UserError(f"{output} already exists; pass --overwrite to replace it")
+    paths.check_outputs(inputs=[("--checkpoint", FLAGS.checkpoint)], outputs=[("--output", output)])
     t7 = ckpt.read_t7(FLAGS.checkpoint)  # every check on the file, before TensorFlow loads
     files.require_writable_dir_for(output)
 

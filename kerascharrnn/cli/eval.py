@@ -8,7 +8,7 @@ import os
 from absl import flags
 
 from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import data, files
+from kerascharrnn import data, files, resources
 from kerascharrnn.cli import common
 from kerascharrnn.errors import UserError
 from kerascharrnn.vocab import Vocabulary
@@ -19,7 +19,8 @@ flags.DEFINE_string("input_h5", "", "HDF5 corpus to evaluate on (from bin/prepro
 flags.DEFINE_string("input_json", "", "Its JSON vocabulary (default: --input_h5 with .json), checked against"
                     " the checkpoint's.")
 flags.DEFINE_enum("split", "val", ["val", "test"], "Which split to evaluate.")
-flags.DEFINE_integer("seq_length", 50, "T: characters per stream per minibatch.")
+flags.DEFINE_integer("seq_length", 50, "T: characters per stream per minibatch (longer than the split: the"
+                     " split's length).", lower_bound=1, upper_bound=2**31 - 1)
 common.define_gpu_flag()
 FLAGS = flags.FLAGS
 
@@ -51,6 +52,7 @@ def main(argv):
     layout = data.stream_layout(lengths[FLAGS.split], charrnn.batch_size, FLAGS.seq_length, allow_fewer_streams=True)
     if layout.num_batches == 0:
         raise UserError(f"the {FLAGS.split} split of {FLAGS.input_h5} has too few tokens to evaluate")
+    resources.check_inference_fits(charrnn.config, layout.batch_size, layout.seq_length, "--seq_length")
     loss = evaluate.split_loss(charrnn.model, FLAGS.input_h5, FLAGS.split, layout)
     print(f"{FLAGS.split} loss: {loss:.6f} nats/char, {loss / math.log(2):.6f} bits/char"
           f" ({layout.num_batches * layout.num_streams * layout.seq_length} characters)")

@@ -8,7 +8,7 @@ from absl import flags
 
 from kerascharrnn import artifacts
 from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import files
+from kerascharrnn import files, paths
 from kerascharrnn.cli import common
 from kerascharrnn.errors import UserError
 
@@ -17,7 +17,8 @@ flags.DEFINE_string("checkpoint", "", "Checkpoint to export: a .keras file (or i
 flags.DEFINE_string("export_dir", "export/models", "Base directory; the model goes to export_dir/model_name/version.")
 flags.DEFINE_string("model_name", "", "Model name (TF Serving's MODEL_NAME); default: the checkpoint name, e.g."
                     " cv/shakespeare_5000.keras -> shakespeare.")
-flags.DEFINE_integer("version", None, "Version number (default: one more than the highest there).", lower_bound=1)
+flags.DEFINE_integer("version", None, "Version number (default: one more than the highest there; TF Serving reads"
+                     " it as an int64).", lower_bound=1, upper_bound=2**63 - 1)
 flags.DEFINE_bool("tflite", False, "Also write tflite/model.tflite (the `step` signature) and tflite/vocab.json.")
 flags.DEFINE_enum("quantize", "none", list(artifacts.QUANTIZE_MODES),
                   "TFLite weights: none (float32), float16, or dynamic (int8 weights, float activations).")
@@ -39,6 +40,10 @@ def main(argv):
     version_dir = os.path.join(model_dir, str(version))
     if os.path.exists(version_dir) and not FLAGS.overwrite:
         raise UserError(f"{version_dir} already exists; pass --overwrite to replace it, or another --version")
+    if os.path.exists(version_dir) and not os.path.isdir(version_dir):
+        raise UserError(f"{version_dir} is a file, not a version directory; choose another --version or --export_dir")
+    paths.check_outputs(inputs=[("--checkpoint", FLAGS.checkpoint), ("--checkpoint", model_path)], outputs=[],
+                        directories=[("--export_dir", version_dir)])
     files.require_writable_dir_for(version_dir)
 
     common.quiet_tensorflow()

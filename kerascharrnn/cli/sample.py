@@ -9,7 +9,7 @@ import time
 
 from absl import flags
 
-from kerascharrnn import artifacts
+from kerascharrnn import artifacts, resources
 from kerascharrnn import checkpoint as ckpt
 from kerascharrnn.cli import common
 from kerascharrnn.config import SampleConfig
@@ -48,7 +48,12 @@ def _source():
 def main(argv):
     del argv
     config = common.config_from_flags(SampleConfig)
+    resources.check_sampling_fits(config.num_samples, config.length)
     kind, path, vocab = _source()
+    if kind == "checkpoint":
+        model_config = ckpt.stored_model_config(path)
+        if model_config is not None:  # v0.1.0 files store none; their size is checked as they load
+            resources.check_inference_fits(model_config, config.num_samples, 1, "--num_samples")
     prompt = vocab.encode(config.start_text)  # names unknown characters before TensorFlow loads
     if config.length < len(prompt):
         raise UserError(f"--length {config.length} is shorter than --start_text ({len(prompt)} tokens);"

@@ -8,7 +8,7 @@ import socket
 
 from absl import flags
 
-from kerascharrnn import artifacts
+from kerascharrnn import artifacts, resources
 from kerascharrnn import checkpoint as ckpt
 from kerascharrnn.cli import common
 from kerascharrnn.config import ServeConfig
@@ -35,6 +35,9 @@ def _check_port_free(host: str, port: int) -> None:
 def main(argv):
     del argv
     config = common.config_from_flags(ServeConfig)
+    # the largest request the caps allow must not exhaust the machine's memory
+    resources.check_sampling_fits(config.max_num_samples, config.max_num_new_chars + config.max_start_text,
+                                  flags=("--max_num_samples", "--max_num_new_chars (+ --max_start_text)"))
     if bool(FLAGS.saved_model) == bool(FLAGS.checkpoint):
         raise UserError("give exactly one of --saved_model (exported directory) or --checkpoint (.keras)")
     if FLAGS.saved_model:
@@ -65,7 +68,8 @@ def main(argv):
     serve.log.propagate = False
     print(f"Serving {path} on http://{FLAGS.host}:{FLAGS.port} (GET /generate, POST /v1/generate, /docs)",
           flush=True)
-    uvicorn.run(app, host=FLAGS.host, port=FLAGS.port, log_level="info")
+    uvicorn.run(app, host=FLAGS.host, port=FLAGS.port, log_level="info", http=serve.http_protocol_class(),
+                h11_max_incomplete_event_size=serve.MAX_REQUEST_HEAD_BYTES)
 
 
 def run():

@@ -1,0 +1,21 @@
+"""Named flag sets for bin/train (`--preset NAME`); flags given on the command line override them.
+
+Each preset is a plain dict of bin/train flag values, so `bin/train --helpfull` documents every key.
+"""
+
+PRESETS = {
+    # About 1 MB of text in 15 minutes on a 2-core CPU (bin/train --preset cpu_15min --max_minutes 15).
+    # A 2 x 384 LSTM (~1.8M parameters, near the corpus size, char-rnn's advice) over long windows,
+    # regularised (dropout after each layer and on the embeddings, decoupled weight decay) and annealed to
+    # the end of the time budget with a cosine schedule.
+    "cpu_15min": dict(model_type="lstm", num_layers=2, rnn_size=384, wordvec_size=64, dropout=0.25,
+                      embedding_dropout=0.1, batch_size=32, seq_length=100, learning_rate=3e-3,
+                      min_learning_rate=1e-4, lr_schedule="cosine", warmup_iters=100, weight_decay=0.05,
+                      grad_clip=5.0, checkpoint_every=500, print_every=50, max_epochs=1000),
+    # A larger model for a GPU (cuDNN LSTM) and a corpus of tens of MB. Not measured here (no GPU on the
+    # machines this project is developed on): a starting point, to be checked against its val loss.
+    "gpu_large": dict(model_type="lstm", num_layers=3, rnn_size=1024, wordvec_size=128, dropout=0.3,
+                      embedding_dropout=0.1, batch_size=128, seq_length=200, learning_rate=2e-3,
+                      min_learning_rate=1e-5, lr_schedule="cosine", warmup_iters=500, weight_decay=0.1,
+                      grad_clip=5.0, checkpoint_every=2000, print_every=100, max_epochs=30),
+}
