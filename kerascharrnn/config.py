@@ -192,6 +192,10 @@ class TrainConfig:
 
 
 def _check_strategy(config: "TrainConfig") -> None:
+    if config.strategy == "multi_worker" and config.max_minutes:
+        # each worker would measure its own clock and stop (or end its cosine) at its own iteration
+        raise UserError("--max_minutes does not work with --strategy multi_worker (the workers' clocks would"
+                        " disagree on when to stop); give --max_iters or --max_epochs instead")
     if config.cpu_replicas and config.strategy != "mirrored":
         raise UserError(f"--cpu_replicas needs --strategy mirrored (got --strategy {config.strategy})")
     if config.cpu_replicas and config.batch_size % config.cpu_replicas:

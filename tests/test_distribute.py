@@ -113,6 +113,8 @@ def test_bad_replica_settings():
         TrainConfig(cpu_replicas=2)
     with pytest.raises(UserError, match="does not divide by --cpu_replicas 3"):
         TrainConfig(strategy="mirrored", cpu_replicas=3, batch_size=4)
+    with pytest.raises(UserError, match="--max_minutes does not work with --strategy multi_worker"):
+        TrainConfig(strategy="multi_worker", max_minutes=5)
     with pytest.raises(UserError, match="does not divide by the 3 replicas"):
         distribute.check_replicas(4, 3)
 
