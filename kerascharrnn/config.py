@@ -22,6 +22,7 @@ MAX_LAYERS = 128
 FUSED_CHOICES = ("auto", "on", "off")
 LOWERCASE_CHOICES = ("auto", "1", "0")
 LR_SCHEDULES = ("step", "cosine")
+STRATEGY_CHOICES = ("one_device", "mirrored", "multi_worker")  # kerascharrnn.distribute.STRATEGIES
 
 
 def setting(default: Any, help: str, *, lower: Optional[float] = None, upper: Optional[float] = None,
@@ -169,6 +170,17 @@ class TrainConfig:
     fused: str = setting("auto", "LSTM training path on a CPU: on = the fused XLA kernel (fused.py), off = the plain"
                          " Keras layer, auto = the one measured faster for this size. The choice is stored in the"
                          " checkpoint, so a resumed run keeps it.", choices=FUSED_CHOICES)
+    # --- scale-out (kerascharrnn/distribute.py, docs/distributed.md) ---
+    strategy: str = setting("one_device", "one_device = today's single-device training; mirrored = every GPU of this"
+                            " host (or --cpu_replicas CPU devices); multi_worker = the cluster in TF_CONFIG (run the"
+                            " same command on every worker). --batch_size stays the global number of streams.",
+                            choices=STRATEGY_CHOICES)
+    cpu_replicas: int = setting(0, "With --strategy mirrored on a host without GPUs: split the CPU into this many"
+                                " logical devices, one replica each (0 = off).", lower=0, upper=1024)
+    worker_timeout: int = setting(120, "multi_worker: seconds to wait for an unreachable or lost worker before"
+                                  " stopping with an error.", lower=1, upper=86400)
+    replicas: int = setting(1, "Replicas the run trained on (resolved and recorded, not a flag).", lower=1,
+                            upper=2**31 - 1, flag=False)
 
     def __post_init__(self):
         _check_fields(self)
@@ -176,6 +188,19 @@ class TrainConfig:
             raise UserError("--init_from and --resume_from conflict: give one of them")
         if self.min_learning_rate > self.learning_rate:
             raise UserError("--min_learning_rate must not exceed --learning_rate")
+        _check_strategy(self)
+
+
+def _check_strategy(config: "TrainConfig") -> None:
+    if config.strategy == "multi_worker" and config.max_minutes:
+        # each worker would measure its own clock and stop (or end its cosine) at its own iteration
+        raise UserError("--max_minutes does not work with --strategy multi_worker (the workers' clocks would"
+                        " disagree on when to stop); give --max_iters or --max_epochs instead")
+    if config.cpu_replicas and config.strategy != "mirrored":
+        raise UserError(f"--cpu_replicas needs --strategy mirrored (got --strategy {config.strategy})")
+    if config.cpu_replicas and config.batch_size % config.cpu_replicas:
+        raise UserError(f"--batch_size {config.batch_size} does not divide by --cpu_replicas {config.cpu_replicas}:"
+                        " each replica carries an equal share of the streams")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ the tf.data pipeline that reads the file block by block.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -61,21 +61,26 @@ def stream_layout(num_tokens: int, batch_size: int, seq_length: int, allow_fewer
     return StreamLayout(batch_size, streams, length, usable // (streams * length))
 
 
-def batch_arrays(tokens, layout: StreamLayout, start_batch: int = 0) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+def batch_arrays(tokens, layout: StreamLayout, start_batch: int = 0,
+                 rows: Optional[range] = None) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Yields (inputs, targets), each (N, T) int32 0-based ids, for batches start_batch..end.
 
     `tokens` is any 1-D array-like holding torch-rnn 1-based ids (an h5py dataset or numpy array);
-    it is read one block of consecutive windows per stream at a time.
+    it is read one block of consecutive windows per stream at a time. `rows` (default: all N) picks the
+    streams to read, e.g. one replica's share of a distributed run; the arrays then have len(rows) rows.
     """
-    N, T, L = layout.batch_size, layout.seq_length, layout.stream_length
+    T, L = layout.seq_length, layout.stream_length
+    rows = range(layout.batch_size) if rows is None else rows
     per_block = max(1, _READ_BLOCK_TOKENS // T)
     for block_start in range(start_batch, layout.num_batches, per_block):
         block_batches = min(per_block, layout.num_batches - block_start)
         width = block_batches * T + 1
-        block = np.zeros((N, width), dtype=np.int32)
-        for i in range(layout.num_streams):
+        block = np.zeros((len(rows), width), dtype=np.int32)
+        for row, i in enumerate(rows):
+            if i >= layout.num_streams:  # padding rows stay 0 (their weight is 0)
+                continue
             start = i * L + block_start * T
-            block[i] = np.asarray(tokens[start:start + width], dtype=np.int32) - 1
+            block[row] = np.asarray(tokens[start:start + width], dtype=np.int32) - 1
         for b in range(block_batches):
             window = block[:, b * T:b * T + T + 1]
             yield window[:, :-1], window[:, 1:]

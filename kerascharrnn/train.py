@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import data, devices, evaluate, fused, plots, schedule
+from kerascharrnn import data, devices, distribute, evaluate, fused, plots, schedule
 from kerascharrnn import model as model_lib
 from kerascharrnn.charrnn import CharRNN
 from kerascharrnn.config import TrainConfig
@@ -102,6 +102,18 @@ class Trainer:
         """Fixes where the cosine schedule ends (a time-budgeted run, once its speed is known)."""
         self.schedule.total.assign(total_iterations)
         self.config = dataclasses.replace(self.config, lr_schedule_iters=total_iterations)
+
+    # The loop's view of the model, which distribute.DistributedTrainer implements under a strategy.
+    is_chief = True  # writes the checkpoints
+
+    def batches(self, h5_path: str, start_batch: int):
+        return data.make_dataset(h5_path, "train", self.layouts["train"], start_batch)
+
+    def reset_states(self) -> None:
+        model_lib.reset_states(self.model)
+
+    def checkpoint_charrnn(self) -> CharRNN:
+        return self.charrnn
 
     # Training state beyond the weights: optimizer slots (with the iteration, hence the LR schedule
     # position and the data position), the carried RNN state and non-trainable variables (dropout RNG,
@@ -197,6 +209,7 @@ def train_and_evaluate(
     resume: Optional[ckpt.CheckpointRecord] = None,
     start_iteration: int = 0,
     log=print,
+    strategy=None,
 ) -> TrainResult:
     """Trains (or resumes), validating and checkpointing as train.lua does.
 
@@ -208,13 +221,16 @@ def train_and_evaluate(
       resume: the checkpoint record to continue from; its state file must sit beside it.
       start_iteration: iteration counter to start at (--init_from with --reset_iterations 0).
       log: where progress lines go.
+      strategy: a tf.distribute strategy from distribute.make_strategy, or None for one device.
 
     Returns:
       A TrainResult naming the last checkpoint written.
     """
     started = time.perf_counter()
-    model = charrnn.model
-    trainer = Trainer(config, charrnn, layouts)
+    if strategy is None:  # replicas=1: a run resumed from a distributed checkpoint records one device
+        trainer = Trainer(dataclasses.replace(config, replicas=1), charrnn, layouts)
+    else:  # scale-out: state carried per replica (distribute.py)
+        trainer = distribute.DistributedTrainer(strategy, config, charrnn, layouts, Trainer)
     history = {key: [] for key in ckpt.HISTORY_KEYS}
     best_val = math.inf
     spent_before = 0.0  # training time of the run this one resumes
@@ -274,12 +290,14 @@ def train_and_evaluate(
         state = trainer.state_arrays()
         paths = ckpt.CheckpointPaths.for_tag(config.checkpoint_name, iteration)
         try:
-            ckpt.save_checkpoint(paths, charrnn, state, record, num_train)
+            if trainer.is_chief:  # multi_worker: the other workers write nothing
+                ckpt.save_checkpoint(paths, trainer.checkpoint_charrnn(), state, record, num_train)
             if val_loss is not None and val_loss < best_val:
                 best_val = val_loss
-                ckpt.save_checkpoint(ckpt.CheckpointPaths.for_tag(config.checkpoint_name, "best"),
-                                     charrnn, state, record, num_train)
-            if plots.available():
+                if trainer.is_chief:
+                    ckpt.save_checkpoint(ckpt.CheckpointPaths.for_tag(config.checkpoint_name, "best"),
+                                         trainer.checkpoint_charrnn(), state, record, num_train)
+            if plots.available() and trainer.is_chief:
                 plots.write_loss_plot(plot_path, history["train_loss_history"], history["val_loss_history"],
                                       history["val_loss_history_it"], history["learning_rate_history"],
                                       title=os.path.basename(config.checkpoint_name))
@@ -296,8 +314,8 @@ def train_and_evaluate(
         while iteration < num_iterations and stop.signum is None and not out_of_time:
             epoch, batch = divmod(iteration, num_train)
             if batch == 0:
-                model_lib.reset_states(model)
-            for inputs, targets in data.make_dataset(config.input_h5, "train", layouts["train"], batch):
+                trainer.reset_states()
+            for inputs, targets in trainer.batches(config.input_h5, batch):
                 step_start = time.perf_counter()
                 history["learning_rate_history"].append(trainer.learning_rate())
                 loss = float(trainer.train_step(inputs, targets))
@@ -348,7 +366,8 @@ def train_and_evaluate(
                             with writer.as_default(step=iteration):
                                 tf.summary.scalar("val/loss", val_loss)
                     last_json = write_checkpoint(val_loss)
-                    log(f"Saved checkpoint {ckpt.CheckpointPaths.for_tag(config.checkpoint_name, iteration).model}")
+                    if trainer.is_chief:
+                        log(f"Saved checkpoint {ckpt.CheckpointPaths.for_tag(config.checkpoint_name, iteration).model}")
                     window_start, window_steps = time.perf_counter(), 0
                 if at_end or stop.signum:
                     break

@@ -17,7 +17,7 @@ import sys
 from absl import flags
 
 from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import corpus, data, files, lock, paths, resources
+from kerascharrnn import corpus, data, distribute, files, lock, paths, resources
 from kerascharrnn.cli import common
 from kerascharrnn.config import ModelConfig, TrainConfig
 from kerascharrnn.errors import UserError
@@ -37,7 +37,8 @@ FLAGS = flags.FLAGS
 
 # Flags that may change when resuming; everything else comes from the checkpoint.
 _RESUMABLE = ("max_epochs", "max_iters", "max_minutes", "print_every", "checkpoint_every", "speed_benchmark",
-              "memory_benchmark", "tensorboard_dir", "input_h5", "input_json")
+              "memory_benchmark", "tensorboard_dir", "input_h5", "input_json",
+              "strategy", "cpu_replicas", "worker_timeout")  # a resumed run may change replicas (re-splits the state)
 
 
 def _apply_preset(name: str) -> None:
@@ -127,7 +128,10 @@ def main(argv):
     if init_vocab and init_vocab != vocab:
         raise UserError(f"{train_config.input_json} is not the vocabulary of --init_from {train_config.init_from}")
     paths.check_checkpoint_name(train_config.checkpoint_name, _inputs(train_config))
-    files.require_writable_dir_for(train_config.checkpoint_name + "_0.json")
+    if train_config.strategy == distribute.MULTI_WORKER:
+        distribute.cluster_from_env()  # TF_CONFIG checked before TensorFlow reads it
+    if distribute.is_chief(train_config.strategy):  # other workers write nothing under --checkpoint_name
+        files.require_writable_dir_for(train_config.checkpoint_name + "_0.json")
     if train_config.tensorboard_dir and importlib.util.find_spec("tensorboard") is None:
         raise UserError("--tensorboard_dir needs TensorBoard: pip install 'kerascharrnn[tensorboard]'")
     if train_config.tensorboard_dir:
@@ -140,21 +144,25 @@ def main(argv):
     start_iteration = 0
     if train_config.init_from and not train_config.reset_iterations:
         start_iteration = _init_iteration(train_config.init_from)
-    lock.acquire(train_config.checkpoint_name)  # held until the process ends
+    if distribute.is_chief(train_config.strategy):  # multi_worker: only the chief writes, so only it locks
+        lock.acquire(train_config.checkpoint_name)  # held until the process ends
 
     # Inputs are good: now pay for TensorFlow.
+    distribute.quiet_collective_errors(train_config.strategy)
     common.quiet_tensorflow()
     from kerascharrnn import devices, train
     from kerascharrnn.charrnn import CharRNN
 
     devices.configure(FLAGS.gpu, train_config.seed)
+    strategy = distribute.make_strategy(train_config.strategy, train_config.cpu_replicas, train_config.worker_timeout)
     if resume:
         charrnn = CharRNN.from_checkpoint(resume.model_path, batch_size=train_config.batch_size)
     elif train_config.init_from:
         charrnn = CharRNN.from_checkpoint(train_config.init_from, batch_size=train_config.batch_size)
     else:
         charrnn = CharRNN.build(model_config, vocab, train_config.batch_size)
-    result = train.train_and_evaluate(train_config, charrnn, layouts, resume=resume, start_iteration=start_iteration)
+    result = train.train_and_evaluate(train_config, charrnn, layouts, resume=resume, start_iteration=start_iteration,
+                                      strategy=strategy)
     if result.interrupted_by is not None:
         command = " ".join(shlex.quote(a) for a in [sys.argv[0], "--resume_from", result.checkpoint_json])
         print(f"Stopped by {signal.Signals(result.interrupted_by).name} at iteration {result.iteration};"
