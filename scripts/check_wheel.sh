@@ -5,6 +5,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 shakespeare=${1:-$repo/../shared/data/tiny-shakespeare.txt}
+t7=$(dirname "$shakespeare")/torch-rnn-shakespeare-2x128.t7
 venv=${VENV:-/tmp/kerascharrnn-wheel-env}
 wheels=$(mktemp -d)
 python3 -m pip wheel -q --no-deps -w "$wheels" "$repo"
@@ -32,6 +33,10 @@ server=$!
 for _ in $(seq 120); do python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/healthz')" 2>/dev/null && break; sleep 1; done
 python -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$port/generate?start_text=the&n=2').read().decode())"
 kill "$server"
+kerascharrnn-sample --checkpoint cv/c_20.keras --length 2000 --seed 2 > sample.txt
+kerascharrnn-novelty --input_txt small.txt sample.txt
+kerascharrnn-convert --checkpoint "$t7" --output t7.keras
+kerascharrnn-sample --checkpoint "$t7" --sample 0 --length 80 --start_text "ROMEO:"
 kerascharrnn-benchmark --grid 1x16 --iters 2 --warmup 1 --batch_size 4 --seq_length 8 --input_h5 d.h5 \
   --what train --what preprocess --what sample --preprocess_mb 1 --sample_length 100
 set +x
