@@ -1,13 +1,15 @@
-"""Mean cross-entropy of a stateful model over a whole split (torch-rnn's eval.lua), the state carried
-from zero across the split's minibatches."""
+"""Mean cross-entropy of a stateful model over a whole split: static (torch-rnn's eval.lua, the state
+carried from zero across the split's minibatches) or dynamic (the model adapting as it reads)."""
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from kerascharrnn import data
 from kerascharrnn import model as model_lib
+from kerascharrnn.errors import UserError
 
 
 def make_eval_step(model: keras.Model):
@@ -37,3 +39,44 @@ def split_loss(model: keras.Model, h5_path: str, split: str, layout: data.Stream
         total += float(loss_sum)
         count += float(n)
     return total / count
+
+
+def dynamic_split_loss(charrnn, h5_path: str, split: str, num_tokens: int, seq_length: int,
+                       learning_rate: float) -> tuple:
+    """Dynamic evaluation (Mikolov, 2010; Krause et al., 2018): the split is read as one stream, and after
+    predicting each segment of `seq_length` characters the model takes one SGD step on that segment, so
+    it adapts to the text it has read (a new play's speaker names, a writer's own characters). Every
+    character is predicted before the model has trained on it. With learning_rate 0 this is the static
+    loss of the same single stream.
+
+    Adapts a batch-1 copy of the model (CharRNN.with_batch_size): `charrnn` itself is left as it was.
+
+    Returns:
+      (mean cross-entropy in nats per token, tokens scored).
+    """
+    model = charrnn.with_batch_size(1).model
+    layout = data.stream_layout(num_tokens, 1, seq_length, allow_fewer_streams=True)
+    optimizer = keras.optimizers.SGD(learning_rate)
+
+    @tf.function
+    def predict_then_adapt(inputs, targets):
+        with tf.GradientTape() as tape:
+            per_token = keras.losses.sparse_categorical_crossentropy(targets, model(inputs, training=False),
+                                                                     from_logits=True)
+            loss = tf.reduce_mean(per_token)
+        if learning_rate > 0:
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return tf.reduce_sum(per_token), tf.cast(tf.size(per_token), tf.float32)
+
+    # far worse than a uniform guess over the vocabulary: the steps are too large, not the text hard
+    diverged_above = 10 * np.log(max(charrnn.vocab.size, 2))
+    model_lib.reset_states(model)
+    total, count = 0.0, 0.0
+    for inputs, targets in data.make_dataset(h5_path, split, layout):
+        loss_sum, n = predict_then_adapt(inputs, targets)
+        if not float(loss_sum) <= diverged_above * float(n):  # also NaN
+            raise UserError(f"dynamic evaluation diverged after {int(count)} characters; try a lower --dynamic_lr")
+        total += float(loss_sum)
+        count += float(n)
+    return total / max(count, 1.0), int(count)

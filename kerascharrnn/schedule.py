@@ -4,7 +4,7 @@
           computed by Keras's own ExponentialDecay, so seeded runs keep their numbers bit for bit.
   cosine  from learning_rate down to min_learning_rate over the run (nanoGPT's), ending at the
           iteration `total`, which is known from --max_iters / --max_epochs or, with only a time budget
-          (--max_minutes), estimated from the measured speed and set once during the run.
+          (--max_minutes), estimated from the measured speed and refitted at every checkpoint.
 Both may start with a linear warm-up over --warmup_iters.
 """
 

@@ -252,6 +252,7 @@ def train_and_evaluate(
         trainer.set_schedule_length(num_iterations)
     config = trainer.config  # the training path and the schedule's length resolved, as checkpoints record them
     probe_from = None  # (iteration, time) where a time-budgeted cosine run starts timing itself
+    fit_to_budget = config.lr_schedule == "cosine" and bool(config.max_minutes)
     log(f"Model: {charrnn.config.model_type} {charrnn.config.num_layers} x {charrnn.config.rnn_size};"
         f" {parameter_advice(charrnn.count_params(), layouts['train'].tokens_covered)}")
     log(f"{num_train} minibatches per epoch; {'fused' if trainer.fused else 'Keras'} training path;"
@@ -269,15 +270,19 @@ def train_and_evaluate(
         return bool(probe_from) and iteration - probe_from[0] >= SPEED_PROBE_ITERS and (
             time.perf_counter() - probe_from[1] >= share_of_budget * budget)
 
-    def fix_schedule_length() -> TrainConfig:
-        """A time budget only: from the measured speed, where the cosine must end to fit in it."""
-        nonlocal probe_from
+    def fit_schedule_length() -> TrainConfig:
+        """A time budget only: from the speed measured so far, where the cosine must end to fit in it.
+
+        Fitted once the speed is known, then again at every checkpoint: the speed drifts over a run
+        (other load, the compiled step warming up), and a schedule fixed once ended ~15% early or late.
+        """
         per_iteration = (time.perf_counter() - probe_from[1]) / (iteration - probe_from[0])
         remaining = max(budget - elapsed(), 0.0)
+        first = not trainer.config.lr_schedule_iters
         trainer.set_schedule_length(min(num_iterations, iteration + int(remaining / per_iteration)))
-        probe_from = None
-        log(f"Measured {per_iteration * 1000:.1f} ms per iteration, validation included: the cosine schedule ends"
-            f" at iteration {trainer.config.lr_schedule_iters}")
+        if first:
+            log(f"Measured {per_iteration * 1000:.1f} ms per iteration, validation included: the cosine schedule"
+                f" ends at iteration {trainer.config.lr_schedule_iters} (refitted at every checkpoint)")
         return trainer.config
 
     def write_checkpoint(val_loss):
@@ -326,7 +331,7 @@ def train_and_evaluate(
                     raise UserError(f"loss became {loss} at iteration {iteration}{where};"
                                     " try a lower --learning_rate or --grad_clip")
                 history["train_loss_history"].append(loss)
-                if probe_from is None and config.lr_schedule == "cosine" and not config.lr_schedule_iters:
+                if probe_from is None and fit_to_budget:
                     probe_from = (iteration, time.perf_counter())  # timed from here: the first step compiled
                 if config.speed_benchmark:
                     step_elapsed = time.perf_counter() - step_start
@@ -350,14 +355,14 @@ def train_and_evaluate(
                 out_of_time = elapsed() >= budget
                 at_end = iteration >= num_iterations or out_of_time
                 checkpoint_due = (config.checkpoint_every and iteration % config.checkpoint_every == 0) or at_end
-                if probe_due(0.1) and not checkpoint_due:
-                    config = fix_schedule_length()  # no checkpoint (validation) to time with came soon enough
+                if probe_due(0.1) and not checkpoint_due and not config.lr_schedule_iters:
+                    config = fit_schedule_length()  # no checkpoint (validation) to time with came soon enough
                 if checkpoint_due or stop.signum:
                     if out_of_time:
                         log(f"Time budget of {config.max_minutes:g} minutes spent at iteration {iteration}")
                     val_loss = trainer.evaluate(config.input_h5, "val")
-                    if probe_due(0.02):
-                        config = fix_schedule_length()  # timed with a validation pass in it
+                    if probe_due(0.02) and not at_end:
+                        config = fit_schedule_length()  # timed with validation passes in it
                     if val_loss is not None:
                         history["val_loss_history"].append(val_loss)
                         history["val_loss_history_it"].append(iteration)

@@ -171,6 +171,20 @@ def test_time_budget_stops_cleanly_and_fits_the_cosine_to_it(small_corpus, tmp_p
     assert "training characters" in result.stdout and "parameters" in result.stdout
 
 
+def test_time_budget_refits_the_cosine_at_every_checkpoint(small_corpus, tmp_path):
+    """The speed drifts over a run: the cosine's end is estimated again at each checkpoint."""
+    _, h5, _ = small_corpus
+    result = run_cli("train", "--input_h5", h5, "--batch_size", 4, "--seq_length", 16, "--rnn_size", 16,
+                     "--wordvec_size", 8, "--lr_schedule", "cosine", "--max_minutes", 0.15, "--checkpoint_every",
+                     25, "--print_every", 0, "--checkpoint_name", tmp_path / "r", "--seed", 1)
+    assert result.returncode == 0, result.stderr
+    records = sorted((ckpt.read_record(str(p)) for p in tmp_path.glob("r_[0-9]*.json")), key=lambda r: r.iteration)
+    assert len(records) >= 4
+    ends = [r.train_config.lr_schedule_iters for r in records[:-1]]
+    assert len(set(ends[1:])) > 1  # refitted, not fixed once
+    assert all(end >= r.iteration for end, r in zip(ends[1:], records[1:]))
+
+
 def test_preset_values_apply_and_explicit_flags_win(small_corpus, tmp_path):
     _, h5, _ = small_corpus
     result = run_cli("train", "--input_h5", h5, "--preset", "cpu_15min", "--rnn_size", 16, "--batch_size", 4,
