@@ -8,9 +8,8 @@ Paths (one layer, input width = hidden width, the loss a sum of squares of the o
   keras_lstm, keras_gru the Keras layers (tf.function, no XLA)
   BlockLSTMV2           tf.raw_ops.BlockLSTMV2 over the whole sequence (Keras gate order, registered
                         gradient; no XLA kernel exists for it)
-  LSTMBlockCell         tf.raw_ops.LSTMBlockCell per step in tf.scan (forget_bias 0, no cell clip)
-  GRUBlockCell          tf.raw_ops.GRUBlockCell per step in tf.scan (the original GRU, reset before
-                        the matmul: not Keras's reset_after, so it is timed, not compared)
+Not timed: tf.raw_ops.LSTMBlockCell and GRUBlockCell have no registered gradient in TensorFlow 2
+(their *Grad ops exist, but the Python registrations went with tf.contrib), so they cannot train as they are.
 Medians of --repeats timed calls after one warm-up call; run it on a quiet machine.
 
     python3 benchmarks/rnn_kernels.py --sizes 64,128,256,384,512 --batch 50 --steps 50
@@ -33,9 +32,6 @@ def paths(H, B, T):
     W = tf.Variable(rng.standard_normal((H, 4 * H)).astype("float32") * 0.05)
     U = tf.Variable(rng.standard_normal((H, 4 * H)).astype("float32") * 0.05)
     b = tf.Variable(np.zeros(4 * H, "float32"))
-    Wg = tf.Variable(rng.standard_normal((2 * H, 2 * H)).astype("float32") * 0.05)
-    Wc = tf.Variable(rng.standard_normal((2 * H, H)).astype("float32") * 0.05)
-    bg, bc = tf.Variable(np.zeros(2 * H, "float32")), tf.Variable(np.zeros(H, "float32"))
     zeros = tf.zeros((B, H))
     keras_lstm = keras.layers.LSTM(H, return_sequences=True)
     keras_gru = keras.layers.GRU(H, return_sequences=True)
@@ -53,29 +49,11 @@ def paths(H, B, T):
             use_peephole=False)
         return outputs[-1]
 
-    def lstm_block_cell(x):
-        w = tf.concat([W, U], 0)
-
-        def step(carry, x_t):
-            _, cs, _, _, _, _, h = tf.raw_ops.LSTMBlockCell(
-                x=x_t, cs_prev=carry[1], h_prev=carry[0], w=w, wci=tf.zeros(H), wcf=tf.zeros(H), wco=tf.zeros(H),
-                b=b, forget_bias=0.0, cell_clip=-1.0, use_peephole=False)
-            return h, cs
-
-        return tf.scan(step, tf.transpose(x, [1, 0, 2]), initializer=(zeros, zeros))[0]
-
-    def gru_block_cell(x):
-        def step(h, x_t):
-            return tf.raw_ops.GRUBlockCell(x=x_t, h_prev=h, w_ru=Wg, w_c=Wc, b_ru=bg, b_c=bc)[-1]
-
-        return tf.scan(step, tf.transpose(x, [1, 0, 2]), initializer=zeros)
-
-    lstm_vars, gru_vars = [W, U, b], [Wg, Wc, bg, bc]
+    lstm_vars = [W, U, b]
     return [("fused_xla", fused, lstm_vars, True), ("fused", fused, lstm_vars, False),
             ("keras_lstm", keras_lstm, keras_lstm.trainable_variables, False),
-            ("BlockLSTMV2", block_lstm, lstm_vars, False), ("LSTMBlockCell", lstm_block_cell, lstm_vars, False),
-            ("keras_gru", keras_gru, keras_gru.trainable_variables, False),
-            ("GRUBlockCell", gru_block_cell, gru_vars, False)]
+            ("BlockLSTMV2", block_lstm, lstm_vars, False),
+            ("keras_gru", keras_gru, keras_gru.trainable_variables, False)]
 
 
 def time_path(forward, variables, jit_compile, x, repeats):
@@ -103,7 +81,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     print("| H | " + " | ".join(name for name, *_ in paths(8, 2, 2)) + " |")
-    print("|---" * 8 + "|")
+    print("|---" * 6 + "|")
     for H in map(int, args.sizes.split(",")):
         x = tf.constant(np.random.default_rng(1).standard_normal((args.batch, args.steps, H)).astype("float32"))
         row = [f"{time_path(f, v, jit, x, args.repeats) * 1000:.1f}" for _, f, v, jit in paths(H, args.batch, args.steps)]
