@@ -122,15 +122,19 @@ def require_file(path: str, what: str = "file") -> str:
     return path
 
 
-def require_writable_dir_for(path: str) -> None:
-    """Raises UserError if the directory that will hold `path` cannot be created or written."""
-    directory = os.path.dirname(os.path.abspath(path))
+def require_writable_dir(directory: str, what: str = "directory") -> None:
+    """Creates `directory` if needed; raises UserError if it cannot be created or written (`what` names it)."""
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create directory {directory}: {e.strerror}") from None
+        raise UserError(f"cannot create {what} {directory}: {e.strerror or e}") from None
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise UserError(f"directory {directory} is not writable")
+        raise UserError(f"{what} {directory} is not writable")
+
+
+def require_writable_dir_for(path: str) -> None:
+    """Raises UserError if the directory that will hold `path` cannot be created or written."""
+    require_writable_dir(os.path.dirname(os.path.abspath(path)))
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import os
 import re
 from typing import Iterable, Optional, Sequence, Tuple
 
+from kerascharrnn import files
 from kerascharrnn.errors import UserError
 
 Named = Tuple[str, str]  # (what the user called it: a flag name, the path)
@@ -123,9 +124,4 @@ def check_output_dir(flag: str, directory: str) -> None:
     """Refuses a directory to write into that is a file, or that cannot be created or written."""
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise UserError(f"{flag} {directory}: is a file, not a directory")
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{flag} {directory}: cannot create the directory: {e.strerror or e}") from None
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {directory}: not writable")
+    files.require_writable_dir(directory, f"{flag} directory")
