@@ -249,6 +249,8 @@ def load_keras(path: str):
     """keras.models.load_model in safe mode (a Lambda layer is refused); errors become UserError."""
     import keras
 
+    import kerascharrnn.copy_attention  # noqa: F401  registers the one layer of ours with Keras
+
     check_keras_file(path)
     try:
         return keras.models.load_model(path, compile=False, safe_mode=True)

@@ -119,6 +119,12 @@ class ModelConfig:
     embedding_dropout: float = setting(0.0, "Dropout on the character embeddings, before the first recurrent layer"
                                        " (0 = none, torch-rnn's model).", lower=0.0, upper=0.99)
     batchnorm: bool = setting(False, "1 = batch normalisation after each recurrent layer.", flag_type=int)
+    copy_memory: int = setting(0, "Copy attention over the last this many characters (0 = none, torch-rnn's model):"
+                               " the top layer's output attends to the states before recent characters and"
+                               " adds the character that followed (copies names seen a few lines up).",
+                               lower=0)
+    copy_heads: int = setting(4, "--copy_memory: attention heads.", lower=1)
+    copy_head_size: int = setting(32, "--copy_memory: width of each head.", lower=1)
 
     def __post_init__(self):
         _check_fields(self)

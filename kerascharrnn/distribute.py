@@ -235,6 +235,9 @@ class DistributedTrainer:
         from kerascharrnn import model as model_lib
         from kerascharrnn.charrnn import CharRNN
 
+        if charrnn.config.copy_memory:
+            # its memory is (N, M, H) state that the per-replica state code below does not split yet
+            raise UserError(f"--copy_memory trains on one device: --strategy {config.strategy} does not support it yet")
         self.strategy = strategy
         self.replicas = strategy.num_replicas_in_sync
         check_replicas(config.batch_size, self.replicas)

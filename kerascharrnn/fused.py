@@ -159,7 +159,7 @@ def forward(model: keras.Model, inputs, training: bool = True):
         else:
             if after_embedding:
                 x = previous.layer(x)
-            x = layer(x, training=training)
+            x = layer([x, inputs] if stage.role == "copy" else x, training=training)
         previous = stage
     return x
 

@@ -1,8 +1,10 @@
 """The char-RNN as stock Keras layers, the one walker over its layer stack, and a single-step function.
 
 Model: Embedding [-> Dropout] -> num_layers x (LSTM | GRU | SimpleRNN [-> BatchNormalization] [-> Dropout])
--> Dense, the stack of torch-rnn's LanguageModel (plus an optional dropout on the embeddings). Only stock layers, so `keras.models.load_model(path)` needs no
-custom objects. LSTM/GRU keep Keras's defaults, which are exactly cuDNN's conditions on a GPU.
+[-> CopyAttention] -> Dense, the stack of torch-rnn's LanguageModel (plus an optional dropout on the
+embeddings, and the optional copy attention of copy_attention.py). Without copy attention only stock
+layers, so `keras.models.load_model(path)` needs no custom objects. LSTM/GRU keep Keras's defaults, which
+are exactly cuDNN's conditions on a GPU.
 
 `layer_stack(model)` is the only code that looks at layer types: the step function, the fused training
 path, the state helpers and `config_of` all read its `Stage`s, so a new layer kind is added here once.
@@ -22,6 +24,8 @@ import keras
 import tensorflow as tf
 
 from kerascharrnn.config import ModelConfig
+from kerascharrnn.copy_attention import STATE_PARTS as COPY_STATE_PARTS
+from kerascharrnn.copy_attention import CopyAttention
 from kerascharrnn.errors import UserError
 
 
@@ -42,21 +46,34 @@ RECURRENT_KINDS = {kind.name: kind for kind in (
 
 # What each stock layer is in a char-RNN. Exact types: a subclass could compute something else.
 _ROLES = {keras.layers.Embedding: "embedding", keras.layers.BatchNormalization: "batchnorm",
-          keras.layers.Dropout: "dropout", keras.layers.Dense: "logits",
+          keras.layers.Dropout: "dropout", keras.layers.Dense: "logits", CopyAttention: "copy",
           **{kind.layer_class: "recurrent" for kind in RECURRENT_KINDS.values()}}
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """One layer of the stack and its role: embedding, recurrent, batchnorm, dropout or logits."""
+    """One layer of the stack and its role: embedding, recurrent, batchnorm, dropout, copy or logits."""
 
     role: str
     layer: keras.layers.Layer
     kind: Optional[RecurrentKind] = None  # recurrent stages only
 
     @property
+    def carries_state(self) -> bool:
+        return self.role in ("recurrent", "copy")
+
+    @property
     def state_names(self) -> List[str]:
-        return [f"{self.layer.name} {part}" for part in self.kind.state_parts] if self.kind else []
+        """The step function's state tensors of this layer (none for stateless layers)."""
+        parts = self.kind.state_parts if self.kind else COPY_STATE_PARTS if self.role == "copy" else ()
+        return [f"{self.layer.name} {part}" for part in parts]
+
+    @property
+    def state_sizes(self) -> List[int]:
+        """The width of each of this layer's step-function state tensors."""
+        if self.role == "copy":
+            return self.layer.state_sizes()
+        return [self.layer.cell.units] * len(self.kind.state_parts) if self.kind else []
 
 
 def layer_stack(model: keras.Model) -> List[Stage]:
@@ -74,14 +91,20 @@ def layer_stack(model: keras.Model) -> List[Stage]:
         kind = next((k for k in RECURRENT_KINDS.values() if type(layer) is k.layer_class), None)
         stages.append(Stage(role, layer, kind))
     roles = [s.role for s in stages]
-    if not roles or roles[0] != "embedding" or roles[-1] != "logits" or "recurrent" not in roles:
+    if (not roles or roles[0] != "embedding" or roles[-1] != "logits" or "recurrent" not in roles
+            or ("copy" in roles and roles.index("copy") < len(roles) - 1 - roles[::-1].index("recurrent"))):
         raise UserError(f"not a char-RNN model: layers are {', '.join(roles) or 'none'}"
-                        " (want embedding, recurrent layers, logits)")
+                        " (want embedding, recurrent layers, [copy attention,] logits)")
     return stages
 
 
 def recurrent_stages(model: keras.Model) -> List[Stage]:
     return [s for s in layer_stack(model) if s.role == "recurrent"]
+
+
+def stateful_stages(model: keras.Model) -> List[Stage]:
+    """The layers that carry state from window to window: the recurrent layers and the copy attention."""
+    return [s for s in layer_stack(model) if s.carries_state]
 
 
 def build_model(config: ModelConfig, batch_size: int) -> keras.Model:
@@ -107,6 +130,9 @@ def build_model(config: ModelConfig, batch_size: int) -> keras.Model:
             x = keras.layers.BatchNormalization(name=f"batchnorm_{i}")(x)
         if config.dropout > 0:
             x = keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
+    if config.copy_memory > 0:
+        x = CopyAttention(config.vocab_size, config.copy_memory, config.copy_heads, config.copy_head_size,
+                          name="copy_attention")([x, ids])
     logits = keras.layers.Dense(config.vocab_size, name="logits")(x)  # (N, T, V)
     return keras.Model(ids, logits, name="charrnn")
 
@@ -118,6 +144,7 @@ def config_of(model: keras.Model) -> ModelConfig:
     embedding = stages[0].layer
     embedding_dropout = stages[1].layer.rate if stages[1].role == "dropout" else 0.0
     dropouts = [s.layer.rate for s in stages[2 if embedding_dropout else 1:] if s.role == "dropout"]
+    copy = next((s.layer for s in stages if s.role == "copy"), None)
     return ModelConfig(
         vocab_size=embedding.input_dim,
         model_type=recurrent[0].kind.name,
@@ -127,18 +154,22 @@ def config_of(model: keras.Model) -> ModelConfig:
         dropout=dropouts[0] if dropouts else 0.0,
         batchnorm=any(s.role == "batchnorm" for s in stages),
         embedding_dropout=embedding_dropout,
+        copy_memory=copy.memory_size if copy else 0,
+        copy_heads=copy.num_heads if copy else ModelConfig.copy_heads,
+        copy_head_size=copy.head_size if copy else ModelConfig.copy_head_size,
     )
 
 
 def reset_states(model: keras.Model) -> None:
     """keras.Model has no reset_states(); each stateful layer has reset_state()."""
-    for stage in recurrent_stages(model):
+    for stage in stateful_stages(model):
         stage.layer.reset_state()
 
 
 def state_variables(model: keras.Model) -> List:
-    """The carried-state variables, in step-function order (LSTM: h then c per layer)."""
-    return [v for stage in recurrent_stages(model) for v in stage.layer.states]
+    """The carried-state variables of the stateful model: each recurrent layer's (LSTM: h then c), then the
+    copy attention's memory (which differs from its step-function states)."""
+    return [v for stage in stateful_stages(model) for v in stage.layer.states]
 
 
 def get_states(model: keras.Model) -> List:
@@ -156,12 +187,12 @@ def set_states(model: keras.Model, values: Sequence) -> None:
 
 def state_names(model: keras.Model) -> List[str]:
     """A description of each state tensor, in step-function order, e.g. 'lstm_0 h', 'lstm_0 c'."""
-    return [name for stage in recurrent_stages(model) for name in stage.state_names]
+    return [name for stage in stateful_stages(model) for name in stage.state_names]
 
 
 def state_sizes(model: keras.Model) -> List[int]:
     """Width of each explicit state tensor, in step-function order."""
-    return [stage.layer.cell.units for stage in recurrent_stages(model) for _ in stage.kind.state_parts]
+    return [size for stage in stateful_stages(model) for size in stage.state_sizes]
 
 
 StepFn = Callable[[tf.Tensor, Tuple[tf.Tensor, ...]], Tuple[tf.Tensor, Tuple[tf.Tensor, ...]]]
@@ -170,8 +201,8 @@ StepFn = Callable[[tf.Tensor, Tuple[tf.Tensor, ...]], Tuple[tf.Tensor, Tuple[tf.
 def make_step_fn(model: keras.Model) -> StepFn:
     """Returns step(ids (N,) int32, states tuple of (N, H_k)) -> (logits (N, V), new states tuple).
 
-    Built from the layers in model order; recurrent layers run their cell once, Dropout is skipped
-    and BatchNormalization uses its moving statistics (inference).
+    Built from the layers in model order; recurrent layers run their cell once, the copy attention its
+    step, Dropout is skipped and BatchNormalization uses its moving statistics (inference).
     """
     stages = layer_stack(model)
 
@@ -180,10 +211,13 @@ def make_step_fn(model: keras.Model) -> StepFn:
         states = list(states)
         new_states = []
         for stage in stages:
-            if stage.role == "recurrent":
-                count = len(stage.kind.state_parts)
+            if stage.carries_state:
+                count = len(stage.state_names)
                 layer_states, states = states[:count], states[count:]
-                x, updated = stage.layer.cell(x, layer_states, training=False)
+                if stage.role == "copy":
+                    x, updated = stage.layer.step(x, ids, layer_states)
+                else:
+                    x, updated = stage.layer.cell(x, layer_states, training=False)
                 new_states.extend(updated)
             elif stage.role == "dropout":
                 continue

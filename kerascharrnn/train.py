@@ -130,6 +130,10 @@ class Trainer:
         for stage in model_lib.recurrent_stages(self.model):
             for part, v in zip(stage.kind.state_parts, stage.layer.states):
                 named[f"rnn_state/{stage.layer.name}/{part}"] = v
+        for stage in model_lib.stateful_stages(self.model):
+            if stage.role == "copy":
+                for part, v in zip(("outputs", "ids", "count"), stage.layer.states):
+                    named[f"copy_memory/{stage.layer.name}/{part}"] = v
         return named
 
     def state_arrays(self) -> Dict[str, np.ndarray]:

@@ -1,0 +1,178 @@
+"""--copy_memory: the copy attention layer (kerascharrnn/copy_attention.py) in every form the package runs it:
+over windows (training, evaluation), one character at a time (sampling, export, TFLite), fused under XLA,
+saved and resumed."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import TINY_TRAIN_FLAGS, run_cli, train_in_process
+from kerascharrnn import checkpoint as ckpt
+from kerascharrnn import engines, export, fused
+from kerascharrnn import model as model_lib
+from kerascharrnn.charrnn import CharRNN
+from kerascharrnn.config import ModelConfig, TrainConfig
+from kerascharrnn.copy_attention import CopyAttention
+from kerascharrnn.vocab import Vocabulary
+
+VOCAB = Vocabulary(tuple("abcdefghijk"))
+
+
+def copy_charrnn(model_type="lstm", batch_size=3, memory=6, seed=0):
+    config = ModelConfig(vocab_size=VOCAB.size, model_type=model_type, wordvec_size=6, rnn_size=9, num_layers=2,
+                         copy_memory=memory, copy_heads=2, copy_head_size=4)
+    keras.utils.set_random_seed(seed)
+    charrnn = CharRNN.build(config, VOCAB, batch_size)
+    layer = charrnn.model.get_layer("copy_attention")
+    # its output kernel starts at zero (the layer starts as the identity): give it weight to test
+    layer.output_kernel.assign(np.random.default_rng(seed).normal(size=layer.output_kernel.shape).astype(np.float32))
+    return charrnn
+
+
+def window_logits(charrnn, ids, window):
+    model_lib.reset_states(charrnn.model)
+    return np.concatenate([charrnn.model(ids[:, i:i + window]).numpy() for i in range(0, ids.shape[1], window)], 1)
+
+
+@pytest.mark.parametrize("model_type", ["lstm", "gru"])
+def test_window_lengths_and_the_step_form_agree(model_type):
+    """Each position sees exactly the last M pairs, so any window length and the one-character step
+    (sampling, export) give the same logits; the memory carries across windows and past M."""
+    charrnn = copy_charrnn(model_type)
+    ids = np.random.default_rng(1).integers(0, VOCAB.size, (3, 20)).astype(np.int32)
+    whole = window_logits(charrnn, ids, 20)
+    for window in (1, 4, 7):
+        np.testing.assert_allclose(window_logits(charrnn, ids, window), whole, atol=1e-5)
+    step = charrnn.step_fn()
+    states = tuple(tf.zeros((3, size)) for size in charrnn.state_sizes)
+    for t in range(20):
+        logits, states = step(tf.constant(ids[:, t]), states)
+        np.testing.assert_allclose(logits.numpy(), whole[:, t], atol=1e-5)
+    assert charrnn.state_names[-4:] == ["copy_attention previous_output", "copy_attention count",
+                                        "copy_attention keys", "copy_attention values"]
+    assert charrnn.state_sizes[-4:] == [9, 1, 6 * 8, 6 * 8]
+
+
+def test_the_memory_reaches_back_exactly_memory_size_pairs():
+    """Changing the text at position p changes the attention's output at p + 1 ... p + M and no later."""
+    memory = 5
+    layer = CopyAttention(vocab_size=4, memory_size=memory, num_heads=1, head_size=3)
+    outputs = np.random.default_rng(2).normal(size=(1, 16, 6)).astype(np.float32)
+    ids = np.random.default_rng(3).integers(0, 4, (1, 16)).astype(np.int32)
+    layer.build([(1, None, 6), (1, None)])
+    layer.output_kernel.assign(np.ones((3, 6), np.float32))
+    layer.reset_state()
+    before = layer([outputs, ids]).numpy()
+    changed = outputs.copy()
+    changed[0, 4] += 1.0  # the key of pair (output 4, id 5)
+    layer.reset_state()
+    after = layer([changed, ids]).numpy()
+    differs = np.abs(after - before).max(axis=2)[0] > 1e-6
+    assert differs[4]  # the output itself (residual and query)
+    assert differs[5:5 + memory].all() and not differs[5 + memory:].any()
+
+
+def test_fused_path_matches_keras_with_copy_attention():
+    """Trainer's XLA-compiled fused step runs the copy layer too: same logits, memory and gradients."""
+    charrnn = copy_charrnn()
+    model = charrnn.model
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, VOCAB.size, (3, 7)).astype(np.int32) for _ in range(2)]
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    results = {}
+    for name, call in (("keras", lambda x: model(x, training=True)), ("fused", lambda x: fused.forward(model, x))):
+
+        def loss_and_grads(x, call=call):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(tf.roll(x, -1, axis=1), call(x))
+            return loss, [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
+
+        if name == "fused":
+            loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
+        model_lib.reset_states(model)
+        results[name] = [(float(loss), [g.numpy() for g in grads], model_lib.get_states(model))
+                         for loss, grads in (loss_and_grads(tf.constant(x)) for x in batches)]
+    assert fused.unsupported_reason(model) is None
+    for (k_loss, k_grads, k_states), (f_loss, f_grads, f_states) in zip(results["keras"], results["fused"]):
+        assert abs(k_loss - f_loss) < 1e-5
+        for a, b in zip(f_grads + f_states, k_grads + k_states):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def copy_trained(small_corpus, tmp_path_factory):
+    _, h5, js = small_corpus
+    prefix = str(tmp_path_factory.mktemp("copy_cv") / "copy")
+    config = TrainConfig(input_h5=h5, input_json=js, checkpoint_name=prefix,
+                         **dict(TINY_TRAIN_FLAGS, max_iters=30, checkpoint_every=10))
+    vocab = Vocabulary.load(js)
+    model_config = ModelConfig(vocab_size=vocab.size, rnn_size=24, wordvec_size=16, num_layers=2, copy_memory=12,
+                               copy_heads=2, copy_head_size=8, dropout=0.1)
+    result = train_in_process(config, model_config)
+    return {"result": result, "prefix": prefix, "config": config, "model_config": model_config, "vocab": vocab,
+            "h5": h5, "keras": prefix + "_30.keras"}
+
+
+def test_checkpoint_loads_and_resume_is_exact(copy_trained, tmp_path):
+    """The memory is training state: a run stopped at 10 and resumed matches the uninterrupted one."""
+    charrnn = CharRNN.from_checkpoint(copy_trained["keras"])
+    assert charrnn.config == copy_trained["model_config"]
+    loaded = keras.models.load_model(copy_trained["keras"])  # with the package imported, plain Keras loads it
+    assert model_lib.config_of(loaded) == copy_trained["model_config"]
+    fresh = subprocess.run([sys.executable, "-c", "import sys, keras, kerascharrnn.copy_attention; "
+                            "print(keras.models.load_model(sys.argv[1]).layers[-2].memory_size)",
+                            copy_trained["keras"]], capture_output=True, text=True, timeout=120)
+    assert fresh.returncode == 0 and fresh.stdout.strip() == "12", fresh.stderr[-500:]
+    record = ckpt.read_record(copy_trained["prefix"] + "_10.json")
+    resumed_from = CharRNN.from_checkpoint(record.model_path, batch_size=copy_trained["config"].batch_size)
+    resumed = train_in_process(dataclasses.replace(record.train_config, max_iters=30,
+                                                   checkpoint_name=str(tmp_path / "resumed")),
+                               copy_trained["model_config"], charrnn=resumed_from, resume=record)
+    np.testing.assert_allclose(resumed.train_loss_history, copy_trained["result"].train_loss_history, atol=1e-6,
+                               rtol=0)
+
+
+def test_export_step_and_tflite_match_keras(copy_trained, tmp_path):
+    charrnn = CharRNN.from_checkpoint(copy_trained["keras"])
+    version_dir = str(tmp_path / "1")
+    info = export.export(charrnn, version_dir, source=copy_trained["keras"], tflite=True)
+    assert [s["part"] for s in info["states"]][-4:] == ["previous_output", "count", "keys", "values"]
+    ids = np.random.default_rng(4).integers(0, charrnn.vocab.size, 60).astype(np.int32)
+    model = charrnn.model
+    model_lib.reset_states(model)
+    batch = model.inputs[0].shape[0]
+    expected = model(np.tile(ids[None], (batch, 1))).numpy()
+    loaded = tf.saved_model.load(version_dir)
+    runner = engines.load_interpreter(os.path.join(version_dir, "tflite", "model.tflite")).get_signature_runner("step")
+    for call in (loaded.signatures["step"], runner):
+        states = {f"state_{k}": np.zeros((batch, h), np.float32) for k, h in enumerate(charrnn.state_sizes)}
+        for t in range(len(ids)):
+            out = call(ids=np.full(batch, ids[t], np.int32), **states)
+            np.testing.assert_allclose(np.asarray(out["logits"]), expected[:, t], atol=1e-4)
+            states = {k: np.asarray(out[k]) for k in states}
+
+
+def test_sample_eval_and_refusals_through_the_cli(copy_trained, tmp_path):
+    keras_path = copy_trained["keras"]
+    base = tmp_path / "models"
+    assert run_cli("export", "--checkpoint", keras_path, "--export_dir", base, "--model_name", "c",
+                   "--tflite").returncode == 0
+    outputs = []
+    for source in (["--checkpoint", keras_path], ["--saved_model", base / "c"],
+                   ["--tflite", base / "c" / "1" / "tflite" / "model.tflite"]):
+        result = run_cli("sample", *source, "--sample", 0, "--length", 300, "--start_text", "ROMEO:")
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+    assert len(outputs[0]) == 301 and outputs[0] == outputs[1] == outputs[2]
+    evaluated = run_cli("eval", "--checkpoint", keras_path, "--input_h5", copy_trained["h5"], "--split", "val")
+    assert evaluated.returncode == 0 and "nats/char" in evaluated.stdout, evaluated.stderr
+    refused = run_cli("train", "--input_h5", copy_trained["h5"], "--copy_memory", 8, "--strategy", "mirrored",
+                      "--max_iters", 2, "--checkpoint_name", tmp_path / "x")
+    assert refused.returncode != 0 and "--copy_memory" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
