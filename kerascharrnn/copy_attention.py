@@ -65,7 +65,8 @@ class CopyAttention(keras.layers.Layer):
         outputs_shape, _ = input_shape
         batch_size, units = outputs_shape[0], outputs_shape[-1]
         self.units = units
-        self.query_kernel = self.add_weight(shape=(units, self.width), initializer="glorot_uniform", name="query_kernel")
+        self.query_kernel = self.add_weight(shape=(units, self.width), initializer="glorot_uniform",
+                                            name="query_kernel")
         self.key_kernel = self.add_weight(shape=(units, self.width), initializer="glorot_uniform", name="key_kernel")
         self.value_embeddings = self.add_weight(shape=(self.vocab_size, self.width),
                                                 initializer=keras.initializers.RandomNormal(stddev=0.1),

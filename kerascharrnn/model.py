@@ -91,8 +91,11 @@ def layer_stack(model: keras.Model) -> List[Stage]:
         kind = next((k for k in RECURRENT_KINDS.values() if type(layer) is k.layer_class), None)
         stages.append(Stage(role, layer, kind))
     roles = [s.role for s in stages]
-    if (not roles or roles[0] != "embedding" or roles[-1] != "logits" or "recurrent" not in roles
-            or ("copy" in roles and roles.index("copy") < len(roles) - 1 - roles[::-1].index("recurrent"))):
+    last_recurrent = max((i for i, role in enumerate(roles) if role == "recurrent"), default=-1)
+    # at most one copy attention, on the top recurrent layer's output
+    misplaced_copy = roles.count("copy") > 1 or any(role == "copy" and i < last_recurrent
+                                                    for i, role in enumerate(roles))
+    if not roles or roles[0] != "embedding" or roles[-1] != "logits" or last_recurrent < 0 or misplaced_copy:
         raise UserError(f"not a char-RNN model: layers are {', '.join(roles) or 'none'}"
                         " (want embedding, recurrent layers, [copy attention,] logits)")
     return stages

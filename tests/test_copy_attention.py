@@ -1,8 +1,9 @@
 """--copy_memory: the copy attention layer (kerascharrnn/copy_attention.py) in every form the package runs it:
-over windows (training, evaluation), one character at a time (sampling, export, TFLite), fused under XLA,
-saved and resumed."""
+over windows (training, evaluation), one character at a time (sampling, export, TFLite), saved and
+resumed (the fused XLA path: tests/test_fused.py)."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import tensorflow as tf
 
 from conftest import TINY_TRAIN_FLAGS, run_cli, train_in_process
 from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import engines, export, fused
+from kerascharrnn import engines, export
 from kerascharrnn import model as model_lib
 from kerascharrnn.charrnn import CharRNN
 from kerascharrnn.config import ModelConfig, TrainConfig
@@ -76,33 +77,6 @@ def test_the_memory_reaches_back_exactly_memory_size_pairs():
     differs = np.abs(after - before).max(axis=2)[0] > 1e-6
     assert differs[4]  # the output itself (residual and query)
     assert differs[5:5 + memory].all() and not differs[5 + memory:].any()
-
-
-def test_fused_path_matches_keras_with_copy_attention():
-    """Trainer's XLA-compiled fused step runs the copy layer too: same logits, memory and gradients."""
-    charrnn = copy_charrnn()
-    model = charrnn.model
-    rng = np.random.default_rng(0)
-    batches = [rng.integers(0, VOCAB.size, (3, 7)).astype(np.int32) for _ in range(2)]
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    results = {}
-    for name, call in (("keras", lambda x: model(x, training=True)), ("fused", lambda x: fused.forward(model, x))):
-
-        def loss_and_grads(x, call=call):
-            with tf.GradientTape() as tape:
-                loss = loss_fn(tf.roll(x, -1, axis=1), call(x))
-            return loss, [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
-
-        if name == "fused":
-            loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
-        model_lib.reset_states(model)
-        results[name] = [(float(loss), [g.numpy() for g in grads], model_lib.get_states(model))
-                         for loss, grads in (loss_and_grads(tf.constant(x)) for x in batches)]
-    assert fused.unsupported_reason(model) is None
-    for (k_loss, k_grads, k_states), (f_loss, f_grads, f_states) in zip(results["keras"], results["fused"]):
-        assert abs(k_loss - f_loss) < 1e-5
-        for a, b in zip(f_grads + f_states, k_grads + k_states):
-            np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +150,22 @@ def test_sample_eval_and_refusals_through_the_cli(copy_trained, tmp_path):
                       "--max_iters", 2, "--checkpoint_name", tmp_path / "x")
     assert refused.returncode != 0 and "--copy_memory" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+
+
+COPY_FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "copy_attention")
+
+
+def test_fixture_written_when_the_layer_landed_still_loads_samples_and_evaluates():
+    """tests/fixtures/copy_attention (see its README): the first release's --copy_memory checkpoint keeps
+    loading and giving the numbers it gave then."""
+    with open(os.path.join(COPY_FIXTURES, "expected.json"), encoding="utf-8") as f:
+        expected = json.load(f)
+    path = os.path.join(COPY_FIXTURES, "copy_30.keras")
+    charrnn = CharRNN.from_checkpoint(path)
+    assert charrnn.config.copy_memory == 24 and charrnn.config.copy_heads == 2
+    greedy = run_cli("sample", "--checkpoint", path, "--sample", 0, "--length", 120, "--start_text", "ROMEO:",
+                     "--jsonl")
+    assert greedy.returncode == 0 and greedy.stdout == expected["greedy"], greedy.stderr
+    evaluated = run_cli("eval", "--checkpoint", path, "--input_h5", os.path.join(COPY_FIXTURES, "..", "v0.1.0",
+                                                                                  "corpus.h5"), "--split", "val")
+    assert evaluated.returncode == 0 and evaluated.stdout == expected["eval_val"], evaluated.stderr

@@ -21,10 +21,14 @@ def build(model_type="lstm", **kwargs):
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
-@pytest.mark.parametrize("batchnorm", [False, True])
-def test_outputs_states_and_gradients_match_keras(batchnorm, jit_compile):
-    """Eagerly, and compiled with XLA as Trainer compiles its fused step."""
-    model = build(batchnorm=batchnorm)
+@pytest.mark.parametrize("batchnorm,copy_memory", [(False, 0), (True, 0), (False, 5)])
+def test_outputs_states_and_gradients_match_keras(batchnorm, copy_memory, jit_compile):
+    """Eagerly, and compiled with XLA as Trainer compiles its fused step; with copy attention the fused
+    path runs that layer as Keras does (its memory is among the states compared)."""
+    model = build(batchnorm=batchnorm, copy_memory=copy_memory, copy_heads=2, copy_head_size=3)
+    if copy_memory:  # its output kernel starts at zero: give it weight, so every attention weight has a gradient
+        kernel = model.get_layer("copy_attention").output_kernel
+        kernel.assign(np.random.default_rng(1).normal(size=kernel.shape).astype(np.float32))
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, 11, (3, 7)).astype(np.int32) for _ in range(2)]
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
