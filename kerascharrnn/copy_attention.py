@@ -35,7 +35,8 @@ from typing import List, Sequence, Tuple
 import keras
 import tensorflow as tf
 
-STATE_PARTS = ("previous_output", "count", "keys", "values")
+STATE_PARTS = ("previous_output", "count", "keys", "values")  # the step form's states
+MEMORY_PARTS = ("outputs", "ids", "count")  # the window form's carried variables, CopyAttention.states
 
 
 @keras.saving.register_keras_serializable(package="kerascharrnn")

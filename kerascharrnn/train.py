@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import data, devices, distribute, evaluate, fused, plots, schedule
+from kerascharrnn import copy_attention, data, devices, distribute, evaluate, fused, plots, schedule
 from kerascharrnn import model as model_lib
 from kerascharrnn.charrnn import CharRNN
 from kerascharrnn.config import TrainConfig
@@ -132,7 +132,7 @@ class Trainer:
                 named[f"rnn_state/{stage.layer.name}/{part}"] = v
         for stage in model_lib.stateful_stages(self.model):
             if stage.role == "copy":
-                for part, v in zip(("outputs", "ids", "count"), stage.layer.states):
+                for part, v in zip(copy_attention.MEMORY_PARTS, stage.layer.states):
                     named[f"copy_memory/{stage.layer.name}/{part}"] = v
         return named
 
