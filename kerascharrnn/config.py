@@ -125,6 +125,9 @@ class ModelConfig:
                                lower=0)
     copy_heads: int = setting(4, "--copy_memory: attention heads.", lower=1)
     copy_head_size: int = setting(32, "--copy_memory: width of each head.", lower=1)
+    copy_reset: float = setting(0.0, "--copy_memory: in training, the chance that a stream's memory starts a window"
+                                " empty, so that the model also learns from short memories (as after a short"
+                                " sampling prompt); 0 = only at a stream's start.", lower=0.0, upper=1.0)
 
     def __post_init__(self):
         _check_fields(self)

@@ -23,6 +23,11 @@ Two forms, the same numbers:
 Each position sees exactly the last `memory_size` pairs in both forms, so a loss does not depend on the
 window length it was computed with.
 
+In training a stream's memory is short only at the stream's start, a few times an epoch; sampling after a
+short prompt lives there, and a model that never learnt it repeats words ("God God God"). `reset_rate`
+empties each stream's memory at the start of a training window with that chance (like dropout: training
+only, from the layer's seed generator, so a seeded run and its resume repeat it exactly).
+
 The layer is registered with Keras under "kerascharrnn": loading a model that has it needs
 `import kerascharrnn.copy_attention` first (plain char-RNNs keep loading with keras.models.load_model alone).
 """
@@ -47,14 +52,21 @@ class CopyAttention(keras.layers.Layer):
       vocab_size: V, for the value embeddings.
       memory_size: M, pairs attended to at every position.
       num_heads, head_size: the attention's heads and their width (keys, queries and values).
+      reset_rate: in training, the chance that a stream's memory starts a window empty.
+      seed: for the resets' seed generator (None: from keras.utils.set_random_seed, as Dropout).
     """
 
-    def __init__(self, vocab_size: int, memory_size: int, num_heads: int = 4, head_size: int = 32, **kwargs):
+    def __init__(self, vocab_size: int, memory_size: int, num_heads: int = 4, head_size: int = 32,
+                 reset_rate: float = 0.0, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.memory_size = memory_size
         self.num_heads = num_heads
         self.head_size = head_size
+        self.reset_rate = reset_rate
+        self.seed = seed
+        # only when used: layers saved without resets keep exactly their variables
+        self.seed_generator = keras.random.SeedGenerator(seed) if reset_rate > 0 else None
         self._memory = None  # tf.Variables, not Keras weights: carried state, never saved
 
     @property
@@ -92,6 +104,9 @@ class CopyAttention(keras.layers.Layer):
         if self._memory is None:
             raise ValueError("CopyAttention carries memory across calls: build it with a fixed batch size")
         memory_outputs, memory_ids, count = (tf.convert_to_tensor(v) for v in self._memory)
+        if training and self.seed_generator is not None:
+            kept = keras.random.uniform(tf.shape(count), seed=self.seed_generator) >= self.reset_rate
+            count = tf.where(kept, count, tf.zeros_like(count))
         result, new_memory = self.attend_window(outputs, tf.cast(ids, tf.int32), memory_outputs, memory_ids, count)
         for variable, value in zip(self._memory, new_memory):
             variable.assign(value)
@@ -174,4 +189,5 @@ class CopyAttention(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size, "memory_size": self.memory_size,
-                "num_heads": self.num_heads, "head_size": self.head_size}
+                "num_heads": self.num_heads, "head_size": self.head_size, "reset_rate": self.reset_rate,
+                "seed": self.seed}

@@ -34,7 +34,7 @@ def split_loss(model: keras.Model, h5_path: str, split: str, layout: data.Stream
     model_lib.reset_states(model)
     weights = tf.constant(data.row_weights(layout))
     total, count = 0.0, 0.0
-    for inputs, targets in data.make_dataset(h5_path, split, layout):
+    for inputs, targets in data.minibatches(h5_path, split, layout):
         loss_sum, n = eval_step(inputs, targets, weights)
         total += float(loss_sum)
         count += float(n)
@@ -73,7 +73,7 @@ def dynamic_split_loss(charrnn, h5_path: str, split: str, num_tokens: int, seq_l
     diverged_above = 10 * np.log(max(charrnn.vocab.size, 2))
     model_lib.reset_states(model)
     total, count = 0.0, 0.0
-    for inputs, targets in data.make_dataset(h5_path, split, layout):
+    for inputs, targets in data.minibatches(h5_path, split, layout):
         loss_sum, n = predict_then_adapt(inputs, targets)
         if not float(loss_sum) <= diverged_above * float(n):  # also NaN
             raise UserError(f"dynamic evaluation diverged after {int(count)} characters; try a lower --dynamic_lr")

@@ -135,7 +135,7 @@ def build_model(config: ModelConfig, batch_size: int) -> keras.Model:
             x = keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
     if config.copy_memory > 0:
         x = CopyAttention(config.vocab_size, config.copy_memory, config.copy_heads, config.copy_head_size,
-                          name="copy_attention")([x, ids])
+                          reset_rate=config.copy_reset, name="copy_attention")([x, ids])
     logits = keras.layers.Dense(config.vocab_size, name="logits")(x)  # (N, T, V)
     return keras.Model(ids, logits, name="charrnn")
 
@@ -160,6 +160,7 @@ def config_of(model: keras.Model) -> ModelConfig:
         copy_memory=copy.memory_size if copy else 0,
         copy_heads=copy.num_heads if copy else ModelConfig.copy_heads,
         copy_head_size=copy.head_size if copy else ModelConfig.copy_head_size,
+        copy_reset=copy.reset_rate if copy else ModelConfig.copy_reset,
     )
 
 

@@ -107,7 +107,7 @@ class Trainer:
     is_chief = True  # writes the checkpoints
 
     def batches(self, h5_path: str, start_batch: int):
-        return data.make_dataset(h5_path, "train", self.layouts["train"], start_batch)
+        return data.minibatches(h5_path, "train", self.layouts["train"], start_batch)
 
     def reset_states(self) -> None:
         model_lib.reset_states(self.model)

@@ -79,6 +79,39 @@ def test_the_memory_reaches_back_exactly_memory_size_pairs():
     assert differs[5:5 + memory].all() and not differs[5 + memory:].any()
 
 
+def test_training_resets_empty_a_streams_memory_with_the_reset_rate():
+    """reset_rate: in training a stream's window starts from an empty memory with that chance, as a
+    stream's first window does; evaluation and sampling never reset."""
+    rng = np.random.default_rng(6)
+    first, second = ([rng.normal(size=(64, 4, 5)).astype(np.float32), rng.integers(0, 4, (64, 4)).astype(np.int32)]
+                     for _ in range(2))
+    weights = None
+
+    def second_window(reset_rate, training, carry=True):
+        nonlocal weights
+        keras.utils.set_random_seed(5)
+        layer = CopyAttention(vocab_size=4, memory_size=6, num_heads=1, head_size=3, reset_rate=reset_rate)
+        layer.build([(64, None, 5), (64, None)])
+        weights = weights or [np.random.default_rng(7).normal(size=w.shape).astype(np.float32)
+                              for w in layer.weights]
+        layer.set_weights(weights)
+        if carry:
+            layer(first, training=training)
+        return layer(second, training=training).numpy(), layer
+
+    carried, _ = second_window(0.0, training=True)
+    empty, _ = second_window(0.0, training=False, carry=False)
+    assert np.abs(empty - carried).max() > 1e-3
+    np.testing.assert_allclose(second_window(1.0, training=True)[0], empty, atol=1e-6)  # every stream reset
+    np.testing.assert_allclose(second_window(1.0, training=False)[0], carried, atol=1e-6)  # never outside training
+    half, layer = second_window(0.5, training=True)
+    reset = np.abs(half - empty).max(axis=(1, 2)) < 1e-6
+    kept = np.abs(half - carried).max(axis=(1, 2)) < 1e-6
+    assert (reset | kept).all() and 16 < reset.sum() < 48  # whole streams, about half of them
+    np.testing.assert_allclose(second_window(0.5, training=True)[0], half)  # seeded: the same streams again
+    assert layer.get_config()["reset_rate"] == 0.5
+
+
 @pytest.fixture(scope="module")
 def copy_trained(small_corpus, tmp_path_factory):
     _, h5, js = small_corpus
@@ -87,14 +120,15 @@ def copy_trained(small_corpus, tmp_path_factory):
                          **dict(TINY_TRAIN_FLAGS, max_iters=30, checkpoint_every=10))
     vocab = Vocabulary.load(js)
     model_config = ModelConfig(vocab_size=vocab.size, rnn_size=24, wordvec_size=16, num_layers=2, copy_memory=12,
-                               copy_heads=2, copy_head_size=8, dropout=0.1)
+                               copy_heads=2, copy_head_size=8, copy_reset=0.3, dropout=0.1)
     result = train_in_process(config, model_config)
     return {"result": result, "prefix": prefix, "config": config, "model_config": model_config, "vocab": vocab,
             "h5": h5, "keras": prefix + "_30.keras"}
 
 
 def test_checkpoint_loads_and_resume_is_exact(copy_trained, tmp_path):
-    """The memory is training state: a run stopped at 10 and resumed matches the uninterrupted one."""
+    """The memory (and its resets' seed generator) is training state: a run stopped at 10 and resumed
+    matches the uninterrupted one."""
     charrnn = CharRNN.from_checkpoint(copy_trained["keras"])
     assert charrnn.config == copy_trained["model_config"]
     loaded = keras.models.load_model(copy_trained["keras"])  # with the package imported, plain Keras loads it

@@ -63,7 +63,7 @@ def test_tf_dataset_reads_the_same_batches(small_corpus):
         tokens = f["train"][()]
     layout = data.stream_layout(tokens.size, 4, 16, allow_fewer_streams=False)
     expected = list(data.batch_arrays(tokens, layout, start_batch=5))
-    got = list(data.make_dataset(h5, "train", layout, start_batch=5))
+    got = list(data.minibatches(h5, "train", layout, start_batch=5))
     assert len(got) == len(expected) == layout.num_batches - 5
     np.testing.assert_array_equal(got[-1][0].numpy(), expected[-1][0])
     np.testing.assert_array_equal(got[0][1].numpy(), expected[0][1])

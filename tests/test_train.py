@@ -74,7 +74,7 @@ def test_validation_leaves_training_state_untouched(trained):
     charrnn = CharRNN.build(trained["model_config"], trained["vocab"], config.batch_size)
     model = charrnn.model
     trainer = train.Trainer(config, charrnn, layouts)
-    inputs, targets = next(iter(data.make_dataset(config.input_h5, "train", layouts["train"])))
+    inputs, targets = next(iter(data.minibatches(config.input_h5, "train", layouts["train"])))
     trainer.train_step(inputs, targets)
     before = model_lib.get_states(model)
     assert trainer.evaluate(config.input_h5, "val") > 0
@@ -195,6 +195,7 @@ def test_preset_values_apply_and_explicit_flags_win(small_corpus, tmp_path):
     assert record.model_config.rnn_size == 16 and record.train_config.batch_size == 4  # given explicitly
     assert record.model_config.num_layers == preset["num_layers"]
     assert record.model_config.embedding_dropout == preset["embedding_dropout"]
+    assert (record.model_config.copy_memory, record.model_config.copy_reset) == (512, 0.1)  # copy attention
     assert record.train_config.lr_schedule == "cosine" and record.train_config.weight_decay == preset["weight_decay"]
     unknown = run_cli("train", "--preset", "tpu_huge")
     assert unknown.returncode != 0 and "--preset" in unknown.stderr
