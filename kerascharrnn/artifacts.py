@@ -1,7 +1,7 @@
 """Where exported artifacts live and how to find their vocabulary (no TensorFlow here).
 
     export_dir/NAME/V/                  one version, the layout TensorFlow Serving watches
-        saved_model.pb, variables/      signatures `generate` (= serving_default) and `step`
+        saved_model.pb, variables/      signatures `generate` (= serving_default), `generate_top_p`, `step`
         assets.extra/vocab.json         the vocabulary (torch-rnn JSON), for clients of `step`
         assets.extra/export.json        model config, state tensor names, source checkpoint
         tflite/model.tflite             with --tflite: the `step` signature for LiteRT

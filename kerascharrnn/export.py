@@ -10,6 +10,13 @@ SavedModel signatures (see export/README.md):
       -> text string [N] = start_text + continuation. One tf.while_loop, no XLA (TF Serving does not
       compile it by default). Characters the vocabulary lacks are left out of the priming and kept in
       the returned text.
+  generate_top_p: generate's inputs and top_p float32 [] (1 = off): nucleus sampling. A signature of
+      its own because TF Serving wants every input of a signature in each request, and clients of
+      generate written before it send no top_p.
+  With xla (bin/export --xla) both generate signatures run their loop as XLA-compiled chunks of
+  sampling.STREAM_CHUNK characters (the loop bin/sample compiles): several times faster at small
+  batches, but TF Serving then needs --xla_cpu_compilation_enabled=true, and the first request at
+  each batch size pays for a compilation.
   step: ids int32 [N] (0-based = torch-rnn id - 1), state_0..state_K float32 [N, H]
       -> logits float32 [N, V], state_0..state_K. Explicit state, no variables changed: concurrent
       callers never share state.
@@ -27,8 +34,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 import kerascharrnn
-from kerascharrnn import artifacts, files
-from kerascharrnn import sampling
+from kerascharrnn import artifacts, files, sampling
 from kerascharrnn.charrnn import CharRNN
 from kerascharrnn.errors import UserError
 from kerascharrnn.vocab import Vocabulary
@@ -40,6 +46,8 @@ GENERATE_SIGNATURE = [
     tf.TensorSpec([], tf.int32, name="top_k"),
     tf.TensorSpec([], tf.int64, name="seed"),
 ]
+GENERATE_TOP_P_SIGNATURE = GENERATE_SIGNATURE + [tf.TensorSpec([], tf.float32, name="top_p")]
+SIGNATURES = ["generate", "generate_top_p", "serving_default", "step"]
 
 
 def token_bytes(vocab: Vocabulary) -> List[bytes]:
@@ -57,7 +65,7 @@ def state_descriptions(charrnn: CharRNN) -> List[dict]:
 class CharRNNModule(tf.Module):
     """What the SavedModel holds: the weights, the vocabulary as constants, and the signatures."""
 
-    def __init__(self, charrnn: CharRNN):
+    def __init__(self, charrnn: CharRNN, xla: bool = False):
         super().__init__(name="charrnn")
         vocab = charrnn.vocab
         # Track the tf.Variables behind the Keras weights, not the Keras objects: loaders that build a
@@ -65,6 +73,7 @@ class CharRNNModule(tf.Module):
         # variables, and with the Keras wrappers tracked instead they fail with "Could not find variable".
         self.model_variables = [weight.value for weight in charrnn.model.weights]
         self._step_fn = charrnn.step_fn()
+        self._xla = xla
         self._state_sizes = charrnn.state_sizes
         self._vocab_size = vocab.size
         self._split_units = (tf.strings.bytes_split if vocab.is_bytes
@@ -74,9 +83,8 @@ class CharRNNModule(tf.Module):
         self.token_ids = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(tokens, tf.string), tf.range(vocab.size, dtype=tf.int32)),
             default_value=-1)
-        # top_k is an input, so its filter is in the graph (top_k = 0 switches it off at run time)
-        self._run_chunk = sampling.make_chunk_fn(self._step_fn, sampling.Filters(top_k=True), jit_compile=False)
         self.generate_text = tf.function(self._generate_text, input_signature=GENERATE_SIGNATURE)
+        self.generate_text_top_p = tf.function(self._generate_text, input_signature=GENERATE_TOP_P_SIGNATURE)
         state_specs = [tf.TensorSpec([None, size], tf.float32, name=f"state_{k}")
                        for k, size in enumerate(self._state_sizes)]
         self.step = tf.function(self._step, input_signature=[tf.TensorSpec([None], tf.int32, name="ids")] + state_specs)
@@ -85,7 +93,9 @@ class CharRNNModule(tf.Module):
         logits, new_states = self._step_fn(ids, states)
         return {"logits": logits, **{f"state_{k}": s for k, s in enumerate(new_states)}}
 
-    def _generate_text(self, start_text, num_new_chars, temperature, top_k, seed):
+    def _generate_text(self, start_text, num_new_chars, temperature, top_k, seed, top_p=None):
+        # the filters are inputs, so they are in the graph (top_k = 0 and top_p = 1 switch them off at run time)
+        filters = sampling.Filters(top_k=True, top_p=top_p is not None)
         num_rows = tf.shape(start_text)[0]
         ids = tf.ragged.map_flat_values(self.token_ids.lookup, self._split_units(start_text))
         ids = tf.ragged.boolean_mask(ids, ids >= 0)  # unknown characters: left out of the priming
@@ -99,19 +109,46 @@ class CharRNNModule(tf.Module):
         seed = tf.where(seed == 0, tf.random.uniform([], 1, 2**62, dtype=tf.int64), seed)
         logits = tf.zeros([num_rows, self._vocab_size])  # uniform: an empty prompt starts anywhere
         states = tuple(tf.zeros([num_rows, size]) for size in self._state_sizes)
-        sequence, _, _ = self._run_chunk(prompt, in_prompt, logits, states, temperature, top_k,
-                                         tf.constant(1.0), seed, tf.constant(0), width)
+        top_p = tf.constant(1.0) if top_p is None else top_p
+        if self._xla:
+            sequence = self._run_compiled_chunks(filters, prompt, in_prompt, logits, states, temperature, top_k,
+                                                 top_p, seed, width)
+        else:
+            sequence, _, _ = sampling.chunk_loop(self._step_fn, filters)(
+                prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, tf.constant(0), width)
         new_ids = tf.gather(sequence, lengths[:, None] + tf.range(num_new)[None, :], batch_dims=1)
         continuation = tf.strings.reduce_join(tf.gather(self._tokens, new_ids), axis=1)
         return {"text": tf.strings.join([start_text, continuation])}
 
+    def _run_compiled_chunks(self, filters, prompt, in_prompt, logits, states, temperature, top_k, top_p, seed,
+                             width):
+        """The sequence (N, width) as bin/sample makes it: a graph loop over fixed-width chunks, each one
+        call of an XLA-compiled chunk loop (compiled once per batch size, whatever the request's length)."""
+        run_chunk = sampling.make_chunk_fn(self._step_fn, filters, jit_compile=True)
+        chunk = sampling.STREAM_CHUNK
+        num_chunks = (width + chunk - 1) // chunk
+        padding = [[0, 0], [0, num_chunks * chunk - width]]
+        prompt, in_prompt = tf.pad(prompt, padding), tf.pad(in_prompt, padding)
+        pieces = tf.TensorArray(tf.int32, size=num_chunks)
 
-def write_saved_model(charrnn: CharRNN, directory: str, info: dict) -> None:
+        def body(k, logits, states, pieces):
+            start = k * chunk
+            ids, logits, states = run_chunk(prompt[:, start:start + chunk], in_prompt[:, start:start + chunk],
+                                            logits, states, temperature, top_k, top_p, seed, start,
+                                            tf.minimum(chunk, width - start))
+            return k + 1, logits, tuple(states), pieces.write(k, ids)
+
+        _, _, _, pieces = tf.while_loop(lambda k, *_: k < num_chunks, body, (0, logits, tuple(states), pieces))
+        return tf.reshape(tf.transpose(pieces.stack(), [1, 0, 2]), [tf.shape(prompt)[0], -1])[:, :width]
+
+
+def write_saved_model(charrnn: CharRNN, directory: str, info: dict, xla: bool = False) -> None:
     """Writes the SavedModel and its assets.extra/ files into `directory` (which must be empty)."""
-    module = CharRNNModule(charrnn)
+    module = CharRNNModule(charrnn, xla=xla)
     vocab = charrnn.vocab
     tf.saved_model.save(module, directory, signatures={
-        "serving_default": module.generate_text, "generate": module.generate_text, "step": module.step})
+        "serving_default": module.generate_text, "generate": module.generate_text,
+        "generate_top_p": module.generate_text_top_p, "step": module.step})
     extra = os.path.join(directory, artifacts.EXTRA_DIR)
     os.makedirs(extra, exist_ok=True)
     files.write_text_atomic(os.path.join(extra, artifacts.VOCAB_FILE), vocab.to_json())
@@ -142,7 +179,7 @@ def tflite_model(saved_model_dir: str, quantize: str = "none") -> bytes:
 
 
 def export(charrnn: CharRNN, version_dir: str, *, source: str, tflite: bool = False, quantize: str = "none",
-           overwrite: bool = False) -> dict:
+           overwrite: bool = False, xla: bool = False) -> dict:
     """Writes one version directory (atomically: it appears complete or not at all); returns its info."""
     if quantize not in artifacts.QUANTIZE_MODES:
         raise UserError(f"--quantize {quantize!r}: choose one of {', '.join(artifacts.QUANTIZE_MODES)}")
@@ -153,12 +190,13 @@ def export(charrnn: CharRNN, version_dir: str, *, source: str, tflite: bool = Fa
         "model_config": dataclasses.asdict(charrnn.config),
         "vocab_size": charrnn.vocab.size,
         "encoding": charrnn.vocab.encoding,
-        "signatures": ["generate", "serving_default", "step"],
+        "signatures": SIGNATURES,
+        "xla": xla,
         "states": state_descriptions(charrnn),
         "tflite": {"file": f"{artifacts.TFLITE_DIR}/{artifacts.TFLITE_FILE}", "quantize": quantize} if tflite else None,
     }
     with files.atomic_dir(version_dir, overwrite=overwrite) as tmp:
-        write_saved_model(charrnn, tmp, info)
+        write_saved_model(charrnn, tmp, info, xla=xla)
         if tflite:
             flatbuffer = tflite_model(tmp, quantize)
             os.makedirs(os.path.join(tmp, artifacts.TFLITE_DIR))

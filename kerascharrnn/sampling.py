@@ -104,7 +104,14 @@ def next_ids_np(logits, temperature, top_k, top_p, noise, filters: Filters) -> n
 
 
 def make_chunk_fn(step_fn: Callable, filters: Filters, jit_compile: bool = False):
-    """Builds run_chunk(prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, t0, num_steps).
+    """chunk_loop as a tf.function (XLA-compiled with jit_compile)."""
+    return tf.function(chunk_loop(step_fn, filters, jit_compile), jit_compile=jit_compile)
+
+
+def chunk_loop(step_fn: Callable, filters: Filters, jit_compile: bool = False):
+    """Builds run_chunk(prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, t0, num_steps),
+    to be traced inside a tf.function: make_chunk_fn's, or a SavedModel signature's (export.py) with the
+    prompt handling around it.
 
     Args of run_chunk:
       prompt: (N, C) int32 ids to feed where `in_prompt` is True.
@@ -146,7 +153,7 @@ def make_chunk_fn(step_fn: Callable, filters: Filters, jit_compile: bool = False
             lambda t, *_: t < num_steps, body, (tf.constant(0), logits, tuple(states), out))
         return tf.transpose(out.stack()), logits, states
 
-    return tf.function(run_chunk, jit_compile=jit_compile)
+    return run_chunk
 
 
 def make_numpy_chunk_fn(step_fn: Callable, filters: Filters):

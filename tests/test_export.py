@@ -36,11 +36,14 @@ def exported(trained, tmp_path_factory):
             "loaded": tf.saved_model.load(version_dir)}
 
 
-def generate_signature(exported, prompts, num_new, temperature=(1.0,), top_k=0, seed=1):
-    out = exported["loaded"].signatures["generate"](
-        start_text=tf.constant(prompts, tf.string), num_new_chars=tf.constant(num_new, tf.int32),
-        temperature=tf.constant(temperature, tf.float32), top_k=tf.constant(top_k, tf.int32),
-        seed=tf.constant(seed, tf.int64))
+def generate_signature(exported, prompts, num_new, temperature=(1.0,), top_k=0, seed=1, top_p=None):
+    inputs = dict(start_text=tf.constant(prompts, tf.string), num_new_chars=tf.constant(num_new, tf.int32),
+                  temperature=tf.constant(temperature, tf.float32), top_k=tf.constant(top_k, tf.int32),
+                  seed=tf.constant(seed, tf.int64))
+    if top_p is None:
+        out = exported["loaded"].signatures["generate"](**inputs)
+    else:
+        out = exported["loaded"].signatures["generate_top_p"](top_p=tf.constant(top_p, tf.float32), **inputs)
     return [t.decode("utf-8") for t in out["text"].numpy()]
 
 
@@ -91,6 +94,38 @@ def test_generate_zero_temperature_is_argmax_and_unknown_characters_are_skipped(
     expected = vocab.decode(sampler.sample_ids([vocab.encode("ROMEO")], 50, greedy=True)[0])
     assert generate_signature(exported, ["ROMEO"], 50, temperature=[0.0]) == [expected]
     assert generate_signature(exported, ["R€OMEO☃"], 50, temperature=[0.0]) == ["R€OMEO☃" + expected[5:]]
+
+
+def test_generate_top_p_is_nucleus_sampling(exported):
+    """top_p = 1 is generate itself; a tiny top_p keeps only the most likely character (argmax); in
+    between, the text differs from both and repeats with its seed."""
+    prompts = ["ROMEO:", "A"]
+    plain = generate_signature(exported, prompts, 60, temperature=[1.3], seed=4)
+    assert generate_signature(exported, prompts, 60, temperature=[1.3], seed=4, top_p=1.0) == plain
+    greedy = generate_signature(exported, prompts, 60, temperature=[0.0])
+    assert generate_signature(exported, prompts, 60, temperature=[1.3], seed=4, top_p=1e-6) == greedy
+    nucleus = generate_signature(exported, prompts, 60, temperature=[1.3], seed=4, top_p=0.5)
+    assert nucleus == generate_signature(exported, prompts, 60, temperature=[1.3], seed=4, top_p=0.5)
+    assert nucleus != plain and nucleus != greedy
+    assert read_export_info(exported["dir"])["signatures"] == ["generate", "generate_top_p", "serving_default", "step"]
+
+
+def test_xla_export_generates_what_the_plain_export_does(exported, tmp_path):
+    """bin/export --xla: the generate signatures' loop is XLA-compiled in chunks (marked in the saved
+    graph); argmax text equals the plain export's across a chunk boundary, sampling repeats with its seed."""
+    version_dir = str(tmp_path / "xla" / "1")
+    info = export.export(exported["charrnn"], version_dir, source=exported["keras"], xla=True)
+    assert info["xla"] is True and read_export_info(version_dir)["xla"] is True
+    saved = open(os.path.join(version_dir, "saved_model.pb"), "rb").read()
+    assert b"_XlaMustCompile" in saved
+    compiled = {"loaded": tf.saved_model.load(version_dir)}
+    prompts = ["ROMEO:", "", "First Citizen:\nWe"]
+    greedy = generate_signature(exported, prompts, 300, temperature=[0.0])  # 300 > a 256-character chunk
+    assert generate_signature(compiled, prompts, 300, temperature=[0.0]) == greedy
+    sampled = generate_signature(compiled, prompts, 40, temperature=[1.0], seed=3, top_p=0.9)
+    assert sampled == generate_signature(compiled, prompts, 40, temperature=[1.0], seed=3, top_p=0.9)
+    assert [len(t) for t in sampled] == [len(p) + 40 for p in prompts]
+    assert not read_export_info(exported["dir"])["xla"]
 
 
 def test_step_signature_and_tflite_match_keras_for_200_steps(exported):
@@ -146,7 +181,7 @@ def test_quantized_tflite_runs_close_to_float(exported, quantize, tolerance, tmp
 
 def test_graph_has_no_cudnn_ops_and_export_calls_only_cells(exported, tmp_path, monkeypatch):
     ops = graph_ops(exported["dir"])
-    assert "While" in ops and not [op for op in ops if "Cudnn" in op or "BlockLSTM" in op]
+    assert {"While", "StatelessWhile"} & ops and not [op for op in ops if "Cudnn" in op or "BlockLSTM" in op]
 
     def whole_sequence_call(*args, **kwargs):
         raise AssertionError("export must not call a recurrent layer's whole-sequence call")
@@ -192,6 +227,7 @@ def test_saved_model_cli_show_and_run(exported, tmp_path):
                           timeout=300)
     assert show.returncode == 0, show.stderr[-2000:]
     for name in ("signature_def['generate']", "signature_def['serving_default']", "signature_def['step']",
+                 "signature_def['generate_top_p']", "inputs['top_p']",
                  "inputs['state_3']", "outputs['logits']", "inputs['num_new_chars']"):
         assert name in show.stdout
     zeros = str([[0.0] * 32])

@@ -6,7 +6,8 @@
     row (and which goes first alternating too) so that drift on the machine hits both; the ratio per row is
     peer median / our median (> 1: we are faster). One table per --model_type.
 --what sample: chars/s of a 2x128 LSTM at batch 1 and 50, from a checkpoint (bin/sample's compiled
-    path), the SavedModel `generate` signature (no XLA, as TF Serving runs it) and the TFLite step loop.
+    path), the SavedModel `generate` signature (no XLA, as TF Serving runs it by default, and exported with
+    --xla) and the TFLite step loop.
 --what preprocess: MB/s and peak RSS of the whole bin/preprocess process (`python -m
     kerascharrnn.cli.preprocess`) on a generated file.
 """
@@ -203,16 +204,21 @@ def run_sample(args) -> str:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         export.export(charrnn, os.path.join(tmp, "1"), source="benchmark", tflite=True)
-        loaded = tf.saved_model.load(os.path.join(tmp, "1"))
-        signature = loaded.signatures["generate"]
+        export.export(charrnn, os.path.join(tmp, "2"), source="benchmark", xla=True)
         tflite_engine = engines.tflite_engine(os.path.join(tmp, "1", "tflite", "model.tflite"), vocab)
 
-        def saved_model(batch, length):
-            signature(start_text=tf.constant([vocab.tokens[0]] * batch), num_new_chars=tf.constant(length),
-                      temperature=tf.constant([1.0]), top_k=tf.constant(0), seed=tf.constant(1, tf.int64))
+        def saved_model(version):
+            signature = tf.saved_model.load(os.path.join(tmp, version)).signatures["generate"]
+
+            def generate(batch, length):
+                signature(start_text=tf.constant([vocab.tokens[0]] * batch), num_new_chars=tf.constant(length),
+                          temperature=tf.constant([1.0]), top_k=tf.constant(0), seed=tf.constant(1, tf.int64))
+
+            return generate
 
         engines = [("checkpoint (bin/sample, XLA)", lambda b, n: keras_engine.sample_ids([prompt] * b, n, seed=1)),
-                   ("SavedModel `generate` (no XLA)", saved_model),
+                   ("SavedModel `generate` (no XLA)", saved_model("1")),
+                   ("SavedModel `generate`, `bin/export --xla`", saved_model("2")),
                    ("TFLite `step` loop (numpy)", lambda b, n: tflite_engine.sample_ids([prompt] * b, n, seed=1))]
         for name, fn in engines:
             rows.append((name, _chars_per_second(fn, 1, args.sample_length),
