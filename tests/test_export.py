@@ -275,6 +275,10 @@ def test_cli_export_then_sample_identically_from_all_three(trained, tmp_path):
                       "--version", 1)
     assert refused.returncode == 1 and "--overwrite" in refused.stderr and len(refused.stderr.splitlines()) == 1
     assert (version_dir / "saved_model.pb").stat().st_mtime_ns == before
+    compiled = run_cli("export", "--checkpoint", trained["keras"], "--export_dir", base, "--model_name", "tiny",
+                       "--xla")  # version 2, which --saved_model base/tiny samples from below
+    assert compiled.returncode == 0, compiled.stderr
+    assert read_export_info(str(base / "tiny" / "2"))["xla"] is True
 
     outputs = []
     for source in (["--checkpoint", trained["keras"]], ["--saved_model", base / "tiny"],
