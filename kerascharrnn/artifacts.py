@@ -4,7 +4,7 @@
         saved_model.pb, variables/      signatures `generate` (= serving_default), `generate_top_p`, `step`
         assets.extra/vocab.json         the vocabulary (torch-rnn JSON), for clients of `step`
         assets.extra/export.json        model config, state tensor names, source checkpoint
-        tflite/model.tflite             with --tflite: the `step` signature for LiteRT
+        tflite/model.tflite             with --tflite: the `step` and `steps` signatures for LiteRT
         tflite/vocab.json               the vocabulary again, so tflite/ alone goes onto a device
 """
 

@@ -314,14 +314,17 @@ def read_record(path: str) -> CheckpointRecord:
     if iteration < 0:
         raise UserError(f"{path}: checkpoint JSON field 'iteration' must be >= 0")
     train_values = dict(_field(values, "train_config", (dict,), path))
-    train_values.setdefault("fused", "auto")  # v0.1.0 ran the static rule, which "auto" still is
+    model_values = _field(values, "model_config", (dict,), path)
+    if "fused" not in train_values:
+        # v0.1.0 recorded no choice: its "auto" trained LSTMs by the size rule that "auto" still applies
+        # without a calibration (calibration.py), and GRU / SimpleRNN layers always through Keras
+        train_values["fused"] = "auto" if model_values.get("model_type", "lstm") == "lstm" else "off"
     return CheckpointRecord(
         path=path,
         iteration=iteration,
         model_file=_file_name(values, "model_file", path),
         state_file=_file_name(values, "state_file", path),
-        model_config=config_lib.from_dict(ModelConfig, _field(values, "model_config", (dict,), path),
-                                          f"{path}: model_config"),
+        model_config=config_lib.from_dict(ModelConfig, model_values, f"{path}: model_config"),
         train_config=config_lib.from_dict(TrainConfig, train_values, f"{path}: train_config"),
         vocab=Vocabulary.from_json_dict(_field(values, "vocab", (dict,), path), source=f"{path}: vocab"),
         history=history,

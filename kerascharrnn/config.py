@@ -19,7 +19,7 @@ MODEL_TYPES = ("lstm", "gru", "rnn")
 INT32_MAX = 2**31 - 1
 # Each layer is built, traced and compiled in turn: 100,000 would build for many minutes in silence.
 MAX_LAYERS = 128
-FUSED_CHOICES = ("auto", "on", "off")
+FUSED_CHOICES = ("auto", "split", "on", "off")
 LOWERCASE_CHOICES = ("auto", "1", "0")
 LR_SCHEDULES = ("step", "cosine")
 STRATEGY_CHOICES = ("one_device", "mirrored", "multi_worker")  # kerascharrnn.distribute.STRATEGIES
@@ -176,9 +176,11 @@ class TrainConfig:
     speed_benchmark: bool = setting(False, "1 = time every step (synchronised) and store the times.", flag_type=int)
     memory_benchmark: bool = setting(False, "1 = record peak memory after every step.", flag_type=int)
     tensorboard_dir: str = setting("", "Write TensorBoard scalars (losses, learning rate, tokens/s) here.")
-    fused: str = setting("auto", "LSTM training path on a CPU: on = the fused XLA kernel (fused.py), off = the plain"
-                         " Keras layer, auto = the one measured faster for this size. The choice is stored in the"
-                         " checkpoint, so a resumed run keeps it.", choices=FUSED_CHOICES)
+    fused: str = setting("auto", "Training path on a CPU: on = the fused XLA kernel (fused.py), split = the same"
+                         " with the batch in two halves computed at once (one per core; not with --batchnorm or"
+                         " --copy_memory), off = the plain Keras layers, auto = the one measured faster for this"
+                         " size (on this machine if bin/benchmark --what calibrate ran here), split where it can."
+                         " The choice is stored in the checkpoint, so a resumed run keeps it.", choices=FUSED_CHOICES)
     # --- scale-out (kerascharrnn/distribute.py, docs/distributed.md) ---
     strategy: str = setting("one_device", "one_device = today's single-device training; mirrored = every GPU of this"
                             " host (or --cpu_replicas CPU devices); multi_worker = the cluster in TF_CONFIG (run the"

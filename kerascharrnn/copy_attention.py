@@ -101,16 +101,21 @@ class CopyAttention(keras.layers.Layer):
 
     def call(self, inputs, training=False):
         outputs, ids = inputs
+        result, new_memory = self.attend_window(outputs, tf.cast(ids, tf.int32), *self.memory_for_window(training))
+        for variable, value in zip(self._memory, new_memory):
+            variable.assign(value)
+        return result
+
+    def memory_for_window(self, training=False):
+        """The carried memory a window starts from: (outputs, ids, count), the count set to 0 in the
+        streams whose memory this window empties (in training, with chance reset_rate each)."""
         if self._memory is None:
             raise ValueError("CopyAttention carries memory across calls: build it with a fixed batch size")
         memory_outputs, memory_ids, count = (tf.convert_to_tensor(v) for v in self._memory)
         if training and self.seed_generator is not None:
             kept = keras.random.uniform(tf.shape(count), seed=self.seed_generator) >= self.reset_rate
             count = tf.where(kept, count, tf.zeros_like(count))
-        result, new_memory = self.attend_window(outputs, tf.cast(ids, tf.int32), memory_outputs, memory_ids, count)
-        for variable, value in zip(self._memory, new_memory):
-            variable.assign(value)
-        return result
+        return memory_outputs, memory_ids, count
 
     def attend_window(self, outputs, ids, memory_outputs, memory_ids, count):
         """The window form with explicit memory: returns (outputs + attention, (memory_outputs, memory_ids, count))."""

@@ -232,6 +232,7 @@ class DistributedTrainer:
     def __init__(self, strategy, config, charrnn, layouts, make_trainer):
         import tensorflow as tf
 
+        from kerascharrnn import fused
         from kerascharrnn import model as model_lib
         from kerascharrnn.charrnn import CharRNN
 
@@ -250,6 +251,7 @@ class DistributedTrainer:
             # records "off" (a one-device checkpoint that trained fused resumes here too)
             self._trainer = make_trainer(dataclasses.replace(config, fused="off"), twin, layouts)
         self.config = dataclasses.replace(self._trainer.config, replicas=self.replicas)
+        self.path_choice = fused.PathChoice(False, "a distribution strategy: the Keras layers")
         self.fused = False
         self.optimizer = self._trainer.optimizer
         self.model = twin.model

@@ -14,6 +14,7 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
+from kerascharrnn import sampling
 from kerascharrnn.config import SampleConfig
 from kerascharrnn.errors import UserError
 from kerascharrnn.sampling import Sampler
@@ -82,38 +83,66 @@ def saved_model_engine(version_dir: str, vocab: Vocabulary, jit_compile: bool = 
 
 
 def tflite_engine(path: str, vocab: Vocabulary) -> Engine:
-    """Samples through a model.tflite's `step` signature with the LiteRT interpreter (numpy loop)."""
+    """Samples through a model.tflite with the LiteRT interpreter (numpy loop): runs of characters
+    through its `steps` signature where it has one (files exported before it: `step` alone)."""
     interpreter = load_interpreter(path)
-    runner = interpreter.get_signature_runner("step")
-    details = runner.get_input_details()
+    details = interpreter.get_signature_runner("step").get_input_details()
     names = _state_names(details)
-    return Engine(vocab, Sampler.for_numpy_step(_direct_step(interpreter, runner, names),
-                                                [int(details[n]["shape"][1]) for n in names], vocab.size), path)
+    step = _signature(interpreter, "step", ["ids", *names], ["logits", *names])
 
-
-def _direct_step(interpreter, runner, names: Sequence[str]) -> Callable:
-    """The `step` signature through the interpreter's tensor indices: per character this skips the
-    signature runner's dictionaries and shape checks (resizing only when the batch size changes)."""
-    inputs = {name: d["index"] for name, d in runner.get_input_details().items()}
-    outputs = {name: d["index"] for name, d in runner.get_output_details().items()}
-    in_order = [inputs["ids"]] + [inputs[n] for n in names]
-    out_order = [outputs["logits"]] + [outputs[n] for n in names]
-    batch = [None]
-
-    def step(ids, states):
-        if batch[0] != len(ids):
-            for index, value in zip(in_order, (ids, *states)):
-                interpreter.resize_tensor_input(index, value.shape, strict=False)
-            interpreter.allocate_tensors()
-            batch[0] = len(ids)
-        for index, value in zip(in_order, (ids, *states)):
-            interpreter.set_tensor(index, np.ascontiguousarray(value, dtype=np.int32 if index == in_order[0]
-                                                               else np.float32))
-        interpreter.invoke()
-        logits, *new_states = (interpreter.get_tensor(index) for index in out_order)
+    def step_fn(ids, states):
+        logits, *new_states = step(ids, *states)
         return logits, tuple(new_states)
 
-    return step
+    multi_step = None
+    if "steps" in interpreter.get_signature_list():
+        # an interpreter of its own: a live signature runner (needed for a signature outside the main
+        # subgraph) makes its interpreter refuse the tensor calls that `step` goes through
+        steps = _signature(load_interpreter(path), "steps",
+                           ["logits", "prompt", "in_prompt", "noise", "temperature", *names], ["ids", "logits", *names])
+
+        def steps_fn(logits, prompt, in_prompt, noise, temperature, states):
+            ids, logits, *new_states = steps(logits, prompt, in_prompt, noise, temperature, *states)
+            return ids, logits, tuple(new_states)
+
+        prompt_shape = interpreter.get_signature_runner("steps").get_input_details()["prompt"]["shape"]
+        multi_step = sampling.MultiStep(int(prompt_shape[1]), steps_fn)
+    return Engine(vocab, Sampler.for_numpy_step(step_fn, [int(details[n]["shape"][1]) for n in names], vocab.size,
+                                                multi_step=multi_step), path)
+
+
+def _signature(interpreter, name: str, input_names: Sequence[str], output_names: Sequence[str]) -> Callable:
+    """signature(*inputs) -> [outputs], both in the order named. The interpreter's main subgraph goes
+    through its tensor indices: per call this skips the signature runner's dictionaries, resizing and
+    allocation (only when the batch size changes), which counts when a call makes one character. The
+    public tensor calls reach only that subgraph; another signature goes through its runner."""
+    runner = interpreter.get_signature_runner(name)
+    inputs, outputs = runner.get_input_details(), runner.get_output_details()
+    main_subgraph = {(d["name"], d["index"]) for d in interpreter.get_input_details()}
+    if {(d["name"], d["index"]) for d in inputs.values()} != main_subgraph:
+
+        def call_runner(*values):
+            result = runner(**{n: np.asarray(v, inputs[n]["dtype"]) for n, v in zip(input_names, values)})
+            # copies: a view into the interpreter's buffers would block resizing the main subgraph
+            return [np.array(result[n]) for n in output_names]
+
+        return call_runner
+    in_order = [(inputs[n]["index"], inputs[n]["dtype"]) for n in input_names]
+    out_order = [outputs[n]["index"] for n in output_names]
+    batch = [None]
+
+    def call(*values):
+        if batch[0] != len(values[0]):
+            for (index, _), value in zip(in_order, values):
+                interpreter.resize_tensor_input(index, np.shape(value), strict=False)
+            interpreter.allocate_tensors()
+            batch[0] = len(values[0])
+        for (index, dtype), value in zip(in_order, values):
+            interpreter.set_tensor(index, np.ascontiguousarray(value, dtype=dtype))
+        interpreter.invoke()
+        return [interpreter.get_tensor(index) for index in out_order]
+
+    return call
 
 
 def load_interpreter(path: str):

@@ -20,6 +20,11 @@ SavedModel signatures (see export/README.md):
   step: ids int32 [N] (0-based = torch-rnn id - 1), state_0..state_K float32 [N, H]
       -> logits float32 [N, V], state_0..state_K. Explicit state, no variables changed: concurrent
       callers never share state.
+
+The TFLite file has `step` and `steps`: logits float32 [N, V], prompt int32 [N, S], in_prompt bool
+[N, S], noise float32 [N, S, V] (Gumbel), temperature float32 [N] (<= 0: argmax), state_0..state_K ->
+ids int32 [N, S], logits, state_0..state_K: S = TFLITE_STEPS characters per interpreter call, each the
+prompt's where in_prompt is set, else argmax(logits / temperature + noise).
 """
 
 from __future__ import annotations
@@ -155,27 +160,78 @@ def write_saved_model(charrnn: CharRNN, directory: str, info: dict, xla: bool = 
     files.write_text_atomic(os.path.join(extra, artifacts.INFO_FILE), json.dumps(info, indent=1))
 
 
+TFLITE_STEPS = 64  # characters per interpreter call of the TFLite `steps` signature
+
+
 def tflite_model(saved_model_dir: str, quantize: str = "none") -> bytes:
-    """The `step` signature of a written SavedModel as a TFLite flatbuffer: builtin ops only, weights inside.
+    """The `step` signature of a written SavedModel as a TFLite flatbuffer, and `steps`, TFLITE_STEPS of
+    them per call with the sampling between them: builtin ops only, weights inside.
 
     The variables are frozen into constants first: converting the SavedModel's `step` directly gives a
     file without the weights, whose outputs are NaN.
     """
     loaded = tf.saved_model.load(saved_model_dir)  # keep a reference: the signature needs its variables
     step = loaded.signatures["step"]
-    frozen = convert_variables_to_constants_v2(step)
+    state_specs = sorted((spec for name, spec in step.structured_input_signature[1].items() if name != "ids"),
+                         key=lambda spec: int(spec.name.split("_")[1]))
+    vocab_size = step.structured_outputs["logits"].shape[1]
+
+    def run_step(ids, states):
+        outputs = step(ids=ids, **{spec.name: s for spec, s in zip(state_specs, states)})
+        return outputs["logits"], [outputs[spec.name] for spec in state_specs]
+
+    steps = tf.function(lambda logits, prompt, in_prompt, noise, temperature, *states:
+                        _tflite_steps(run_step, logits, prompt, in_prompt, noise, temperature, states))
+    steps = steps.get_concrete_function(
+        tf.TensorSpec([None, vocab_size], tf.float32, name="logits"),
+        tf.TensorSpec([None, TFLITE_STEPS], tf.int32, name="prompt"),
+        tf.TensorSpec([None, TFLITE_STEPS], tf.bool, name="in_prompt"),
+        tf.TensorSpec([None, TFLITE_STEPS, vocab_size], tf.float32, name="noise"),
+        tf.TensorSpec([None], tf.float32, name="temperature"), *state_specs)
+    # frozen as a whole, each weight is one constant that all the unrolled steps read
+    frozen = {"step": convert_variables_to_constants_v2(step), "steps": convert_variables_to_constants_v2(steps)}
     holder = tf.Module()
-    holder.step = tf.function(lambda **inputs: tf.nest.pack_sequence_as(step.structured_outputs, frozen(**inputs)))
-    signature = holder.step.get_concrete_function(**step.structured_input_signature[1])
+    holder.step = _with_outputs_named(frozen["step"], step)
+    holder.steps = _with_outputs_named(frozen["steps"], steps)
+    signatures = {"step": holder.step, "steps": holder.steps}
     with tempfile.TemporaryDirectory() as tmp:
-        tf.saved_model.save(holder, tmp, signatures={"step": signature})
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["step"])
+        tf.saved_model.save(holder, tmp, signatures=signatures)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(signatures))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # LiteRT runs no Select TF ops
         if quantize != "none":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]  # alone: dynamic-range int8 weights
         if quantize == "float16":
             converter.target_spec.supported_types = [tf.float16]
         return converter.convert()
+
+
+def _with_outputs_named(frozen, original):
+    """A frozen function (its outputs a flat list) as a concrete function with the original's output dict."""
+    def call(*args, **kwargs):
+        return tf.nest.pack_sequence_as(original.structured_outputs, frozen(*args, **kwargs))
+
+    return tf.function(call).get_concrete_function(*original.structured_input_signature[0],
+                                                   **original.structured_input_signature[1])
+
+
+def _tflite_steps(run_step, logits, prompt, in_prompt, noise, temperature, states):
+    """TFLITE_STEPS characters in one call: sampling.chunk_loop's body in a loop (TFLite's WHILE: the
+    weights stay one copy, where an unrolled body copies them per step), with the Gumbel noise an input
+    (the numpy sampler draws it, so its ids are those of the one-step loop: tests/test_export.py) and
+    without top-k / top-p (the sampler calls `step` for those)."""
+    num_rows = tf.shape(prompt)[0]
+
+    def body(t, logits, states, ids):
+        sampled = sampling.next_ids(logits, temperature, None, None, noise[:, t], sampling.Filters())
+        chosen = tf.where(in_prompt[:, t], prompt[:, t], sampled)
+        logits, states = run_step(chosen, states)
+        # the ids as a (N, S) tensor updated in place: TFLite has no TensorArray
+        ids = tf.tensor_scatter_nd_update(ids, tf.stack([tf.range(num_rows), tf.fill([num_rows], t)], axis=1), chosen)
+        return t + 1, logits, list(states), ids
+
+    _, logits, states, ids = tf.while_loop(lambda t, *_: t < TFLITE_STEPS, body,
+                                           (0, logits, list(states), tf.zeros_like(prompt)))
+    return {"ids": ids, "logits": logits, **{f"state_{k}": s for k, s in enumerate(states)}}
 
 
 def export(charrnn: CharRNN, version_dir: str, *, source: str, tflite: bool = False, quantize: str = "none",
@@ -193,7 +249,8 @@ def export(charrnn: CharRNN, version_dir: str, *, source: str, tflite: bool = Fa
         "signatures": SIGNATURES,
         "xla": xla,
         "states": state_descriptions(charrnn),
-        "tflite": {"file": f"{artifacts.TFLITE_DIR}/{artifacts.TFLITE_FILE}", "quantize": quantize} if tflite else None,
+        "tflite": {"file": f"{artifacts.TFLITE_DIR}/{artifacts.TFLITE_FILE}", "quantize": quantize,
+                   "signatures": ["step", "steps"], "steps_per_call": TFLITE_STEPS} if tflite else None,
     }
     with files.atomic_dir(version_dir, overwrite=overwrite) as tmp:
         write_saved_model(charrnn, tmp, info, xla=xla)

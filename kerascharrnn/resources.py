@@ -7,6 +7,7 @@ kernels take is refused too. No TensorFlow here.
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 from kerascharrnn.config import ModelConfig
@@ -57,6 +58,11 @@ def available_memory() -> Optional[int]:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _gib(n: int) -> str:

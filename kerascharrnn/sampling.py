@@ -89,8 +89,10 @@ def filter_logits_np(logits: np.ndarray, temperature: np.ndarray, top_k: int, to
 
 
 def gumbel_noise_np(shape, rng: np.random.Generator) -> np.ndarray:
-    """numpy twin of gumbel_noise (its own random stream: draws differ from TensorFlow's)."""
-    return -np.log(-np.log(rng.uniform(_TINY, 1.0, size=shape)))
+    """numpy twin of gumbel_noise (its own random stream: draws differ from TensorFlow's), float32 as
+    an engine's own sampling ops take it. Draws of shapes (a, *S) then (b, *S) are one draw of
+    (a + b, *S), so noise drawn for several steps at once is that of one step at a time."""
+    return (-np.log(-np.log(rng.uniform(_TINY, 1.0, size=shape)))).astype(np.float32)
 
 
 def next_ids_np(logits, temperature, top_k, top_p, noise, filters: Filters) -> np.ndarray:
@@ -156,13 +158,30 @@ def chunk_loop(step_fn: Callable, filters: Filters, jit_compile: bool = False):
     return run_chunk
 
 
-def make_numpy_chunk_fn(step_fn: Callable, filters: Filters):
-    """make_chunk_fn's contract for a step function on numpy arrays (a TFLite interpreter, say)."""
+def make_numpy_chunk_fn(step_fn: Callable, filters: Filters, multi_step: Optional[MultiStep] = None):
+    """make_chunk_fn's contract for a step function on numpy arrays (a TFLite interpreter, say).
+
+    With `multi_step`, runs of its `steps` characters without top-k / top-p go through it, one call
+    each (the same noise draws, hence the same ids, as one step at a time); the rest step by step.
+    """
+    by_steps = multi_step is not None and not (filters.top_k or filters.top_p)
 
     def run_chunk(prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, t0, num_steps):
         rng = np.random.default_rng([int(seed), int(t0)])
         out = np.zeros(prompt.shape, np.int32)
-        for t in range(int(num_steps)):
+        t = 0
+        while by_steps and t + multi_step.steps <= num_steps:
+            span = slice(t, t + multi_step.steps)
+            if filters.greedy:  # temperature <= 0: argmax in every row
+                noise = np.zeros((len(out), multi_step.steps, logits.shape[1]), np.float32)
+                row_temperature = np.zeros_like(temperature)
+            else:  # drawn step after step, as below
+                noise = gumbel_noise_np((multi_step.steps, *logits.shape), rng).transpose(1, 0, 2)
+                row_temperature = temperature
+            out[:, span], logits, states = multi_step.call(logits, prompt[:, span], in_prompt[:, span], noise,
+                                                           row_temperature, states)
+            t += multi_step.steps
+        for t in range(t, int(num_steps)):
             noise = None if filters.greedy else gumbel_noise_np(logits.shape, rng)
             sampled = next_ids_np(logits, temperature, int(top_k), float(top_p), noise, filters)
             out[:, t] = np.where(in_prompt[:, t], prompt[:, t], sampled)
@@ -170,6 +189,17 @@ def make_numpy_chunk_fn(step_fn: Callable, filters: Filters):
         return out, logits, states
 
     return run_chunk
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiStep:
+    """An engine's call that runs `steps` characters at once (the TFLite `steps` signature, export.py):
+    call(logits, prompt (N, S), in_prompt (N, S), noise (N, S, V), temperature (N,), states)
+      -> (ids (N, S), logits, states), each id the prompt's where in_prompt, else
+      argmax(logits / temperature + noise), argmax alone where temperature <= 0."""
+
+    steps: int
+    call: Callable
 
 
 def random_seed() -> int:
@@ -191,9 +221,11 @@ class Sampler:
     """
 
     def __init__(self, chunk_fn_for: ChunkFnFactory, state_sizes: Sequence[int], vocab_size: int,
-                 jit_compile: bool = False, chunk_size: Optional[int] = None, numpy_step: Optional[Callable] = None):
+                 jit_compile: bool = False, chunk_size: Optional[int] = None, numpy_step: Optional[Callable] = None,
+                 multi_step: Optional[MultiStep] = None):
         self._chunk_fn_for = chunk_fn_for
         self._numpy_step = numpy_step  # one character at a time on numpy arrays, for beam search
+        self.multi_step = multi_step  # several characters per call, if the engine has it (numpy loops)
         self._state_sizes = list(state_sizes)
         self._vocab_size = vocab_size
         self._jit_compile = jit_compile
@@ -215,9 +247,9 @@ class Sampler:
 
     @classmethod
     def for_numpy_step(cls, step_fn: Callable, state_sizes: Sequence[int], vocab_size: int,
-                       chunk_size: Optional[int] = None) -> "Sampler":
-        return cls(lambda filters, use_xla: make_numpy_chunk_fn(step_fn, filters), state_sizes, vocab_size,
-                   chunk_size=chunk_size, numpy_step=step_fn)
+                       chunk_size: Optional[int] = None, multi_step: Optional[MultiStep] = None) -> "Sampler":
+        return cls(lambda filters, use_xla: make_numpy_chunk_fn(step_fn, filters, multi_step), state_sizes,
+                   vocab_size, chunk_size=chunk_size, numpy_step=step_fn, multi_step=multi_step)
 
     def _chunk_fn(self, filters: Filters, use_xla: bool):
         key = (filters, use_xla)

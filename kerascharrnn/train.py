@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import copy_attention, data, devices, distribute, evaluate, fused, plots, schedule
+from kerascharrnn import copy_attention, data, devices, distribute, evaluate, fused, plots, resources, schedule
 from kerascharrnn import model as model_lib
 from kerascharrnn.charrnn import CharRNN
 from kerascharrnn.config import TrainConfig
@@ -56,18 +56,20 @@ class _StopSignal:
 class Trainer:
     """Owns the optimizer and compiled steps of one training run over a CharRNN.
 
-    `config.fused` is resolved here ("auto" -> "on"/"off"); `self.config` holds the resolved value,
-    which the checkpoints record so that a resumed run takes the same path.
+    `config.fused` is resolved here ("auto" -> "split"/"on"/"off"); `self.config` holds the resolved
+    value, which the checkpoints record so that a resumed run takes the same path.
     """
 
     def __init__(self, config: TrainConfig, charrnn: CharRNN, layouts: Dict[str, data.StreamLayout]):
         self.charrnn = charrnn
         self.model = model = charrnn.model
         self.layouts = layouts
-        # On a CPU, LSTMs may train through fused.forward under XLA (hoisted projections, one-matmul weight
-        # gradients); on a GPU the Keras call runs cuDNN. Same layers and weights either way.
-        self.fused = fused.choose(model, config.fused, on_gpu=devices.on_gpu())
-        self.config = dataclasses.replace(config, fused="on" if self.fused else "off")
+        # On a CPU, recurrent layers may train through fused.py under XLA (hoisted projections, one-matmul
+        # weight gradients; "split": two halves of the batch at once, one per core); on a GPU the Keras call
+        # runs cuDNN. Same layers and weights either way.
+        self.path_choice = fused.choose(model, config.fused, on_gpu=devices.on_gpu(), cpu_cores=resources.cpu_cores())
+        self.fused = self.path_choice.fused
+        self.config = dataclasses.replace(config, fused=self.path_choice.path)
         self.schedule = schedule.TrainingSchedule(config, layouts["train"].num_batches)
         # torch-rnn clamps every gradient element to [-grad_clip, grad_clip]: that is clipvalue.
         options = dict(learning_rate=self.schedule, epsilon=1e-8, clipvalue=config.grad_clip or None)
@@ -81,7 +83,12 @@ class Trainer:
         self.optimizer.build(model.trainable_variables)
         self._loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self._eval_step = evaluate.make_eval_step(model)
-        self.train_step = tf.function(self._train_step, jit_compile=self.fused)
+        if self.path_choice.path == "split":
+            self._split_loss_and_grads = fused.split_loss_and_grads(model, self._loss)
+            self._apply_gradients = tf.function(self._apply_gradients, jit_compile=True)
+            self.train_step = tf.function(self._split_train_step)  # its pieces are XLA computations
+        else:
+            self.train_step = tf.function(self._train_step, jit_compile=self.fused)
 
     def _train_step(self, inputs, targets):
         with tf.GradientTape() as tape:
@@ -93,6 +100,14 @@ class Trainer:
         grads = tape.gradient(loss, self.model.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return loss
+
+    def _split_train_step(self, inputs, targets):
+        loss, grads = self._split_loss_and_grads(inputs, targets)
+        self._apply_gradients(grads)
+        return loss
+
+    def _apply_gradients(self, grads):
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
 
     def learning_rate(self) -> float:
         """The rate the next step will use."""
@@ -259,7 +274,8 @@ def train_and_evaluate(
     fit_to_budget = config.lr_schedule == "cosine" and bool(config.max_minutes)
     log(f"Model: {charrnn.config.model_type} {charrnn.config.num_layers} x {charrnn.config.rnn_size};"
         f" {parameter_advice(charrnn.count_params(), layouts['train'].tokens_covered)}")
-    log(f"{num_train} minibatches per epoch; {'fused' if trainer.fused else 'Keras'} training path;"
+    log(f"{num_train} minibatches per epoch; {'fused' if trainer.fused else 'Keras'} training path"
+        f" ({trainer.path_choice.why});"
         f" learning rate: {config.lr_schedule}" + (f", time budget {config.max_minutes:g} minutes" if config.max_minutes
                                                    else ""))
     writer = tf.summary.create_file_writer(config.tensorboard_dir) if config.tensorboard_dir else None

@@ -42,3 +42,29 @@ def test_runs_alternate_and_quartiles_pool_the_repeats(monkeypatch):
     timing = report.Timing([{"times_ms": [1, 2, 3], "tokens_per_step": 10}, {"times_ms": [4, 5], "tokens_per_step": 10}])
     assert (timing.percentile(25), timing.median_ms, timing.percentile(75)) == (2, 3, 4)
     assert timing.tokens_per_s == 10 / 3 * 1000
+
+
+def test_calibrate_records_this_machines_paths_and_auto_follows(keras_home, tmp_path, monkeypatch):
+    """bin/benchmark --what calibrate times both paths per row and writes the calibration file that
+    --fused auto reads (KERASCHARRNN_CALIBRATION points both at a private file)."""
+    import json
+
+    from kerascharrnn import calibration, resources
+
+    path = tmp_path / "calibration.json"
+    env = {"KERAS_HOME": keras_home, "KERASCHARRNN_CALIBRATION": str(path)}
+    result = run_cli("benchmark", "--what", "calibrate", "--grid", "1x16,2x8", "--model_type", "gru", "--iters", 2,
+                     "--warmup", 1, "--batch_size", 4, "--seq_length", 8, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ("1 x 16 gru", "2 x 8 gru"):
+        assert re.search(rf"^\| {row} \| [\d.]+ \[[\d.]+–[\d.]+\] \| [\d.]+ \[[\d.]+–[\d.]+\] \| (fused|Keras) \|$",
+                         result.stdout, re.M), result.stdout
+    (rows,) = json.loads(path.read_text()).values()
+    assert [(r["kind"], r["num_layers"], r["rnn_size"]) for r in rows] == [("gru", 1, 16), ("gru", 2, 8)]
+    assert {r["fused_path"] for r in rows} == {"split" if resources.cpu_cores() >= 2 else "on"}
+    assert all(r["fused_ms"] > 0 and r["keras_ms"] > 0 for r in rows)
+    monkeypatch.setenv("KERASCHARRNN_CALIBRATION", str(path))
+    fused_path = rows[0]["fused_path"]  # split on two cores or more
+    assert calibration.measured_choice("gru", 1, 20, fused_path) == rows[0]
+    assert calibration.measured_choice("lstm", 1, 16, fused_path) is None
+    assert calibration.measured_choice("gru", 1, 20, {"on": "split", "split": "on"}[fused_path]) is None

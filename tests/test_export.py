@@ -19,6 +19,7 @@ from kerascharrnn import model as model_lib
 from kerascharrnn.charrnn import CharRNN
 from kerascharrnn.config import ModelConfig
 from kerascharrnn.errors import UserError
+from kerascharrnn.sampling import Sampler
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 200
@@ -163,6 +164,25 @@ def test_tflite_builtin_ops_dynamic_batch_weights_inside(exported):
         assert out["logits"].shape == (batch, exported["vocab"].size) and np.isfinite(out["logits"]).all()
     weight_bytes = 4 * exported["model"].count_params()
     assert os.path.getsize(exported["tflite"]) > 0.9 * weight_bytes
+
+
+def test_tflite_steps_give_the_ids_of_one_step_at_a_time(exported):
+    """The `steps` signature (export.TFLITE_STEPS characters per call) gives the same ids as the `step`
+    loop for the same seed: temperatures per row (argmax rows among them), greedy, prompts of different
+    lengths ending inside a call, lengths that leave a tail for `step`; top-k runs step by step."""
+    engine = engines.open_engine("tflite", exported["tflite"], exported["vocab"])
+    assert engine.sampler.multi_step.steps == export.TFLITE_STEPS
+    one_at_a_time = Sampler.for_numpy_step(engine.sampler._numpy_step, model_lib.state_sizes(exported["model"]),
+                                           exported["vocab"].size)
+    rng = np.random.default_rng(0)
+    cases = [dict(temperature=0.8), dict(temperature=[0.0, 0.7, 1.3]), dict(greedy=True), dict(temperature=1.0, top_k=5)]
+    for seed, options in enumerate(cases, 1):
+        prompts = [rng.integers(0, exported["vocab"].size, n).astype(np.int32) for n in (0, 37, 90)]
+        for num_new in (export.TFLITE_STEPS * 2 + 5, 3):
+            ours = engine.sample_ids(prompts, num_new, seed=seed, **options)
+            theirs = one_at_a_time.sample_ids(prompts, num_new, seed=seed, **options)
+            assert all(np.array_equal(a, b) for a, b in zip(ours, theirs)), (options, num_new)
+    assert read_export_info(exported["dir"])["tflite"]["steps_per_call"] == export.TFLITE_STEPS
 
 
 @pytest.mark.parametrize("quantize,tolerance", [("float16", 5e-2), ("dynamic", 2e-1)])

@@ -1,13 +1,15 @@
 """The fused CPU training path computes what the Keras layers compute: same outputs, carried states
 and gradients, over consecutive stateful batches."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from helpers import cudnn_eligible
-from kerascharrnn import data, fused, train
+from kerascharrnn import calibration, data, fused, train
 from kerascharrnn import model as model_lib
 from kerascharrnn.charrnn import CharRNN
 from kerascharrnn.config import ModelConfig, TrainConfig
@@ -21,11 +23,13 @@ def build(model_type="lstm", **kwargs):
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
-@pytest.mark.parametrize("batchnorm,copy_memory", [(False, 0), (True, 0), (False, 5)])
-def test_outputs_states_and_gradients_match_keras(batchnorm, copy_memory, jit_compile):
-    """Eagerly, and compiled with XLA as Trainer compiles its fused step; with copy attention the fused
-    path runs that layer as Keras does (its memory is among the states compared)."""
-    model = build(batchnorm=batchnorm, copy_memory=copy_memory, copy_heads=2, copy_head_size=3)
+@pytest.mark.parametrize("model_type,batchnorm,copy_memory", [("lstm", False, 0), ("lstm", True, 0),
+                                                              ("lstm", False, 5), ("gru", False, 0),
+                                                              ("gru", True, 5), ("rnn", False, 0)])
+def test_outputs_states_and_gradients_match_keras(model_type, batchnorm, copy_memory, jit_compile):
+    """Eagerly, and compiled with XLA as Trainer compiles its fused step, for every recurrent kind; with
+    copy attention the fused path runs that layer as Keras does (its memory is among the states compared)."""
+    model = build(model_type, batchnorm=batchnorm, copy_memory=copy_memory, copy_heads=2, copy_head_size=3)
     if copy_memory:  # its output kernel starts at zero: give it weight, so every attention weight has a gradient
         kernel = model.get_layer("copy_attention").output_kernel
         kernel.assign(np.random.default_rng(1).normal(size=kernel.shape).astype(np.float32))
@@ -65,18 +69,79 @@ def trainer(model_type="lstm", fused_setting="auto", rnn_size=9, **kwargs):
     return train.Trainer(TrainConfig(batch_size=3, seq_length=7, fused=fused_setting), charrnn, layout)
 
 
+def chosen_path(kind="lstm", setting="auto", cores=2, rnn_size=9, on_gpu=False, **kwargs):
+    config = ModelConfig(vocab_size=11, model_type=kind, wordvec_size=6, rnn_size=rnn_size, num_layers=2, **kwargs)
+    return fused.choose(model_lib.build_model(config, batch_size=3), setting, on_gpu=on_gpu, cpu_cores=cores).path
+
+
 def test_one_decision_for_the_training_path():
-    assert trainer("lstm", dropout=0.2).fused
-    assert trainer("lstm").config.fused == "on"  # resolved, so checkpoints record the choice
-    assert not trainer("gru").fused and trainer("gru").config.fused == "off"
-    assert not trainer("lstm", rnn_size=128).fused  # the plain Keras loop measured faster there
-    assert trainer("lstm", "on", rnn_size=128).fused
-    assert not trainer("lstm", "off").fused
-    with pytest.raises(UserError, match="--fused on.*gru_0 is a gru"):
-        trainer("gru", "on")
-    model = build("lstm")
-    assert all(cudnn_eligible(s.layer) for s in model_lib.recurrent_stages(model))  # layers untouched
-    assert fused.unsupported_reason(build("rnn")) is not None
+    for kind in ("lstm", "gru", "rnn"):  # split in two halves measured faster than Keras at every size
+        assert chosen_path(kind) == chosen_path(kind, rnn_size=128) == chosen_path(kind, dropout=0.2) == "split"
+        assert chosen_path(kind, "off") == chosen_path(kind, on_gpu=True) == "off"
+    # in one piece (one core; batch norm or copy attention span the batch), an LSTM of ~128 trains faster
+    # through the Keras layers
+    assert chosen_path(copy_memory=4, copy_heads=1, copy_head_size=2, copy_reset=0.5) == "split"
+    assert chosen_path(cores=1) == chosen_path(batchnorm=True) == "on"
+    assert chosen_path(cores=1, rnn_size=128) == chosen_path(batchnorm=True, rnn_size=128) == "off"
+    assert chosen_path("gru", cores=1, rnn_size=128) == "on"
+    assert chosen_path(setting="on", rnn_size=128) == "on" and chosen_path(setting="split", cores=1) == "split"
+    with pytest.raises(UserError, match=r"--fused split: .*batchnorm_0 \(batchnorm\) spans the batch"):
+        chosen_path(setting="split", batchnorm=True)
+    assert trainer("lstm").config.fused == trainer("lstm").path_choice.path  # resolved, as checkpoints record it
+    for kind in ("lstm", "gru"):
+        model = build(kind)
+        assert all(cudnn_eligible(s.layer) for s in model_lib.recurrent_stages(model))  # layers untouched
+
+
+@pytest.mark.parametrize("model_type,copy_memory", [("lstm", 0), ("gru", 0), ("rnn", 0), ("lstm", 5)])
+def test_split_batch_gives_the_whole_batchs_loss_gradients_and_states(model_type, copy_memory):
+    """Two pieces computed apart give the loss, gradients and carried states (copy memory included) of
+    the whole batch through `forward`, over consecutive batches; what the layers draw at random (dropout
+    masks, copy memory resets) is drawn for the whole batch, the same draws."""
+    model = build(model_type, dropout=0.3, embedding_dropout=0.2, copy_memory=copy_memory, copy_heads=2,
+                  copy_head_size=3, copy_reset=0.5 if copy_memory else 0.0)
+    if copy_memory:  # its output kernel starts at zero: give it weight, so every attention weight has a gradient
+        kernel = model.get_layer("copy_attention").output_kernel
+        kernel.assign(np.random.default_rng(1).normal(size=kernel.shape).astype(np.float32))
+    seeds = [v for v in model.non_trainable_variables if "seed" in v.path]
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function(jit_compile=True)
+    def whole(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, fused.forward(model, x))
+        return loss, [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
+
+    split = tf.function(fused.split_loss_and_grads(model, loss_fn))
+    rng = np.random.default_rng(2)
+    batches = [(rng.integers(0, 11, (3, 7)).astype(np.int32), rng.integers(0, 11, (3, 7)).astype(np.int32))
+               for _ in range(3)]
+    start = [v.numpy() for v in seeds]
+    results = {}
+    for name, call in (("whole", whole), ("split", split)):
+        for variable, value in zip(seeds, start):
+            variable.assign(value)
+        model_lib.reset_states(model)
+        results[name] = [(call(x, y), model_lib.get_states(model)) for x, y in batches]  # odd batch: 1 + 2 rows
+    for ((w_loss, w_grads), w_states), ((s_loss, s_grads), s_states) in zip(results["whole"], results["split"]):
+        assert float(s_loss) == pytest.approx(float(w_loss), abs=1e-6)
+        for a, b in zip(s_grads, w_grads):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+        for a, b in zip(s_states, w_states):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_non_default_cells_are_refused():
+    """Cells whose math the fused path does not reproduce: auto keeps Keras, --fused on says why."""
+    for layer in (keras.layers.GRU(9, reset_after=False, return_sequences=True, stateful=True),
+                  keras.layers.SimpleRNN(9, activation="relu", return_sequences=True, stateful=True),
+                  keras.layers.LSTM(9, recurrent_dropout=0.1, return_sequences=True, stateful=True)):
+        ids = keras.Input(batch_shape=(3, None), dtype="int32")
+        model = keras.Model(ids, keras.layers.Dense(11)(layer(keras.layers.Embedding(11, 6)(ids))))
+        assert "not a default" in fused.unsupported_reason(model)
+        assert not fused.choose(model, "auto", on_gpu=False).fused
+        with pytest.raises(UserError, match="--fused on.*not a default"):
+            fused.choose(model, "on", on_gpu=False)
 
 
 def test_unsupported_reason_checks_stateful():
@@ -99,3 +164,32 @@ def test_trainer_compiles_the_fused_step_with_xla():
         losses[setting] = float(t.train_step(x, y))
         assert t.train_step._jit_compile is (setting == "on")
     assert losses["on"] == pytest.approx(losses["off"], abs=1e-5)
+
+
+def test_auto_follows_this_machines_calibration(tmp_path, monkeypatch):
+    """With timings for this machine, auto takes the faster path of the nearest measured configuration
+    (same kind); another machine's timings, or none, leave the static rule."""
+    path = str(tmp_path / "calibration.json")
+    monkeypatch.setenv("KERASCHARRNN_CALIBRATION", path)
+    assert trainer("lstm", rnn_size=128).path_choice.why.startswith("the rule")
+    calibration.record([{"kind": "lstm", "fused_path": "on", "num_layers": 2, "rnn_size": 128, "fused_ms": 9.0,
+                         "keras_ms": 12.0},
+                        {"kind": "lstm", "fused_path": "on", "num_layers": 2, "rnn_size": 512, "fused_ms": 99.0,
+                         "keras_ms": 90.0}])
+    choice = trainer("lstm", rnn_size=128, batchnorm=True).path_choice  # batch norm: fused "on", not split
+    assert choice.path == "on" and "measured on this machine at 2x128" in choice.why
+    assert trainer("lstm", rnn_size=150, batchnorm=True).fused  # nearest measured size: 128
+    assert not trainer("lstm", rnn_size=400, batchnorm=True).fused  # nearest: 512, where Keras won
+    assert trainer("lstm", "off", rnn_size=128).path_choice.why == "--fused off"
+    assert trainer("gru", batchnorm=True).fused  # no GRU timings: the static rule
+    assert chosen_path(rnn_size=512) == "split"  # timings of the other form ("on") do not count for a split run
+    with open(path) as f:
+        table = json.load(f)
+    table["another CPU | 64 cores | tensorflow 9"] = table.pop(calibration.machine_key())
+    with open(path, "w") as f:
+        json.dump(table, f)
+    assert not trainer("lstm", rnn_size=128, batchnorm=True).fused  # not this machine's: the static rule
+    with open(path, "w") as f:
+        f.write("{not json")
+    with pytest.raises(UserError, match="not a kerascharrnn calibration file"):
+        trainer("lstm", rnn_size=128, batchnorm=True)

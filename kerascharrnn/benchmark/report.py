@@ -5,9 +5,11 @@
     (with --peer torch) PyTorch's nn.LSTM/GRU/RNN, --repeats times, the two frameworks alternating row by
     row (and which goes first alternating too) so that drift on the machine hits both; the ratio per row is
     peer median / our median (> 1: we are faster). One table per --model_type.
+--what calibrate: our two CPU training paths (fused and the Keras layers) on the same grid; the times are
+    recorded for this machine, and `bin/train --fused auto` follows them (calibration.py).
 --what sample: chars/s of a 2x128 LSTM at batch 1 and 50, from a checkpoint (bin/sample's compiled
     path), the SavedModel `generate` signature (no XLA, as TF Serving runs it by default, and exported with
-    --xla) and the TFLite step loop.
+    --xla) and the TFLite file (its `steps` signature).
 --what preprocess: MB/s and peak RSS of the whole bin/preprocess process (`python -m
     kerascharrnn.cli.preprocess`) on a generated file.
 """
@@ -178,6 +180,39 @@ def run_train(args) -> str:
     return "\n\n".join(tables)
 
 
+def run_calibrate(args) -> str:
+    """Times our two CPU training paths (fused and the Keras layers) on every grid row, alternating, and
+    records them in this machine's calibration file (calibration.py), which `--fused auto` then follows."""
+    from kerascharrnn import calibration, corpus, resources
+
+    h5 = args.input_h5 or corpus.corpus_files(args.corpus)[0]
+    # the fused form --fused auto would take for these (plain) models on this machine
+    fused_path = "split" if args.batch_size >= 2 and resources.cpu_cores() >= 2 else "on"
+    lines = [f"| model | fused ({fused_path}) ms/step median [quartiles] | Keras ms/step median [quartiles] |"
+             " auto takes |", "|---|---|---|---|"]
+    rows = []
+    for model_type in args.model_type:
+        for index, (layers, size) in enumerate(parse_grid(args.grid)):
+            config = {"h5": h5, "model_type": model_type, "num_layers": layers, "rnn_size": size,
+                      "batch_size": args.batch_size, "seq_length": args.seq_length, "iters": args.iters,
+                      "warmup": args.warmup}
+            runs = {fused_path: [], "off": []}
+            for repeat in range(args.repeats):
+                for setting in (fused_path, "off") if (repeat + index) % 2 == 0 else ("off", fused_path):
+                    runs[setting].append(measure("tf", dict(config, fused=setting)))
+            fused, keras = Timing(runs[fused_path]), Timing(runs["off"])
+            rows.append({"kind": model_type, "fused_path": fused_path, "num_layers": layers, "rnn_size": size,
+                         "fused_ms": round(fused.median_ms, 3), "keras_ms": round(keras.median_ms, 3)})
+            winner = "fused" if fused.median_ms < keras.median_ms else "Keras"
+            lines.append(f"| {layers} x {size} {model_type} | {fused.cell()} | {keras.cell()} | {winner} |")
+            print(f"{layers} x {size} {model_type}: fused {fused.median_ms:.1f} ms, Keras {keras.median_ms:.1f} ms",
+                  file=sys.stderr, flush=True)
+    path = calibration.record(rows)
+    lines.append(f"\nRecorded for this machine in {path}: `bin/train --fused auto` now takes the path measured"
+                 " faster at the nearest rnn_size of the same kind.")
+    return "\n".join(lines)
+
+
 def _chars_per_second(generate, batch: int, length: int) -> float:
     generate(batch, 64)  # compile / warm up at this batch size
     started = time.perf_counter()
@@ -216,11 +251,12 @@ def run_sample(args) -> str:
 
             return generate
 
-        engines = [("checkpoint (bin/sample, XLA)", lambda b, n: keras_engine.sample_ids([prompt] * b, n, seed=1)),
-                   ("SavedModel `generate` (no XLA)", saved_model("1")),
-                   ("SavedModel `generate`, `bin/export --xla`", saved_model("2")),
-                   ("TFLite `step` loop (numpy)", lambda b, n: tflite_engine.sample_ids([prompt] * b, n, seed=1))]
-        for name, fn in engines:
+        candidates = [("checkpoint (bin/sample, XLA)", lambda b, n: keras_engine.sample_ids([prompt] * b, n, seed=1)),
+                      ("SavedModel `generate` (no XLA)", saved_model("1")),
+                      ("SavedModel `generate`, `bin/export --xla`", saved_model("2")),
+                      (f"TFLite `steps` ({export.TFLITE_STEPS} characters per call)",
+                       lambda b, n: tflite_engine.sample_ids([prompt] * b, n, seed=1))]
+        for name, fn in candidates:
             rows.append((name, _chars_per_second(fn, 1, args.sample_length),
                          _chars_per_second(fn, 50, max(args.sample_length // 10, 100))))
     lines = ["| engine (2 x 128 LSTM) | chars/s, batch 1 | chars/s in total, batch 50 |", "|---|---|---|"]
@@ -282,5 +318,5 @@ def machine() -> str:
 
 
 def run(args) -> Dict[str, str]:
-    sections = {"train": run_train, "sample": run_sample, "preprocess": run_preprocess}
+    sections = {"train": run_train, "calibrate": run_calibrate, "sample": run_sample, "preprocess": run_preprocess}
     return {what: sections[what](args) for what in args.what}

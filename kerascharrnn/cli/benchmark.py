@@ -10,7 +10,9 @@ from kerascharrnn.cli import common
 from kerascharrnn.config import FUSED_CHOICES, MODEL_TYPES
 from kerascharrnn.errors import UserError
 
-flags.DEFINE_multi_enum("what", ["train"], ["train", "sample", "preprocess"], "What to measure (repeatable).")
+flags.DEFINE_multi_enum("what", ["train"], ["train", "calibrate", "sample", "preprocess"], "What to measure"
+                        " (repeatable); calibrate = time our fused and Keras training paths on --grid and record"
+                        " them for this machine, where --fused auto follows them.")
 flags.DEFINE_enum("peer", "none", ["none", "torch"], "Also run the same configurations with PyTorch (pip install"
                   " 'kerascharrnn[bench]'), each in its own process, and print the ratio per row.")
 flags.DEFINE_string("grid", "torch-rnn", "Layers x rnn_size list, e.g. '1x64,2x128'; torch-rnn = 1/2/3 x 64..512.")
