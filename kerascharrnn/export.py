@@ -188,7 +188,7 @@ def tflite_model(saved_model_dir: str, quantize: str = "none") -> bytes:
         tf.TensorSpec([None, TFLITE_STEPS], tf.bool, name="in_prompt"),
         tf.TensorSpec([None, TFLITE_STEPS, vocab_size], tf.float32, name="noise"),
         tf.TensorSpec([None], tf.float32, name="temperature"), *state_specs)
-    # frozen as a whole, each weight is one constant that all the unrolled steps read
+    # each frozen as a whole: a weight becomes one constant, which every step of the loop reads
     frozen = {"step": convert_variables_to_constants_v2(step), "steps": convert_variables_to_constants_v2(steps)}
     holder = tf.Module()
     holder.step = _with_outputs_named(frozen["step"], step)

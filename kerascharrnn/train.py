@@ -274,8 +274,8 @@ def train_and_evaluate(
     fit_to_budget = config.lr_schedule == "cosine" and bool(config.max_minutes)
     log(f"Model: {charrnn.config.model_type} {charrnn.config.num_layers} x {charrnn.config.rnn_size};"
         f" {parameter_advice(charrnn.count_params(), layouts['train'].tokens_covered)}")
-    log(f"{num_train} minibatches per epoch; {'fused' if trainer.fused else 'Keras'} training path"
-        f" ({trainer.path_choice.why});"
+    path_name = {"split": "fused (split)", "on": "fused", "off": "Keras"}[trainer.path_choice.path]
+    log(f"{num_train} minibatches per epoch; {path_name} training path ({trainer.path_choice.why});"
         f" learning rate: {config.lr_schedule}" + (f", time budget {config.max_minutes:g} minutes" if config.max_minutes
                                                    else ""))
     writer = tf.summary.create_file_writer(config.tensorboard_dir) if config.tensorboard_dir else None
