@@ -35,11 +35,12 @@ import os
 import tempfile
 from typing import List
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 import kerascharrnn
-from kerascharrnn import artifacts, files, sampling
+from kerascharrnn import artifacts, files, sampling, serving_warmup
 from kerascharrnn.charrnn import CharRNN
 from kerascharrnn.errors import UserError
 from kerascharrnn.vocab import Vocabulary
@@ -158,6 +159,17 @@ def write_saved_model(charrnn: CharRNN, directory: str, info: dict, xla: bool = 
     os.makedirs(extra, exist_ok=True)
     files.write_text_atomic(os.path.join(extra, artifacts.VOCAB_FILE), vocab.to_json())
     files.write_text_atomic(os.path.join(extra, artifacts.INFO_FILE), json.dumps(info, indent=1))
+    if xla:  # the first request at a batch size compiles: TF Serving does that at load time instead
+        serving_warmup.write(os.path.join(extra, serving_warmup.FILE_NAME), warmup_requests())
+
+
+def warmup_requests() -> List[bytes]:
+    """A batch-1 request of one character to each generate signature: it compiles the XLA chunk loop
+    that serves every length at that batch size."""
+    inputs = {"start_text": np.array([b""]), "num_new_chars": np.int32(1), "temperature": np.array([1.0], np.float32),
+              "top_k": np.int32(0), "seed": np.int64(1)}
+    return [serving_warmup.predict_log(name, dict(inputs, top_p=np.float32(1.0)) if name == "generate_top_p"
+                                       else inputs) for name in ("serving_default", "generate", "generate_top_p")]
 
 
 TFLITE_STEPS = 64  # characters per interpreter call of the TFLite `steps` signature
@@ -248,6 +260,7 @@ def export(charrnn: CharRNN, version_dir: str, *, source: str, tflite: bool = Fa
         "encoding": charrnn.vocab.encoding,
         "signatures": SIGNATURES,
         "xla": xla,
+        "warmup": f"{artifacts.EXTRA_DIR}/{serving_warmup.FILE_NAME}" if xla else None,
         "states": state_descriptions(charrnn),
         "tflite": {"file": f"{artifacts.TFLITE_DIR}/{artifacts.TFLITE_FILE}", "quantize": quantize,
                    "signatures": ["step", "steps"], "steps_per_call": TFLITE_STEPS} if tflite else None,

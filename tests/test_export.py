@@ -127,6 +127,46 @@ def test_xla_export_generates_what_the_plain_export_does(exported, tmp_path):
     assert sampled == generate_signature(compiled, prompts, 40, temperature=[1.0], seed=3, top_p=0.9)
     assert [len(t) for t in sampled] == [len(p) + 40 for p in prompts]
     assert not read_export_info(exported["dir"])["xla"]
+    # the warm-up requests TF Serving replays at load time: PredictionLogs that run on this export
+    requests = read_warmup_requests(os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests"))
+    assert [name for name, _ in requests] == ["serving_default", "generate", "generate_top_p"]
+    for name, inputs in requests:
+        text = compiled["loaded"].signatures[name](**inputs)["text"].numpy()
+        assert text.shape == (1,) and len(text[0].decode("utf-8")) == 1
+    assert read_export_info(version_dir)["warmup"] == "assets.extra/tf_serving_warmup_requests"
+    assert not os.path.exists(os.path.join(exported["dir"], "assets.extra", "tf_serving_warmup_requests"))
+
+
+def read_warmup_requests(path):
+    """(signature name, input tensors) of each PredictionLog in a warm-up file, parsed by protobuf from
+    descriptors with tensorflow_serving/apis' field numbers (its Python package pins an older protobuf)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    from tensorflow.core.framework import tensor_pb2
+
+    proto = descriptor_pb2.FileDescriptorProto(name="warmup_test.proto", package="warmup_test")
+    fields = {"ModelSpec": [("signature_name", 3, "TYPE_STRING", None, "LABEL_OPTIONAL")],
+              "InputsEntry": [("key", 1, "TYPE_STRING", None, "LABEL_OPTIONAL"),
+                              ("value", 2, "TYPE_BYTES", None, "LABEL_OPTIONAL")],  # a TensorProto
+              "PredictRequest": [("model_spec", 1, "TYPE_MESSAGE", "ModelSpec", "LABEL_OPTIONAL"),
+                                 ("inputs", 2, "TYPE_MESSAGE", "InputsEntry", "LABEL_REPEATED")],
+              "PredictLog": [("request", 1, "TYPE_MESSAGE", "PredictRequest", "LABEL_OPTIONAL")],
+              "PredictionLog": [("predict_log", 6, "TYPE_MESSAGE", "PredictLog", "LABEL_OPTIONAL")]}
+    for message, message_fields in fields.items():
+        descriptor = proto.message_type.add(name=message)
+        for name, number, kind, type_name, label in message_fields:
+            descriptor.field.add(name=name, number=number, type=getattr(descriptor_pb2.FieldDescriptorProto, kind),
+                                 label=getattr(descriptor_pb2.FieldDescriptorProto, label),
+                                 type_name=f".warmup_test.{type_name}" if type_name else None)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    prediction_log = message_factory.GetMessageClass(pool.FindMessageTypeByName("warmup_test.PredictionLog"))
+    requests = []
+    for record in tf.data.TFRecordDataset(path):
+        request = prediction_log.FromString(record.numpy()).predict_log.request
+        requests.append((request.model_spec.signature_name,
+                         {e.key: tf.constant(tf.make_ndarray(tensor_pb2.TensorProto.FromString(e.value)))
+                          for e in request.inputs}))
+    return requests
 
 
 def test_step_signature_and_tflite_match_keras_for_200_steps(exported):
