@@ -111,6 +111,21 @@ def test_generate_top_p_is_nucleus_sampling(exported):
     assert read_export_info(exported["dir"])["signatures"] == ["generate", "generate_top_p", "serving_default", "step"]
 
 
+def test_generate_without_filters_gives_the_ids_of_the_filtered_loop(exported):
+    """The signature runs a loop without the top-k / top-p filters (and, all rows greedy, without noise)
+    unless a request turns one on; top_k = V turns the filtered loop on without removing anything, so the
+    texts must be the same, for sampled, greedy and mixed rows."""
+    vocab_size = exported["vocab"].size
+    prompts = ["ROMEO:", "A", ""]
+    for temperature in ([1.3], [0.0], [0.0, 0.8, 1.0]):
+        unfiltered = generate_signature(exported, prompts, 70, temperature=temperature, seed=6)
+        assert generate_signature(exported, prompts, 70, temperature=temperature, seed=6, top_k=vocab_size) == unfiltered
+        assert generate_signature(exported, prompts, 70, temperature=temperature, seed=6, top_k=vocab_size,
+                                  top_p=1.0) == unfiltered
+    assert generate_signature(exported, prompts, 70, temperature=[1.3], seed=6, top_k=2) != \
+        generate_signature(exported, prompts, 70, temperature=[1.3], seed=6)
+
+
 def test_xla_export_generates_what_the_plain_export_does(exported, tmp_path):
     """bin/export --xla: the generate signatures' loop is XLA-compiled in chunks (marked in the saved
     graph); argmax text equals the plain export's across a chunk boundary, sampling repeats with its seed."""

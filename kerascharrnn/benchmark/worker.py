@@ -64,7 +64,9 @@ def tf_step_fn(config: dict, vocab_size: int):
 def main(argv):
     framework, config = argv[1], json.loads(argv[2])
     if framework == "tf":
-        import tensorflow  # noqa: F401  (the idle baseline includes the framework)
+        from kerascharrnn import devices  # imports TensorFlow: the idle baseline includes the framework
+
+        devices.configure_xla()  # as bin/train's set-up does
     else:
         import torch  # noqa: F401
     import h5py

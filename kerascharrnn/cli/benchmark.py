@@ -48,7 +48,12 @@ def main(argv):
     except ValueError:
         raise UserError(f"--grid {FLAGS.grid!r}: use torch-rnn or a list like 1x64,2x128") from None
     common.quiet_tensorflow()
+    from kerascharrnn import devices
     from kerascharrnn.benchmark import report
+
+    devices.configure_xla()  # the sampling rows compile here; training rows in workers that do the same
+    if "sample" in FLAGS.what:
+        devices.configure_sampling_threads()  # as bin/sample and bin/serve run
 
     command = " ".join(shlex.quote(a) for a in ["bin/benchmark", *sys.argv[1:]])
     sections = report.run(FLAGS)

@@ -62,7 +62,7 @@ def main(argv):
     common.quiet_tensorflow()
     from kerascharrnn import devices, engines
 
-    devices.configure(FLAGS.gpu)
+    devices.configure(FLAGS.gpu, sampling=True)
     with common.stderr_silenced():  # LiteRT announces its CPU delegate on stderr
         engine = engines.open_engine(kind, path, vocab)
     if FLAGS.verbose:

@@ -55,7 +55,7 @@ def main(argv):
 
     from kerascharrnn import devices, engines, serve
 
-    devices.configure(FLAGS.gpu)
+    devices.configure(FLAGS.gpu, sampling=True)
     with common.stderr_silenced():  # TensorFlow's C++ notes while loading and tracing
         engine = engines.open_engine(kind, path, vocab, jit_compile=False)  # batch sizes vary: no XLA
         batcher = serve.BatchingSampler(engine, config.max_batch_rows)
