@@ -14,8 +14,8 @@ from kerascharrnn.errors import UserError
 def configure(gpu: int, seed: Optional[int] = None, sampling: bool = False) -> None:
     """--gpu -1 hides GPUs, --gpu k keeps only GPU k; --seed seeds every RNG and makes ops deterministic;
     XLA's CPU compiler gets the settings measured best for these models (`configure_xla`); `sampling`
-    (a process that runs the model a character at a time: bin/sample, bin/serve) runs each op on the
-    thread that reaches it (`configure_sampling_threads`)."""
+    (a process that runs the model a character at a time: bin/sample, bin/serve) runs each op
+    single-threaded (`configure_sampling_threads`)."""
     configure_xla()
     if sampling:
         configure_sampling_threads()
@@ -50,9 +50,9 @@ def on_gpu() -> bool:
 
 
 # XLA's CPU code generation for these models' small recurrent loops, measured on a 2-core CPU
-# (docs/benchmarks.md, round 3): the legacy fusion emitters compile each step's gate arithmetic into
-# fewer kernels than the newer MLIR ones, so the training step is as fast or up to ~15% faster, sampling
-# at batch 50 ~20-35% faster, and the process grows 70-90 MB less (the compiler's transient memory).
+# (docs/benchmarks.md, round 3): with XLA's legacy fusion emitters instead of its newer MLIR-based ones,
+# the training step ran as fast or up to ~15% faster, sampling at batch 50 ~20-35% faster, and the
+# process grew 70-90 MB less (most of it the compiler's own memory, which the process keeps).
 XLA_CPU_FLAGS = {"xla_cpu_use_fusion_emitters": "false"}
 # XLA ends the process on a flag its build does not know, so the flags are set only where they were
 # checked to exist (tests/test_devices.py compiles under them in a fresh process).
