@@ -251,8 +251,8 @@ class DistributedTrainer:
             # records "off" (a one-device checkpoint that trained fused resumes here too)
             self._trainer = make_trainer(dataclasses.replace(config, fused="off"), twin, layouts)
         self.config = dataclasses.replace(self._trainer.config, replicas=self.replicas)
-        self.path_choice = fused.PathChoice(False, "a distribution strategy: the Keras layers")
-        self.fused = False
+        self.path_choice = fused.PathChoice("off", "a distribution strategy: the Keras layers")
+        self.fused = self.path_choice.fused
         self.optimizer = self._trainer.optimizer
         self.model = twin.model
         self._stages = model_lib.layer_stack(self.model)
