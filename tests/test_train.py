@@ -155,14 +155,16 @@ def test_weight_decay_uses_adamw_on_matrices_only(trained):
 def test_time_budget_stops_cleanly_and_fits_the_cosine_to_it(small_corpus, tmp_path):
     _, h5, _ = small_corpus
     result = run_cli("train", "--input_h5", h5, "--batch_size", 4, "--seq_length", 16, "--rnn_size", 16,
-                     "--wordvec_size", 8, "--lr_schedule", "cosine", "--max_minutes", 0.1, "--checkpoint_every", 0,
+                     "--wordvec_size", 8, "--lr_schedule", "cosine", "--max_minutes", 0.25, "--checkpoint_every", 0,
                      "--print_every", 0, "--checkpoint_name", tmp_path / "cv" / "c", "--seed", 1)
     assert result.returncode == 0, result.stderr
-    assert "Time budget of 0.1 minutes spent at iteration" in result.stdout
+    # 15 s: the first step's compilation took 3-6 s on a loaded 2-core CI machine, and the speed is
+    # measured only after it, over at least 10% of the budget
+    assert "Time budget of 0.25 minutes spent at iteration" in result.stdout
     assert "the cosine schedule ends at iteration" in result.stdout
     last = result.stdout.split("checkpoint ")[-1].strip()
     record = ckpt.read_record(last)
-    assert 6 <= record.elapsed_seconds < 30  # stopped once the budget was spent (no timing is checked closer)
+    assert 15 <= record.elapsed_seconds < 45  # stopped once the budget was spent (no timing is checked closer)
     end = record.train_config.lr_schedule_iters
     assert end > train.SPEED_PROBE_ITERS
     rates = record.history["learning_rate_history"]
@@ -175,7 +177,7 @@ def test_time_budget_refits_the_cosine_at_every_checkpoint(small_corpus, tmp_pat
     """The speed drifts over a run: the cosine's end is estimated again at each checkpoint."""
     _, h5, _ = small_corpus
     result = run_cli("train", "--input_h5", h5, "--batch_size", 4, "--seq_length", 16, "--rnn_size", 16,
-                     "--wordvec_size", 8, "--lr_schedule", "cosine", "--max_minutes", 0.15, "--checkpoint_every",
+                     "--wordvec_size", 8, "--lr_schedule", "cosine", "--max_minutes", 0.25, "--checkpoint_every",
                      25, "--print_every", 0, "--checkpoint_name", tmp_path / "r", "--seed", 1)
     assert result.returncode == 0, result.stderr
     records = sorted((ckpt.read_record(str(p)) for p in tmp_path.glob("r_[0-9]*.json")), key=lambda r: r.iteration)
