@@ -116,29 +116,17 @@ class CharRNNModule(tf.Module):
         logits = tf.zeros([num_rows, self._vocab_size])  # uniform: an empty prompt starts anywhere
         states = tuple(tf.zeros([num_rows, size]) for size in self._state_sizes)
         top_p = tf.constant(1.0) if top_p is None else top_p
-        if self._xla:
-            sequence = self._run_compiled_chunks(filters, prompt, in_prompt, logits, states, temperature, top_k,
-                                                 top_p, seed, width)
-        else:
-            sequence = self._run_graph_loop(filters, prompt, in_prompt, logits, states, temperature, top_k, top_p,
-                                            seed, width)
+        run_loop = self._run_compiled_chunks if self._xla else self._run_graph_loop
+        sequence = _loop_for_request(filters, temperature, top_k, top_p, lambda active: run_loop(
+            active, prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, width))
         new_ids = tf.gather(sequence, lengths[:, None] + tf.range(num_new)[None, :], batch_dims=1)
         continuation = tf.strings.reduce_join(tf.gather(self._tokens, new_ids), axis=1)
         return {"text": tf.strings.join([start_text, continuation])}
 
     def _run_graph_loop(self, filters, prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, width):
-        """The sequence (N, width) from one graph loop over the whole width, with the logit filters only
-        where the request turns one on (sorting the logits at each step cost ~40% of the loop at batch
-        50), and no noise where every row is greedy; the ids are the same as with every filter in."""
-        def loop(active: sampling.Filters):
-            return lambda: sampling.chunk_loop(self._step_fn, active)(
-                prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, tf.constant(0), width)[0]
-
-        def unfiltered():
-            return tf.cond(tf.reduce_all(temperature <= 0), loop(sampling.Filters(greedy=True)),
-                           loop(sampling.Filters()))
-
-        return tf.cond((top_k > 0) | (top_p < 1.0), loop(filters), unfiltered)
+        """The sequence (N, width) from one graph loop over the whole width."""
+        return sampling.chunk_loop(self._step_fn, filters)(prompt, in_prompt, logits, states, temperature, top_k,
+                                                           top_p, seed, tf.constant(0), width)[0]
 
     def _run_compiled_chunks(self, filters, prompt, in_prompt, logits, states, temperature, top_k, top_p, seed,
                              width):
@@ -162,6 +150,18 @@ class CharRNNModule(tf.Module):
         return tf.reshape(tf.transpose(pieces.stack(), [1, 0, 2]), [tf.shape(prompt)[0], -1])[:, :width]
 
 
+def _loop_for_request(filters, temperature, top_k, top_p, run_loop):
+    """run_loop(active filters) -> sequence, with the logit filters only where the request turns one on
+    (sorting the logits at each step cost ~40% of the loop at batch 50), and without noise where every row
+    is greedy; the ids are the same as with every filter in. Each variant is traced (and, under XLA,
+    compiled per batch size) on its own."""
+    def unfiltered():
+        return tf.cond(tf.reduce_all(temperature <= 0), lambda: run_loop(sampling.Filters(greedy=True)),
+                       lambda: run_loop(sampling.Filters()))
+
+    return tf.cond((top_k > 0) | (top_p < 1.0), lambda: run_loop(filters), unfiltered)
+
+
 def write_saved_model(charrnn: CharRNN, directory: str, info: dict, xla: bool = False) -> None:
     """Writes the SavedModel and its assets.extra/ files into `directory` (which must be empty)."""
     module = CharRNNModule(charrnn, xla=xla)
@@ -178,12 +178,15 @@ def write_saved_model(charrnn: CharRNN, directory: str, info: dict, xla: bool = 
 
 
 def warmup_requests() -> List[bytes]:
-    """A batch-1 request of one character to each generate signature: it compiles the XLA chunk loop
-    that serves every length at that batch size."""
-    inputs = {"start_text": np.array([b""]), "num_new_chars": np.int32(1), "temperature": np.array([1.0], np.float32),
-              "top_k": np.int32(0), "seed": np.int64(1)}
-    return [serving_warmup.predict_log(name, dict(inputs, top_p=np.float32(1.0)) if name == "generate_top_p"
-                                       else inputs) for name in ("serving_default", "generate", "generate_top_p")]
+    """Batch-1 requests of one character to each generate signature, one per loop the signature picks
+    (sampled without filters, with top-k / top-p, greedy): each compiles the XLA chunk loop that serves
+    every length of that kind at that batch size."""
+    base = {"start_text": np.array([b""]), "num_new_chars": np.int32(1), "temperature": np.array([1.0], np.float32),
+            "top_k": np.int32(0), "seed": np.int64(1)}
+    kinds = ({}, {"top_k": np.int32(2)}, {"temperature": np.array([0.0], np.float32)})
+    return [serving_warmup.predict_log(name, dict(base, **kind, **({"top_p": np.float32(1.0)} if name == "generate_top_p"
+                                                                  else {})))
+            for name in ("serving_default", "generate", "generate_top_p") for kind in kinds]
 
 
 TFLITE_STEPS = 64  # characters per interpreter call of the TFLite `steps` signature

@@ -141,10 +141,19 @@ def test_xla_export_generates_what_the_plain_export_does(exported, tmp_path):
     sampled = generate_signature(compiled, prompts, 40, temperature=[1.0], seed=3, top_p=0.9)
     assert sampled == generate_signature(compiled, prompts, 40, temperature=[1.0], seed=3, top_p=0.9)
     assert [len(t) for t in sampled] == [len(p) + 40 for p in prompts]
+    # the compiled loop without filters (or noise) unless asked: the same ids as with the filters in
+    vocab_size = exported["vocab"].size
+    for temperature in ([1.3], [0.0], [0.0, 0.8, 1.0]):
+        assert generate_signature(compiled, prompts, 40, temperature=temperature, seed=6) == \
+            generate_signature(compiled, prompts, 40, temperature=temperature, seed=6, top_k=vocab_size)
     assert not read_export_info(exported["dir"])["xla"]
     # the warm-up requests TF Serving replays at load time: PredictionLogs that run on this export
     requests = read_warmup_requests(os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests"))
-    assert [name for name, _ in requests] == ["serving_default", "generate", "generate_top_p"]
+    assert [name for name, _ in requests] == [name for name in ("serving_default", "generate", "generate_top_p")
+                                              for _ in range(3)]
+    # one request per loop the signature picks: sampled without filters, filtered, greedy
+    assert [(int(inputs["top_k"]), float(inputs["temperature"][0])) for _, inputs in requests[:3]] == \
+        [(0, 1.0), (2, 1.0), (0, 0.0)]
     for name, inputs in requests:
         text = compiled["loaded"].signatures[name](**inputs)["text"].numpy()
         assert text.shape == (1,) and len(text[0].decode("utf-8")) == 1
