@@ -3,7 +3,7 @@
 on a CPU, against the fused XLA path of kerascharrnn/fused.py and the stock Keras layers.
 
 Paths (one layer, input width = hidden width, the loss a sum of squares of the outputs):
-  fused_xla / fused     fused.lstm_recurrence (hoisted input projection, hand-written gradient),
+  fused_xla / fused     fused.recurrence (hoisted input projection, hand-written gradient),
                         compiled with XLA (what bin/train runs) or not
   keras_lstm, keras_gru the Keras layers (tf.function, no XLA)
   BlockLSTMV2           tf.raw_ops.BlockLSTMV2 over the whole sequence (Keras gate order, registered
@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerascharrnn.fused import lstm_recurrence
+from kerascharrnn.fused import CELL_MATH, recurrence
 
 
 def paths(H, B, T):
@@ -39,8 +39,8 @@ def paths(H, B, T):
     keras_gru.build((B, T, H))
 
     def fused(x):
-        projected = tf.reshape(tf.matmul(tf.reshape(x, [-1, H]), W) + b, [B, T, 4 * H])
-        return lstm_recurrence(projected, zeros, zeros, U)[0]
+        projected = tf.reshape(tf.matmul(tf.reshape(tf.transpose(x, [1, 0, 2]), [-1, H]), W) + b, [T, B, 4 * H])
+        return tf.transpose(recurrence(CELL_MATH["lstm"], projected, (zeros, zeros), U)[0], [1, 0, 2])
 
     def block_lstm(x):
         outputs = tf.raw_ops.BlockLSTMV2(

@@ -12,6 +12,8 @@ still stock Keras layers (cuDNN-eligible on a GPU, where the Keras call is used 
 
 One recurrence driver (`recurrence`) runs every kind; what differs per kind is its cell arithmetic and
 that arithmetic's gradient for one step (`CellMath`), each written exactly as the Keras cell computes it.
+The loops run time-major, and the sequence stays time-major ((T, N, ...)) from one recurrent layer to the
+next, so that the wide (N, T, G*H) projections and their gradients are never transposed.
 
 One XLA computation runs its small per-step matmuls on one core, so `split_loss_and_grads` computes two
 halves of the batch as two XLA computations that TensorFlow runs at once (the streams of a batch are
@@ -214,12 +216,12 @@ def recurrence(math: CellMath, projected, states, recurrent_kernel, recurrent_bi
 
     Args:
       math: the layer kind's cell arithmetic.
-      projected: (N, T, G*H) = inputs @ kernel + input bias for every step.
+      projected: (T, N, G*H), time-major = inputs @ kernel + input bias for every step.
       states: the initial state tuple, each (N, H), h first; recurrent_kernel: (H, G*H);
       recurrent_bias: (G*H,) added to h @ recurrent_kernel (the GRU's), or None.
     Returns:
-      (outputs (N, T, H), final states tuple); the gradient is hand-written: one loop back over time,
-      then the recurrent kernel's (and bias's) gradient in one matmul (sum).
+      (outputs (T, N, H), time-major, final states tuple); the gradient is hand-written: one loop back
+      over time, then the recurrent kernel's (and bias's) gradient in one matmul (sum).
     """
     with_bias = recurrent_bias is not None
     weights = (recurrent_kernel, recurrent_bias) if with_bias else (recurrent_kernel,)
@@ -239,20 +241,17 @@ def recurrence(math: CellMath, projected, states, recurrent_kernel, recurrent_bi
             new_carry, saved = math.step(x_t, recurrent_product(carry[0]), carry)
             return (*new_carry, *saved)
 
-        time_major = tf.transpose(projected, [1, 0, 2])  # (T, N, G*H)
         batch_zeros = tf.zeros_like(states[0][:, :1])
         no_saved = tuple(tf.tile(batch_zeros, [1, width * units]) for width in math.saved_widths)
-        scanned = tf.scan(forward_step, time_major, initializer=(*states, *no_saved))
+        scanned = tf.scan(forward_step, projected, initializer=(*states, *no_saved))
         carries, saved = scanned[:num_states], scanned[num_states:]
-        outputs = tf.transpose(carries[0], [1, 0, 2])
 
         def grad(d_outputs, *d_last, variables=None):
             del variables
             recurrent_t = tf.transpose(recurrent_kernel)  # once, not per step
-            d_hs = tf.transpose(d_outputs, [1, 0, 2])
-            d_hs = tf.concat([d_hs[:-1], d_hs[-1:] + d_last[0][None]], axis=0)
+            d_hs = tf.concat([d_outputs[:-1], d_outputs[-1:] + d_last[0][None]], axis=0)
             carries_before = tuple(tf.concat([s[None], c[:-1]], axis=0) for s, c in zip(states, carries))
-            no_gates = tf.zeros_like(time_major[0])
+            no_gates = tf.zeros_like(projected[0])
 
             def backward_step(carry, inputs):
                 d_h_next, d_rest = carry[0], carry[1:num_states]
@@ -274,9 +273,9 @@ def recurrence(math: CellMath, projected, states, recurrent_kernel, recurrent_bi
             d_weights = [tf.matmul(h_before, d_m_flat, transpose_a=True)]
             if bias:
                 d_weights.append(tf.reduce_sum(d_m_flat, axis=0))
-            return (tf.transpose(d_x, [1, 0, 2]), *(d[0] for d in d_states), *d_weights)
+            return (d_x, *(d[0] for d in d_states), *d_weights)
 
-        return (outputs, *(c[-1] for c in carries)), grad
+        return (carries[0], *(c[-1] for c in carries)), grad
 
     outputs, *final = run(projected, *states, *weights)
     return outputs, tuple(final)
@@ -291,10 +290,24 @@ def _input_and_recurrent_bias(cell):
 
 
 def _project(x, kernel, bias):
-    """(N, T, D) @ (D, G*H) + bias as one matmul over all steps (autodiff: one matmul per gradient too)."""
-    batch, steps = tf.shape(x)[0], tf.shape(x)[1]
+    """(T, N, D) @ (D, G*H) + bias as one matmul over all steps (autodiff: one matmul per gradient too)."""
     flat = tf.matmul(tf.reshape(x, [-1, x.shape[2]]), kernel) + bias
-    return tf.reshape(flat, [batch, steps, kernel.shape[1]])
+    return tf.reshape(flat, tf.concat([tf.shape(x)[:2], [kernel.shape[1]]], 0))
+
+
+def _swap_batch_and_time(x):
+    return tf.transpose(x, tf.concat([[1, 0], tf.range(2, tf.rank(x))], 0))
+
+
+def _with_layout(model: keras.Model):
+    """(stage, time_major) for each layer: whether the sequence reaching it is time-major (T, N, ...). It
+    is from a recurrent layer's output on, through dropout (element-wise), until any other layer, which
+    gets (N, T, ...) as Keras gives it."""
+    time_major = False
+    for stage in model_lib.layer_stack(model):
+        yield stage, time_major
+        if stage.role != "dropout":
+            time_major = stage.role == "recurrent"
 
 
 def forward(model: keras.Model, inputs, training: bool = True):
@@ -317,10 +330,10 @@ def _forward(model: keras.Model, inputs, states, other_layer: Callable, training
     """(logits, final states) from the given states, one tuple per recurrent layer; changes no variable
     of its own. `other_layer(stage, x)` applies the dropout and copy-attention stages (the whole batch
     calls the Keras layers; a split batch applies what was drawn for it); the rest are called as Keras
-    calls them."""
+    calls them. Dropout sees x in the layout `_with_layout` gives (its mask drawn in that layout)."""
     x, previous = inputs, None
     states, final = list(states), []
-    for stage in model_lib.layer_stack(model):
+    for stage, time_major in _with_layout(model):
         layer = stage.layer
         if stage.role == "embedding":
             previous = stage  # looked up together with the next layer's input projection
@@ -334,17 +347,19 @@ def _forward(model: keras.Model, inputs, states, other_layer: Callable, training
             if after_embedding:
                 # ids -> rows of (embeddings @ kernel + bias): a (V, G*H) table replaces the (N*T, D) matmul
                 table = tf.matmul(_tensor(previous.layer.embeddings), _tensor(cell.kernel)) + input_bias
-                projected = tf.gather(table, x)
+                projected = tf.gather(table, tf.transpose(x))
             else:
-                projected = _project(x, _tensor(cell.kernel), input_bias)
+                projected = _project(x if time_major else _swap_batch_and_time(x), _tensor(cell.kernel), input_bias)
             x, layer_final = recurrence(CELL_MATH[stage.kind.name], projected, states.pop(0),
                                         _tensor(cell.recurrent_kernel), recurrent_bias)
             final.append(layer_final)
-        elif stage.role in ("dropout", "copy"):
-            x = other_layer(stage, x)
         else:
-            x = layer(x, training=training)
+            if time_major and stage.role != "dropout":
+                x = _swap_batch_and_time(x)
+            x = other_layer(stage, x) if stage.role in ("dropout", "copy") else layer(x, training=training)
         previous = stage
+    if stage.role == "recurrent" or (stage.role == "dropout" and time_major):  # a model ending in its loops
+        x = _swap_batch_and_time(x)
     return x, final
 
 
@@ -392,13 +407,23 @@ def split_loss_and_grads(model: keras.Model, loss_fn: Callable, parts: int = 2) 
                 variable.assign(tf.concat([r[2][k][j] for r in results], axis=0))
         return loss, grads
 
+    # the batch axis of each draw: 1 for a dropout mask drawn time-major, else 0
+    draw_batch_axes = [int(time_major and stage.role == "dropout") for stage, time_major in _with_layout(model)
+                       if stage.role in ("dropout", "copy")]
+
     def loss_and_grads(inputs, targets):
         batch = inputs.shape[0]
         bounds = [batch * k // parts for k in range(parts + 1)]
         spans = list(zip(bounds[:-1], bounds[1:]))
-        carried = ([tuple(_tensor(v) for v in stage.layer.states) for stage in recurrent], draw(inputs))
-        results = [piece(inputs[a:b], targets[a:b], *tf.nest.map_structure(lambda t, a=a, b=b: t[a:b], carried))
-                   for a, b in spans]
+        states = [tuple(_tensor(v) for v in stage.layer.states) for stage in recurrent]
+        draws = draw(inputs)
+
+        def rows(a, b):
+            return (tf.nest.map_structure(lambda t: t[a:b], states),
+                    [tf.nest.map_structure(lambda t, axis=axis: t[a:b] if axis == 0 else t[:, a:b], d)
+                     for d, axis in zip(draws, draw_batch_axes)])
+
+        results = [piece(inputs[a:b], targets[a:b], *rows(a, b)) for a, b in spans]
         return combine(results, [(b - a) / batch for a, b in spans])
 
     return loss_and_grads
@@ -409,13 +434,15 @@ def _random_draws(model: keras.Model, inputs) -> list:
     ones (its own RNG, advanced once as in a whole-batch call), so x * mask is its output; the copy
     layer's memory with this window's resets applied (memory outputs, ids, valid count)."""
     draws, width = [], None
-    for stage in model_lib.layer_stack(model):
+    for stage, time_major in _with_layout(model):
         if stage.role == "embedding":
             width = stage.layer.output_dim
         elif stage.role == "recurrent":
             width = stage.layer.cell.units
         elif stage.role == "dropout":
-            draws.append(stage.layer(tf.ones([inputs.shape[0], tf.shape(inputs)[1], width]), training=True))
+            batch_and_time = [inputs.shape[0], tf.shape(inputs)[1]]
+            shape = (batch_and_time[::-1] if time_major else batch_and_time) + [width]
+            draws.append(stage.layer(tf.ones(shape), training=True))
         elif stage.role == "copy":
             draws.append(stage.layer.memory_for_window(training=True))
     return draws

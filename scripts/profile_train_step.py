@@ -55,19 +55,19 @@ def main():
 
     forward_loss = tf.function(lambda x, y: loss_fn(y, fused.forward(model, x)), jit_compile=True)
     # distinct inputs per layer, so that XLA cannot merge the layers' identical computations
-    projected = [tf.constant(rng.standard_normal((B, T, 4 * H)).astype(np.float32)) for _ in range(L)]
+    projected = [tf.constant(rng.standard_normal((T, B, 4 * H)).astype(np.float32)) for _ in range(L)]  # time-major
     zeros = tf.zeros([B, H])
     kernels = [tf.Variable(rng.standard_normal((H, 4 * H)).astype(np.float32) * 0.05) for _ in range(L)]
 
     @tf.function(jit_compile=True)
     def recurrences_forward():
-        return [fused.lstm_recurrence(p, zeros, zeros, k)[0] for p, k in zip(projected, kernels)]
+        return [fused.recurrence(fused.CELL_MATH["lstm"], p, (zeros, zeros), k)[0] for p, k in zip(projected, kernels)]
 
     @tf.function(jit_compile=True)
     def recurrences_forward_backward():
         with tf.GradientTape() as tape:
             tape.watch(projected)
-            total = tf.add_n([tf.reduce_sum(fused.lstm_recurrence(p, zeros, zeros, k)[0])
+            total = tf.add_n([tf.reduce_sum(fused.recurrence(fused.CELL_MATH["lstm"], p, (zeros, zeros), k)[0])
                               for p, k in zip(projected, kernels)])
         return tape.gradient(total, projected + kernels)
 
