@@ -116,9 +116,16 @@ class CharRNNModule(tf.Module):
         logits = tf.zeros([num_rows, self._vocab_size])  # uniform: an empty prompt starts anywhere
         states = tuple(tf.zeros([num_rows, size]) for size in self._state_sizes)
         top_p = tf.constant(1.0) if top_p is None else top_p
-        run_loop = self._run_compiled_chunks if self._xla else self._run_graph_loop
-        sequence = _loop_for_request(filters, temperature, top_k, top_p, lambda active: run_loop(
-            active, prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, width))
+        loop_inputs = (prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, width)
+
+        def run_loop(active):
+            if not self._xla:
+                return self._run_graph_loop(active, *loop_inputs)
+            # as bin/sample: XLA's single-threaded loop wins at a few rows, TensorFlow's kernels beyond
+            return tf.cond(num_rows <= sampling.XLA_MAX_ROWS, lambda: self._run_compiled_chunks(active, *loop_inputs),
+                           lambda: self._run_graph_loop(active, *loop_inputs))
+
+        sequence = _loop_for_request(filters, temperature, top_k, top_p, run_loop)
         new_ids = tf.gather(sequence, lengths[:, None] + tf.range(num_new)[None, :], batch_dims=1)
         continuation = tf.strings.reduce_join(tf.gather(self._tokens, new_ids), axis=1)
         return {"text": tf.strings.join([start_text, continuation])}

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from conftest import run_cli
 from helpers import graph_ops, read_export_info
-from kerascharrnn import artifacts, engines, export
+from kerascharrnn import artifacts, engines, export, sampling
 from kerascharrnn import model as model_lib
 from kerascharrnn.charrnn import CharRNN
 from kerascharrnn.config import ModelConfig
@@ -141,6 +141,12 @@ def test_xla_export_generates_what_the_plain_export_does(exported, tmp_path):
     sampled = generate_signature(compiled, prompts, 40, temperature=[1.0], seed=3, top_p=0.9)
     assert sampled == generate_signature(compiled, prompts, 40, temperature=[1.0], seed=3, top_p=0.9)
     assert [len(t) for t in sampled] == [len(p) + 40 for p in prompts]
+    # more rows than sampling.XLA_MAX_ROWS: the plain export's loop, as bin/sample does, so its very text
+    many = (prompts * sampling.XLA_MAX_ROWS)[:sampling.XLA_MAX_ROWS + 1]
+    assert generate_signature(compiled, many, 40, temperature=[1.0], seed=3) == \
+        generate_signature(exported, many, 40, temperature=[1.0], seed=3)
+    assert generate_signature(compiled, many[:3], 40, temperature=[1.0], seed=3) != \
+        generate_signature(exported, many[:3], 40, temperature=[1.0], seed=3)  # XLA's own random numbers
     # the compiled loop without filters (or noise) unless asked: the same ids as with the filters in
     vocab_size = exported["vocab"].size
     for temperature in ([1.3], [0.0], [0.0, 0.8, 1.0]):
