@@ -13,7 +13,8 @@ still stock Keras layers (cuDNN-eligible on a GPU, where the Keras call is used 
 One recurrence driver (`recurrence`) runs every kind; what differs per kind is its cell arithmetic and
 that arithmetic's gradient for one step (`CellMath`), each written exactly as the Keras cell computes it.
 The loops run time-major, and the sequence stays time-major ((T, N, ...)) from one recurrent layer to the
-next, so that the wide (N, T, G*H) projections and their gradients are never transposed.
+next, so that the wide (N, T, G*H) projections and their gradients are never transposed (only the H-wide
+outputs, where another layer needs them batch-major).
 
 One XLA computation runs its small per-step matmuls on one core, so `split_loss_and_grads` computes two
 halves of the batch as two XLA computations that TensorFlow runs at once (the streams of a batch are
@@ -296,18 +297,7 @@ def _project(x, kernel, bias):
 
 
 def _swap_batch_and_time(x):
-    return tf.transpose(x, tf.concat([[1, 0], tf.range(2, tf.rank(x))], 0))
-
-
-def _with_layout(model: keras.Model):
-    """(stage, time_major) for each layer: whether the sequence reaching it is time-major (T, N, ...). It
-    is from a recurrent layer's output on, through dropout (element-wise), until any other layer, which
-    gets (N, T, ...) as Keras gives it."""
-    time_major = False
-    for stage in model_lib.layer_stack(model):
-        yield stage, time_major
-        if stage.role != "dropout":
-            time_major = stage.role == "recurrent"
+    return tf.transpose(x, [1, 0, 2])
 
 
 def forward(model: keras.Model, inputs, training: bool = True):
@@ -330,10 +320,14 @@ def _forward(model: keras.Model, inputs, states, other_layer: Callable, training
     """(logits, final states) from the given states, one tuple per recurrent layer; changes no variable
     of its own. `other_layer(stage, x)` applies the dropout and copy-attention stages (the whole batch
     calls the Keras layers; a split batch applies what was drawn for it); the rest are called as Keras
-    calls them. Dropout sees x in the layout `_with_layout` gives (its mask drawn in that layout)."""
-    x, previous = inputs, None
+    calls them.
+
+    From one recurrent layer straight to the next the sequence stays time-major (T, N, ...); every other
+    layer, dropout included, gets (N, T, ...) as Keras gives it (so dropout draws the masks it always drew,
+    and seeded runs and resumes keep their numbers)."""
+    x, previous, time_major = inputs, None, False
     states, final = list(states), []
-    for stage, time_major in _with_layout(model):
+    for stage in model_lib.layer_stack(model):
         layer = stage.layer
         if stage.role == "embedding":
             previous = stage  # looked up together with the next layer's input projection
@@ -353,14 +347,13 @@ def _forward(model: keras.Model, inputs, states, other_layer: Callable, training
             x, layer_final = recurrence(CELL_MATH[stage.kind.name], projected, states.pop(0),
                                         _tensor(cell.recurrent_kernel), recurrent_bias)
             final.append(layer_final)
+            time_major = True
         else:
-            if time_major and stage.role != "dropout":
-                x = _swap_batch_and_time(x)
+            if time_major:
+                x, time_major = _swap_batch_and_time(x), False
             x = other_layer(stage, x) if stage.role in ("dropout", "copy") else layer(x, training=training)
         previous = stage
-    if stage.role == "recurrent" or (stage.role == "dropout" and time_major):  # a model ending in its loops
-        x = _swap_batch_and_time(x)
-    return x, final
+    return (_swap_batch_and_time(x) if time_major else x), final
 
 
 def split_loss_and_grads(model: keras.Model, loss_fn: Callable, parts: int = 2) -> Callable:
@@ -407,23 +400,13 @@ def split_loss_and_grads(model: keras.Model, loss_fn: Callable, parts: int = 2) 
                 variable.assign(tf.concat([r[2][k][j] for r in results], axis=0))
         return loss, grads
 
-    # the batch axis of each draw: 1 for a dropout mask drawn time-major, else 0
-    draw_batch_axes = [int(time_major and stage.role == "dropout") for stage, time_major in _with_layout(model)
-                       if stage.role in ("dropout", "copy")]
-
     def loss_and_grads(inputs, targets):
         batch = inputs.shape[0]
         bounds = [batch * k // parts for k in range(parts + 1)]
         spans = list(zip(bounds[:-1], bounds[1:]))
-        states = [tuple(_tensor(v) for v in stage.layer.states) for stage in recurrent]
-        draws = draw(inputs)
-
-        def rows(a, b):
-            return (tf.nest.map_structure(lambda t: t[a:b], states),
-                    [tf.nest.map_structure(lambda t, axis=axis: t[a:b] if axis == 0 else t[:, a:b], d)
-                     for d, axis in zip(draws, draw_batch_axes)])
-
-        results = [piece(inputs[a:b], targets[a:b], *rows(a, b)) for a, b in spans]
+        carried = ([tuple(_tensor(v) for v in stage.layer.states) for stage in recurrent], draw(inputs))
+        results = [piece(inputs[a:b], targets[a:b], *tf.nest.map_structure(lambda t, a=a, b=b: t[a:b], carried))
+                   for a, b in spans]
         return combine(results, [(b - a) / batch for a, b in spans])
 
     return loss_and_grads
@@ -434,15 +417,13 @@ def _random_draws(model: keras.Model, inputs) -> list:
     ones (its own RNG, advanced once as in a whole-batch call), so x * mask is its output; the copy
     layer's memory with this window's resets applied (memory outputs, ids, valid count)."""
     draws, width = [], None
-    for stage, time_major in _with_layout(model):
+    for stage in model_lib.layer_stack(model):
         if stage.role == "embedding":
             width = stage.layer.output_dim
         elif stage.role == "recurrent":
             width = stage.layer.cell.units
         elif stage.role == "dropout":
-            batch_and_time = [inputs.shape[0], tf.shape(inputs)[1]]
-            shape = (batch_and_time[::-1] if time_major else batch_and_time) + [width]
-            draws.append(stage.layer(tf.ones(shape), training=True))
+            draws.append(stage.layer(tf.ones([inputs.shape[0], tf.shape(inputs)[1], width]), training=True))
         elif stage.role == "copy":
             draws.append(stage.layer.memory_for_window(training=True))
     return draws
