@@ -190,9 +190,9 @@ def warmup_requests() -> List[bytes]:
     every length of that kind at that batch size."""
     base = {"start_text": np.array([b""]), "num_new_chars": np.int32(1), "temperature": np.array([1.0], np.float32),
             "top_k": np.int32(0), "seed": np.int64(1)}
+    own_inputs = {"generate_top_p": {"top_p": np.float32(1.0)}}
     kinds = ({}, {"top_k": np.int32(2)}, {"temperature": np.array([0.0], np.float32)})
-    return [serving_warmup.predict_log(name, dict(base, **kind, **({"top_p": np.float32(1.0)} if name == "generate_top_p"
-                                                                  else {})))
+    return [serving_warmup.predict_log(name, {**base, **own_inputs.get(name, {}), **kind})
             for name in ("serving_default", "generate", "generate_top_p") for kind in kinds]
 
 
