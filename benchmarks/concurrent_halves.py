@@ -3,7 +3,7 @@
     python3 benchmarks/concurrent_halves.py 25 512          # N rows per half, H units
     python3 benchmarks/concurrent_halves.py 25 512 --one_intra_op_thread
 
-Times one LSTM recurrence's forward + backward (fused.recurrence, XLA-compiled, T = 50) for one half,
+Times one LSTM recurrence's forward + backward (models/recurrence.py, XLA-compiled, T = 50) for one half,
 then for two halves in one tf.function (TensorFlow runs the two XLA computations at once, as
 `fused.split_loss_and_grads` does), alternating, and prints the medians. Two at once taking twice one
 means the halves gain nothing from the second core (docs/benchmarks.md, round 4).
@@ -15,7 +15,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from kerascharrnn.fused import CELL_MATH, recurrence
+from kerascharrnn.models.recurrence import CELL_MATH, recurrence
 
 
 def main():

@@ -38,8 +38,8 @@ def main():
 
     import tensorflow as tf
 
-    from kerascharrnn import model as model_lib
-    from kerascharrnn.charrnn import CharRNN
+    from kerascharrnn.models import stack
+    from kerascharrnn.models.charrnn import CharRNN
 
     charrnn = CharRNN.from_checkpoint(args.checkpoint, batch_size=1)
     log_probs = tf.function(lambda x: tf.nn.log_softmax(charrnn.model(x, training=False)))
@@ -47,7 +47,7 @@ def main():
     for split in ("val", "test"):
         with h5py.File(args.input_h5, "r") as f:
             ids = np.asarray(f[split], np.int32) - 1  # torch-rnn ids are 1-based
-        model_lib.reset_states(charrnn.model)
+        stack.reset_states(charrnn.model)
         losses = []
         for start in range(0, len(ids) - 1 - T + 1, T):
             lp = log_probs(tf.constant(ids[None, start:start + T])).numpy()[0]

@@ -23,7 +23,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from kerascharrnn import novelty  # noqa: E402
+from kerascharrnn import resources  # noqa: E402
+from kerascharrnn.analysis import novelty  # noqa: E402
+from kerascharrnn.cli.novelty import parse_ngrams  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,13 +81,13 @@ def main() -> None:
     parser.add_argument("--keep_corpus", default="", help="write the corpus here and keep it (default: a temp file)")
     args = parser.parse_args()
 
-    ngrams = novelty.parse_ngrams(args.ngrams)
+    ngrams = parse_ngrams(args.ngrams)
     directory = tempfile.mkdtemp(prefix="novelty-bench-")
     path = args.keep_corpus or os.path.join(directory, "corpus.txt")
     t = time.perf_counter()
     size = write_corpus(args.source, path, int(args.size_mb * 1e6), args.seed)
     print(f"corpus: {size / 1e6:.1f} MB written in {time.perf_counter() - t:.1f} s ({path})")
-    rss_before = novelty.peak_rss_bytes()
+    rss_before = resources.peak_rss_bytes()
 
     t = time.perf_counter()
     index = novelty.CorpusIndex.from_file(path, "utf-8")
@@ -99,7 +101,7 @@ def main() -> None:
         shares = ", ".join(f"n={c.n}: {c.share:.3f}" for c in report.ngrams)
         print(f"sample ({name}, {report.length:,} characters): {took:.2f} s; {shares};"
               f" longest copy {report.longest.length:,}")
-    print(f"peak RSS: {novelty.peak_rss_bytes() / 2**30:.2f} GiB (before indexing: {rss_before / 2**30:.2f} GiB)")
+    print(f"peak RSS: {resources.peak_rss_bytes() / 2**30:.2f} GiB (before indexing: {rss_before / 2**30:.2f} GiB)")
     if not args.keep_corpus:
         os.remove(path)
         os.rmdir(directory)

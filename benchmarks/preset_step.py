@@ -13,10 +13,11 @@ import time
 import keras
 import numpy as np
 
-from kerascharrnn import data, train
-from kerascharrnn.charrnn import CharRNN
 from kerascharrnn.config import ModelConfig, TrainConfig
+from kerascharrnn.data import batches
+from kerascharrnn.models.charrnn import CharRNN
 from kerascharrnn.presets import PRESETS
+from kerascharrnn.training import trainer
 from kerascharrnn.vocab import Vocabulary
 
 
@@ -28,23 +29,23 @@ def main(preset: str, settings):
     model_config = ModelConfig(vocab_size=vocab.size, **{k: v for k, v in values.items() if k in model_fields})
     batch, steps = values["batch_size"], values["seq_length"]
     rng = np.random.default_rng(0)
-    batches = [(rng.integers(0, vocab.size, (batch, steps)).astype(np.int32),
+    inputs = [(rng.integers(0, vocab.size, (batch, steps)).astype(np.int32),
                 rng.integers(0, vocab.size, (batch, steps)).astype(np.int32)) for _ in range(4)]
     for setting in settings:
         keras.utils.set_random_seed(1)
         charrnn = CharRNN.build(model_config, vocab, batch)
         config = TrainConfig(**{k: v for k, v in values.items() if k in train_fields}, fused=setting)
-        trainer = train.Trainer(config, charrnn, {"train": data.StreamLayout(batch, batch, steps, 1000)})
-        for x, y in batches[:3]:
-            trainer.train_step(x, y)
+        one_device = trainer.Trainer(config, charrnn, {"train": batches.StreamLayout(batch, batch, steps, 1000)})
+        for x, y in inputs[:3]:
+            one_device.train_step(x, y)
         times = []
         for i in range(25):
-            x, y = batches[i % len(batches)]
+            x, y = inputs[i % len(inputs)]
             started = time.perf_counter()
-            float(trainer.train_step(x, y))
+            float(one_device.train_step(x, y))
             times.append(time.perf_counter() - started)
         median = float(np.median(times))
-        print(f"{preset} --fused {setting} ({trainer.config.fused}): {1000 * median:.1f} ms/step,"
+        print(f"{preset} --fused {setting} ({one_device.config.fused}): {1000 * median:.1f} ms/step,"
               f" {batch * steps / median:,.0f} tokens/s")
 
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Times one recurrent layer's training step (forward + backward) through each kernel TensorFlow offers
-on a CPU, against the fused XLA path of kerascharrnn/fused.py and the stock Keras layers.
+on a CPU, against the fused XLA path of kerascharrnn/training/fused.py and the stock Keras layers.
 
 Paths (one layer, input width = hidden width, the loss a sum of squares of the outputs):
-  fused_xla / fused     fused.recurrence (hoisted input projection, hand-written gradient),
+  fused_xla / fused     models/recurrence.py (hoisted input projection, hand-written gradient),
                         compiled with XLA (what bin/train runs) or not
   keras_lstm, keras_gru the Keras layers (tf.function, no XLA)
   BlockLSTMV2           tf.raw_ops.BlockLSTMV2 over the whole sequence (Keras gate order, registered
@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerascharrnn.fused import CELL_MATH, recurrence
+from kerascharrnn.models.recurrence import CELL_MATH, recurrence
 
 
 def paths(H, B, T):

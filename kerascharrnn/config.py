@@ -1,7 +1,7 @@
 """Configuration dataclasses: each setting is defined once, here, with its default, help and bounds.
 
-The command-line flags are generated from these fields (kerascharrnn.cli.flagdefs); checkpoints store
-them. Every config checks itself in `__post_init__`, so no caller can skip validation.
+The command-line flags are generated from these fields (kerascharrnn.cli.common.define_flags);
+checkpoints store them. Every config checks itself in `__post_init__`, so no caller can skip validation.
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from kerascharrnn.errors import UserError
+from kerascharrnn.errors import setting as ref
 
 MODEL_TYPES = ("lstm", "gru", "rnn")
 # An integer setting without a bound of its own stops here: past it, the value meets TensorFlow as an
@@ -22,12 +23,13 @@ MAX_LAYERS = 128
 FUSED_CHOICES = ("auto", "split", "on", "off")
 LOWERCASE_CHOICES = ("auto", "1", "0")
 LR_SCHEDULES = ("step", "cosine")
-STRATEGY_CHOICES = ("one_device", "mirrored", "multi_worker")  # kerascharrnn.distribute.STRATEGIES
+ONE_DEVICE, MIRRORED, MULTI_WORKER = "one_device", "mirrored", "multi_worker"
+STRATEGY_CHOICES = (ONE_DEVICE, MIRRORED, MULTI_WORKER)
 
 
 def setting(default: Any, help: str, *, lower: Optional[float] = None, upper: Optional[float] = None,
             above: Optional[float] = None, choices: Optional[Sequence[str]] = None, flag: bool = True,
-            flag_type: Optional[type] = None):
+            flag_type: Optional[type] = None, resumable: bool = False):
     """A dataclass field that is also a command-line flag.
 
     Args:
@@ -38,10 +40,13 @@ def setting(default: Any, help: str, *, lower: Optional[float] = None, upper: Op
       choices: the allowed strings.
       flag: False for fields that are stored but never set from the command line.
       flag_type: `int` for a bool that torch-rnn spells 0/1 (absl bool flags do not take `0`).
+      resumable: a resumed run may change it (how long, how often, where the data is); every other
+        setting comes from the checkpoint.
     """
     return dataclasses.field(default=default, metadata={
         "help": help, "lower": lower, "upper": upper, "above": above,
-        "choices": tuple(choices) if choices else None, "flag": flag, "flag_type": flag_type})
+        "choices": tuple(choices) if choices else None, "flag": flag, "flag_type": flag_type,
+        "resumable": resumable})
 
 
 def _check_fields(config) -> None:
@@ -50,18 +55,19 @@ def _check_fields(config) -> None:
         value, meta = getattr(config, field.name), field.metadata
         if value is None or not meta:
             continue
+        name = ref(field.name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"--{field.name} must be a finite number, got {value}")
+            raise UserError(f"{name} must be a finite number, got {value}")
         if meta.get("choices") and value not in meta["choices"]:
-            raise UserError(f"--{field.name} {value!r}: choose one of {', '.join(meta['choices'])}")
+            raise UserError(f"{name} {value!r}: choose one of {', '.join(meta['choices'])}")
         if meta.get("lower") is not None and value < meta["lower"]:
-            raise UserError(f"--{field.name} must be >= {meta['lower']:g}, got {value}")
+            raise UserError(f"{name} must be >= {meta['lower']:g}, got {value}")
         if meta.get("above") is not None and not value > meta["above"]:
-            raise UserError(f"--{field.name} must be > {meta['above']:g}, got {value}")
+            raise UserError(f"{name} must be > {meta['above']:g}, got {value}")
         if meta.get("upper") is not None and value > meta["upper"]:
-            raise UserError(f"--{field.name} must be <= {meta['upper']:g}, got {value}")
+            raise UserError(f"{name} must be <= {meta['upper']:g}, got {value}")
         if meta.get("upper") is None and isinstance(value, int) and not isinstance(value, bool) and value > INT32_MAX:
-            raise UserError(f"--{field.name} must be <= {INT32_MAX} (2^31 - 1), got {value}")
+            raise UserError(f"{name} must be <= {INT32_MAX} (2^31 - 1), got {value}")
 
 
 def _type_problem(cls, name: str, value) -> str:
@@ -103,7 +109,7 @@ def from_dict(cls, values: dict, source: str):
     except TypeError as e:
         raise UserError(f"{source}: {cls.__name__}: {e}") from None
     except UserError as e:
-        raise UserError(f"{source}: {e}") from None
+        raise e.prefixed(f"{source}: ") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,14 +143,16 @@ class ModelConfig:
 class TrainConfig:
     """Everything train.lua's flags control, plus our additions."""
 
-    input_h5: str = setting("", "HDF5 file from bin/preprocess (or torch-rnn). Empty: the --corpus.")
-    input_json: str = setting("", "JSON vocabulary beside --input_h5. Empty: --input_h5 with .json.")
+    input_h5: str = setting("", "HDF5 file from bin/preprocess (or torch-rnn). Empty: the --corpus.", resumable=True)
+    input_json: str = setting("", "JSON vocabulary beside --input_h5. Empty: --input_h5 with .json.", resumable=True)
     batch_size: int = setting(50, "N: parallel streams per minibatch.", lower=1)
     seq_length: int = setting(50, "T: characters per stream per minibatch (truncated BPTT length).", lower=1)
-    max_epochs: int = setting(50, "Passes over the training split.", lower=1)
-    max_iters: int = setting(0, "Stop after this many iterations in all (0 = only --max_epochs limits).", lower=0)
+    max_epochs: int = setting(50, "Passes over the training split.", lower=1, resumable=True)
+    max_iters: int = setting(0, "Stop after this many iterations in all (0 = only --max_epochs limits).", lower=0,
+                             resumable=True)
     max_minutes: float = setting(0.0, "Stop after this many minutes of training (validation included), then validate"
-                                 " and checkpoint (0 = no time limit). Counts across resumes.", lower=0.0)
+                                 " and checkpoint (0 = no time limit). Counts across resumes.", lower=0.0,
+                                 resumable=True)
     learning_rate: float = setting(2e-3, "Adam learning rate.", above=0.0)
     grad_clip: float = setting(5.0, "Clamp each gradient element to [-grad_clip, grad_clip] (0 = off).", lower=0.0)
     lr_decay_every: int = setting(5, "Multiply the learning rate by --lr_decay_factor every this many epochs.",
@@ -161,10 +169,11 @@ class TrainConfig:
                                      " once the speed is measured).", lower=0, flag=False)
     weight_decay: float = setting(0.0, "Decoupled weight decay (AdamW) on the kernels and embeddings; 0 = Adam, as"
                                   " torch-rnn.", lower=0.0)
-    print_every: int = setting(1, "Print the training loss every this many iterations (0 = never).", lower=0)
+    print_every: int = setting(1, "Print the training loss every this many iterations (0 = never).", lower=0,
+                               resumable=True)
     checkpoint_name: str = setting("cv/checkpoint", "Checkpoint prefix: writes {name}_{iter}.keras/.state.npz/.json.")
     checkpoint_every: int = setting(1000, "Validate and checkpoint every this many iterations (and at the end).",
-                                    lower=0)
+                                    lower=0, resumable=True)
     init_from: str = setting("", "Checkpoint whose weights and architecture to start from (fine-tuning): .json or"
                              " .keras, or a torch-rnn .t7.")
     reset_iterations: bool = setting(True, "With --init_from: 1 = restart the iteration counter, 0 = keep it.",
@@ -173,45 +182,67 @@ class TrainConfig:
                                " one of --checkpoint_name.")
     seed: Optional[int] = setting(None, "Seed every RNG and make ops deterministic (same numbers on CPU).",
                                   lower=0, upper=2**32 - 1, flag_type=int)
-    speed_benchmark: bool = setting(False, "1 = time every step (synchronised) and store the times.", flag_type=int)
-    memory_benchmark: bool = setting(False, "1 = record peak memory after every step.", flag_type=int)
-    tensorboard_dir: str = setting("", "Write TensorBoard scalars (losses, learning rate, tokens/s) here.")
+    speed_benchmark: bool = setting(False, "1 = time every step (synchronised) and store the times.", flag_type=int,
+                                    resumable=True)
+    memory_benchmark: bool = setting(False, "1 = record peak memory after every step.", flag_type=int, resumable=True)
+    tensorboard_dir: str = setting("", "Write TensorBoard scalars (losses, learning rate, tokens/s) here.",
+                                   resumable=True)
     fused: str = setting("auto", "Training path on a CPU: on = the fused XLA kernel (fused.py), split = the same"
                          " with the batch in two halves computed at once (one per core; not with --batchnorm or"
                          " --copy_memory), off = the plain Keras layers, auto = the one measured faster for this"
                          " size (on this machine if bin/benchmark --what calibrate ran here), split where it can."
                          " The choice is stored in the checkpoint, so a resumed run keeps it.", choices=FUSED_CHOICES)
-    # --- scale-out (kerascharrnn/distribute.py, docs/distributed.md) ---
+    # --- scale-out (kerascharrnn/training/distributed/, docs/distributed.md) ---
     strategy: str = setting("one_device", "one_device = today's single-device training; mirrored = every GPU of this"
                             " host (or --cpu_replicas CPU devices); multi_worker = the cluster in TF_CONFIG (run the"
                             " same command on every worker). --batch_size stays the global number of streams.",
-                            choices=STRATEGY_CHOICES)
+                            choices=STRATEGY_CHOICES, resumable=True)
     cpu_replicas: int = setting(0, "With --strategy mirrored on a host without GPUs: split the CPU into this many"
-                                " logical devices, one replica each (0 = off).", lower=0, upper=1024)
+                                " logical devices, one replica each (0 = off).", lower=0, upper=1024, resumable=True)
     worker_timeout: int = setting(120, "multi_worker: seconds to wait for an unreachable or lost worker before"
-                                  " stopping with an error.", lower=1, upper=86400)
+                                  " stopping with an error.", lower=1, upper=86400, resumable=True)
     replicas: int = setting(1, "Replicas the run trained on (resolved and recorded, not a flag).", lower=1,
                             upper=2**31 - 1, flag=False)
 
     def __post_init__(self):
         _check_fields(self)
         if self.init_from and self.resume_from:
-            raise UserError("--init_from and --resume_from conflict: give one of them")
+            raise UserError(f"{ref('init_from')} and {ref('resume_from')} conflict: give one of them")
         if self.min_learning_rate > self.learning_rate:
-            raise UserError("--min_learning_rate must not exceed --learning_rate")
+            raise UserError(f"{ref('min_learning_rate')} must not exceed {ref('learning_rate')}")
         _check_strategy(self)
+
+    def resumed_with(self, given: Dict[str, Any]) -> "TrainConfig":
+        """This run's recorded settings, continued: only the resumable settings in `given` (those the user
+        set) change; the architecture and the training recipe stay the checkpoint's."""
+        changes = {name: value for name, value in given.items() if name in RESUMABLE}
+        if "input_h5" in changes and "input_json" not in changes:
+            changes["input_json"] = ""  # the vocabulary beside the new input_h5, never the checkpoint's old one
+        return dataclasses.replace(self, init_from="", **changes)
 
 
 def _check_strategy(config: "TrainConfig") -> None:
-    if config.strategy == "multi_worker" and config.max_minutes:
+    if config.strategy == MULTI_WORKER and config.max_minutes:
         # each worker would measure its own clock and stop (or end its cosine) at its own iteration
-        raise UserError("--max_minutes does not work with --strategy multi_worker (the workers' clocks would"
-                        " disagree on when to stop); give --max_iters or --max_epochs instead")
-    if config.cpu_replicas and config.strategy != "mirrored":
-        raise UserError(f"--cpu_replicas needs --strategy mirrored (got --strategy {config.strategy})")
-    if config.cpu_replicas and config.batch_size % config.cpu_replicas:
-        raise UserError(f"--batch_size {config.batch_size} does not divide by --cpu_replicas {config.cpu_replicas}:"
-                        " each replica carries an equal share of the streams")
+        raise UserError(f"{ref('max_minutes')} does not work with {ref('strategy')} {MULTI_WORKER} (the workers'"
+                        f" clocks would disagree on when to stop); give {ref('max_iters')} or {ref('max_epochs')}"
+                        " instead")
+    if config.cpu_replicas and config.strategy != MIRRORED:
+        raise UserError(f"{ref('cpu_replicas')} needs {ref('strategy')} {MIRRORED} (got {ref('strategy')}"
+                        f" {config.strategy})")
+    if config.cpu_replicas:
+        check_replicas(config.batch_size, config.cpu_replicas)
+
+
+def check_replicas(batch_size: int, replicas: int) -> None:
+    """Each replica carries an equal share of the batch's streams."""
+    if batch_size % replicas:
+        raise UserError(f"{ref('batch_size')} {batch_size} does not divide by the {replicas} replicas: each replica"
+                        f" carries an equal share of the streams; give a multiple of {replicas}")
+
+
+# Settings a resumed run may change; everything else comes from its checkpoint.
+RESUMABLE = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resumable"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +271,14 @@ class SampleConfig:
     def __post_init__(self):
         _check_fields(self)
         if self.beam_size and self.num_samples > 1:
-            raise UserError("--beam_size gives the one most likely text: use it with --num_samples 1")
+            raise UserError(f"{ref('beam_size')} gives the one most likely text: use it with {ref('num_samples')} 1")
+
+    def new_tokens(self, prompt_tokens: int) -> int:
+        """Tokens to generate after a start text of `prompt_tokens` tokens (`length` counts it too)."""
+        if self.length < prompt_tokens:
+            raise UserError(f"{ref('length')} {self.length} is shorter than {ref('start_text')} ({prompt_tokens}"
+                            f" tokens); {ref('length')} counts the start text too")
+        return self.length - prompt_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,4 +305,4 @@ class ServeConfig:
     def __post_init__(self):
         _check_fields(self)
         if self.word_limit_short > self.word_limit_long:
-            raise UserError("--word_limit_short must be <= --word_limit_long")
+            raise UserError(f"{ref('word_limit_short')} must be <= {ref('word_limit_long')}")

@@ -8,7 +8,9 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from kerascharrnn import resources
 from kerascharrnn.errors import UserError
+from kerascharrnn.errors import setting as ref
 
 
 def configure(gpu: int, seed: Optional[int] = None, sampling: bool = False) -> None:
@@ -24,7 +26,7 @@ def configure(gpu: int, seed: Optional[int] = None, sampling: bool = False) -> N
     else:
         gpus = tf.config.list_physical_devices("GPU")
         if gpus and gpu >= len(gpus):
-            raise UserError(f"--gpu {gpu}: TensorFlow sees {len(gpus)} GPU(s)")
+            raise UserError(f"{ref('gpu')} {gpu}: TensorFlow sees {len(gpus)} GPU(s)")
         if gpus:
             tf.config.set_visible_devices(gpus[gpu], "GPU")
     if seed is not None:
@@ -47,6 +49,13 @@ def configure_sampling_threads() -> bool:
 
 def on_gpu() -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
+
+
+def peak_memory_bytes() -> int:
+    """The peak memory of what trains: the first GPU's, where there is one, else this process's RSS."""
+    if on_gpu():
+        return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+    return resources.peak_rss_bytes()
 
 
 # XLA's CPU code generation for these models' small recurrent loops, measured on a 2-core CPU

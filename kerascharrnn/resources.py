@@ -8,10 +8,12 @@ kernels take is refused too. No TensorFlow here.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Optional, Tuple
 
 from kerascharrnn.config import ModelConfig
 from kerascharrnn.errors import UserError
+from kerascharrnn.errors import setting as ref
 
 _FLOAT_BYTES = 4
 _INT32_MAX = 2**31 - 1
@@ -60,6 +62,16 @@ def available_memory() -> Optional[int]:
     return None
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory in bytes (0 where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
 def cpu_cores() -> int:
     """The CPU cores this process may run on (its affinity mask, not the machine's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -76,15 +88,16 @@ def check_training_fits(config: ModelConfig, batch_size: int, seq_length: int,
     largest = largest_tensor(config, batch_size, seq_length)
     size = f"{config.model_type} {config.num_layers} x {config.rnn_size} (embedding {config.wordvec_size})"
     if largest > _INT32_MAX:
-        raise UserError(f"{size}, --batch_size {batch_size}, --seq_length {seq_length}: one tensor would hold"
-                        f" {largest:,} elements, beyond the {_INT32_MAX:,} TensorFlow's kernels index;"
-                        " lower --rnn_size / --wordvec_size / --batch_size / --seq_length")
+        raise UserError(f"{size}, {ref('batch_size')} {batch_size}, {ref('seq_length')} {seq_length}: one tensor"
+                        f" would hold {largest:,} elements, beyond the {_INT32_MAX:,} TensorFlow's kernels index;"
+                        f" lower {ref('rnn_size')} / {ref('wordvec_size')} / {ref('batch_size')} / {ref('seq_length')}")
     need = training_bytes(config, batch_size, seq_length)
     available = available_memory() if available is None else available
     if available is not None and need > available:
         raise UserError(f"{size}: {params:,} parameters; training needs at least {_gib(need)} of memory"
                         f" (weights, gradients, Adam slots, activations of one minibatch), and {_gib(available)}"
-                        " is available; lower --rnn_size, --num_layers, --batch_size or --seq_length")
+                        f" is available; lower {ref('rnn_size')}, {ref('num_layers')}, {ref('batch_size')} or"
+                        f" {ref('seq_length')}")
 
 
 def inference_bytes(config: ModelConfig, rows: int, steps: int) -> int:
@@ -107,7 +120,7 @@ def check_inference_fits(config: ModelConfig, rows: int, steps: int, what: str,
 
 
 def check_sampling_fits(num_samples: int, length: int, available: Optional[int] = None,
-                        flags: Tuple[str, str] = ("--num_samples", "--length")) -> None:
+                        flags: Tuple[str, str] = (ref("num_samples"), ref("length"))) -> None:
     """Raises UserError if num_samples texts of `length` characters cannot be held in memory.
 
     The sampler keeps every row's ids (int32) and the decoded text (up to 4 bytes a character, plus

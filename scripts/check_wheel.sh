@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the wheel, installs it into a fresh virtual environment (VENV, default /tmp/kerascharrnn-wheel-env)
-# and runs every console script from an empty directory with no checkout in it, offline.
+# and runs every console script from an empty directory with no checkout in it, offline, and imports every tool
+# in one interpreter.
 #   bash scripts/check_wheel.sh [path/to/tiny-shakespeare.txt]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,6 +20,13 @@ cp "$shakespeare" "$KERAS_HOME/datasets/tiny-shakespeare.txt"
 head -c 60000 "$shakespeare" > small.txt
 set -x
 python -c "import kerascharrnn, sys; assert '$repo' not in kerascharrnn.__file__, kerascharrnn.__file__"
+# every tool in one interpreter, each called through its main()
+python -c "
+import importlib
+tools = ['benchmark', 'convert', 'eval', 'export', 'novelty', 'preprocess', 'sample', 'serve', 'train']
+mains = [importlib.import_module('kerascharrnn.cli.' + t).main for t in tools]
+assert all(main([t, '--help']) == 0 for t, main in zip(tools, mains))
+" > /dev/null
 kerascharrnn-preprocess --input_txt small.txt --output_h5 d.h5 --output_json d.json
 kerascharrnn-train --input_h5 d.h5 --batch_size 8 --seq_length 32 --rnn_size 32 --wordvec_size 16 \
   --max_iters 20 --checkpoint_every 10 --print_every 10 --seed 1 --checkpoint_name cv/c

@@ -19,8 +19,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from kerascharrnn import checkpoint as ckpt  # noqa: E402
-from kerascharrnn import corpus  # noqa: E402
+from kerascharrnn.data import corpus  # noqa: E402
+from kerascharrnn.io import checkpoint as ckpt  # noqa: E402
 
 
 def main():

@@ -68,7 +68,7 @@ def keras_home():
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory):
     """The first 40,000 characters of tiny-shakespeare, preprocessed: (txt, h5, json)."""
-    from kerascharrnn.preprocess import preprocess
+    from kerascharrnn.data.preprocess import preprocess
 
     root = tmp_path_factory.mktemp("corpus")
     txt = root / "small.txt"
@@ -83,15 +83,16 @@ TINY_TRAIN_FLAGS = dict(batch_size=4, seq_length=16, max_epochs=1, max_iters=40,
 
 def train_in_process(config, model_config, **kwargs):
     """train_and_evaluate on CPU with the config's seed, quietly; returns the TrainResult."""
-    from kerascharrnn import data, devices, train
-    from kerascharrnn.charrnn import CharRNN
-    from kerascharrnn.vocab import Vocabulary
+    from kerascharrnn import devices
+    from kerascharrnn.data import batches
+    from kerascharrnn.models.charrnn import CharRNN
+    from kerascharrnn.training import loop
 
     vocab = Vocabulary.load(config.input_json)
-    layouts = data.layouts_for(data.split_lengths(config.input_h5), config.batch_size, config.seq_length)
+    layouts = batches.layouts_for(batches.split_lengths(config.input_h5), config.batch_size, config.seq_length)
     devices.configure(-1, config.seed)
     charrnn = kwargs.pop("charrnn", None) or CharRNN.build(model_config, vocab, config.batch_size)
-    return train.train_and_evaluate(config, charrnn, layouts, log=lambda *_: None, **kwargs)
+    return loop.train_and_evaluate(config, charrnn, layouts, log=kwargs.pop("log", lambda *_: None), **kwargs)
 
 
 @pytest.fixture(scope="session")
@@ -107,12 +108,51 @@ def trained(small_corpus, tmp_path_factory):
             "keras": prefix + "_40.keras", "config": config, "model_config": model_config}
 
 
-def run_cli(tool, *args, env=None, input=None, timeout=300):
-    """Runs bin/<tool> in a subprocess; returns CompletedProcess with text stdout/stderr."""
+def run_cli(tool, *args, env=None, input=None, cwd=None):
+    """Calls bin/<tool>'s main() in this process, as the command line would (the tools keep no global
+    state): returns a CompletedProcess with the exit code and the text it wrote on stdout and stderr.
+
+    env: variables set for the call; input: its standard input (text); cwd: the directory it runs in."""
+    import contextlib
+    import importlib
+    import io
+
+    argv = [tool, *map(str, args)]
+    module = importlib.import_module(f"kerascharrnn.cli.{tool}")
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_stdin, saved_cwd = dict(os.environ), sys.stdin, os.getcwd()
+    os.environ.update(env or {})
+    if input is not None:
+        sys.stdin = io.TextIOWrapper(io.BytesIO(input.encode("utf-8")), encoding="utf-8")
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = module.main(argv)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.stdin = saved_stdin
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def run_process(tool, *args, env=None, input=None, timeout=300):
+    """Runs bin/<tool> in a process of its own (where a process is the point: signals, kills, fault
+    injection, a fresh interpreter); returns the CompletedProcess with text stdout/stderr."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1")
     full_env.update(env or {})
     return subprocess.run([sys.executable, os.path.join(REPO, "bin", tool), *map(str, args)],
                           capture_output=True, text=True, env=full_env, input=input, timeout=timeout)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tensorflow_started():
+    """TensorFlow started with its default thread pools before any test runs a tool in this process: a
+    sampling tool would otherwise set one intra-op thread for the whole session (devices.configure)."""
+    import tensorflow as tf
+
+    tf.constant(0.0) + 1.0
 
 
 # --- a model that writes short sentences, and bin/serve running it --------------------------------
@@ -133,7 +173,7 @@ def sentence_corpus(size: int, rng: random.Random) -> str:
 
 @pytest.fixture(scope="session")
 def sentence_model(tmp_path_factory):
-    from kerascharrnn.preprocess import preprocess
+    from kerascharrnn.data.preprocess import preprocess
 
     root = tmp_path_factory.mktemp("sentences")
     (root / "s.txt").write_text(sentence_corpus(30_000, random.Random(0)), encoding="utf-8")

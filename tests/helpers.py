@@ -6,13 +6,13 @@ import os
 import keras
 import tensorflow as tf
 
-from kerascharrnn import artifacts
-from kerascharrnn import model as model_lib
+from kerascharrnn.io import artifacts
+from kerascharrnn.models import stack
 
 
 def zero_states(model: keras.Model, batch: int):
     """Zero state tensors for the model's step function."""
-    return tuple(tf.zeros((batch, size), tf.float32) for size in model_lib.state_sizes(model))
+    return tuple(tf.zeros((batch, size), tf.float32) for size in stack.state_sizes(model))
 
 
 def cudnn_eligible(layer) -> bool:

@@ -12,7 +12,6 @@ import h5py
 import httpx
 import numpy as np
 import pytest
-
 from conftest import run_cli, shakespeare_text
 
 TRACEBACK = "Traceback (most recent call last)"

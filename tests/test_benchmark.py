@@ -49,16 +49,21 @@ def test_calibrate_records_this_machines_paths_and_auto_follows(keras_home, tmp_
     --fused auto reads (KERASCHARRNN_CALIBRATION points both at a private file)."""
     import json
 
-    from kerascharrnn import calibration, resources
+    from kerascharrnn import resources
+    from kerascharrnn.training import calibration
 
     path = tmp_path / "calibration.json"
     env = {"KERAS_HOME": keras_home, "KERASCHARRNN_CALIBRATION": str(path)}
-    result = run_cli("benchmark", "--what", "calibrate", "--grid", "1x16,2x8", "--model_type", "gru", "--iters", 2,
+    result = run_cli("benchmark", "--what", "calibrate", "--grid", "1x16", "--model_type", "gru", "--iters", 2,
                      "--warmup", 1, "--batch_size", 4, "--seq_length", 8, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    for row in ("1 x 16 gru", "2 x 8 gru"):
-        assert re.search(rf"^\| {row} \| [\d.]+ \[[\d.]+–[\d.]+\] \| [\d.]+ \[[\d.]+–[\d.]+\] \| (fused|Keras) \|$",
-                         result.stdout, re.M), result.stdout
+    assert re.search(r"^\| 1 x 16 gru \| [\d.]+ \[[\d.]+–[\d.]+\] \| [\d.]+ \[[\d.]+–[\d.]+\] \| (fused|Keras) \|$",
+                     result.stdout, re.M), result.stdout
+    (rows,) = json.loads(path.read_text()).values()
+    assert [(r["kind"], r["num_layers"], r["rnn_size"]) for r in rows] == [("gru", 1, 16)]
+    # a second measurement of another row is added beside it (and replaces only its own row)
+    row = dict(rows[0], num_layers=2, rnn_size=8)
+    calibration.record([row], str(path))
     (rows,) = json.loads(path.read_text()).values()
     assert [(r["kind"], r["num_layers"], r["rnn_size"]) for r in rows] == [("gru", 1, 16), ("gru", 2, 8)]
     assert {r["fused_path"] for r in rows} == {"split" if resources.cpu_cores() >= 2 else "on"}

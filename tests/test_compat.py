@@ -4,17 +4,19 @@ and resume exactly, and a seeded run from scratch gives v0.1.0's numbers."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
-from conftest import REPO
-from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import artifacts, data, engines, evaluate, resources
-from kerascharrnn.charrnn import CharRNN
+from kerascharrnn import resources
 from kerascharrnn.config import SampleConfig
+from kerascharrnn.data import batches
+from kerascharrnn.inference import engines
+from kerascharrnn.io import artifacts
+from kerascharrnn.io import checkpoint as ckpt
+from kerascharrnn.models.charrnn import CharRNN
+from kerascharrnn.training import evaluate
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "v0.1.0")
 RELATIVE = os.path.join("tests", "fixtures", "v0.1.0")  # how the fixtures' JSON names its files
@@ -34,7 +36,7 @@ def fixture(name: str) -> str:
 @pytest.mark.parametrize("kind", KINDS)
 def test_v010_checkpoint_loads_with_its_config(kind):
     record = ckpt.read_record(fixture(f"{kind}_100.json"))
-    assert ckpt.read_model_config(fixture(f"{kind}_100.keras")) is None  # v0.1.0 stored no config entry
+    assert ckpt.stored_model_config(fixture(f"{kind}_100.keras")) is None  # v0.1.0 stored no config entry
     charrnn = CharRNN.from_checkpoint(fixture(f"{kind}_100.json"))
     assert charrnn.config == record.model_config
     assert charrnn.vocab == record.vocab
@@ -51,13 +53,13 @@ def test_v010_checkpoint_samples_and_evaluates_as_v010_did(kind):
     assert seeded == [json.loads(EXPECTED[kind]["seeded"])]
     charrnn = CharRNN.from_checkpoint(fixture(f"{kind}_100.keras"))
     h5 = fixture("corpus.h5")
-    layout = data.stream_layout(data.split_lengths(h5)["val"], charrnn.batch_size, 50, allow_fewer_streams=True)
+    layout = batches.stream_layout(batches.split_lengths(h5)["val"], charrnn.batch_size, 50, allow_fewer_streams=True)
     loss = evaluate.split_loss(charrnn.model, h5, "val", layout)
     assert f"val loss: {loss:.6f} nats/char" in EXPECTED[kind]["eval_val"]
 
 
 def test_v010_checkpoint_exports_and_the_saved_model_samples_the_same(tmp_path):
-    from kerascharrnn import export
+    from kerascharrnn.serving import export
 
     charrnn = CharRNN.from_checkpoint(fixture("lstm_100.keras"))
     version_dir = str(tmp_path / "m" / "1")
@@ -69,9 +71,7 @@ def test_v010_checkpoint_exports_and_the_saved_model_samples_the_same(tmp_path):
 
 
 def _train(workdir, *args):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    result = subprocess.run([sys.executable, os.path.join(REPO, "bin", "train"), *args], cwd=workdir,
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = run_cli("train", *args, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

@@ -13,12 +13,12 @@ import time
 
 import numpy as np
 import pytest
+from conftest import REPO, free_port, run_cli, run_process
 
-from conftest import REPO, free_port, run_cli
-from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import distribute
-from kerascharrnn.config import TrainConfig
+from kerascharrnn.config import TrainConfig, check_replicas
 from kerascharrnn.errors import UserError
+from kerascharrnn.io import checkpoint as ckpt
+from kerascharrnn.training.distributed import cluster
 
 # --fused off: a strategy trains through the Keras layers, so one device is compared on the same path.
 SMALL = ["--batch_size", "4", "--seq_length", "16", "--rnn_size", "32", "--wordvec_size", "16", "--num_layers", "2",
@@ -28,7 +28,9 @@ TIMEOUT = 300
 
 
 def _train(*args, **kwargs):
-    result = run_cli("train", *args, timeout=TIMEOUT, **kwargs)
+    """bin/train in a process of its own: logical devices and a strategy's server are set up before
+    TensorFlow starts, which in this process it has."""
+    result = run_process("train", *args, timeout=TIMEOUT, **kwargs)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -78,7 +80,8 @@ def one_device(small_corpus, tmp_path_factory):
     """The reference: one device, 30 iterations, val every 10."""
     _, h5, _ = small_corpus
     prefix = str(tmp_path_factory.mktemp("one") / "c")
-    _train("--input_h5", h5, *SMALL, "--checkpoint_name", prefix)
+    one = run_cli("train", "--input_h5", h5, *SMALL, "--checkpoint_name", prefix)
+    assert one.returncode == 0, one.stderr[-3000:]
     return _history(prefix + "_30.json")
 
 
@@ -86,11 +89,11 @@ def one_device(small_corpus, tmp_path_factory):
 
 
 def test_tf_config_parsed_and_chief_found():
-    spec = distribute.parse_tf_config(_tf_config([1111, 2222], 1))
+    spec = cluster.parse_tf_config(_tf_config([1111, 2222], 1))
     assert spec.workers == ["127.0.0.1:1111", "127.0.0.1:2222"] and spec.name == "worker 1" and not spec.is_chief
-    assert distribute.parse_tf_config(_tf_config([1111, 2222], 0)).is_chief
+    assert cluster.parse_tf_config(_tf_config([1111, 2222], 0)).is_chief
     with_chief = json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "worker", "index": 0}})
-    spec = distribute.parse_tf_config(with_chief)
+    spec = cluster.parse_tf_config(with_chief)
     assert spec.workers == ["a:1", "b:2"] and not spec.is_chief  # the chief task, not worker 0, writes
     assert spec.task_names == ["chief 0", "worker 0"]
 
@@ -105,30 +108,29 @@ def test_tf_config_parsed_and_chief_found():
 ])
 def test_bad_tf_config_is_one_clear_error(text, words):
     with pytest.raises(UserError, match=words):
-        distribute.parse_tf_config(text)
+        cluster.parse_tf_config(text)
 
 
 def test_bad_replica_settings():
-    with pytest.raises(UserError, match="needs --strategy mirrored"):
+    with pytest.raises(UserError, match="cpu_replicas needs strategy mirrored"):
         TrainConfig(cpu_replicas=2)
-    with pytest.raises(UserError, match="does not divide by --cpu_replicas 3"):
+    with pytest.raises(UserError, match="batch_size 4 does not divide by the 3 replicas"):
         TrainConfig(strategy="mirrored", cpu_replicas=3, batch_size=4)
-    with pytest.raises(UserError, match="--max_minutes does not work with --strategy multi_worker"):
+    with pytest.raises(UserError, match="max_minutes does not work with strategy multi_worker"):
         TrainConfig(strategy="multi_worker", max_minutes=5)
     with pytest.raises(UserError, match="does not divide by the 3 replicas"):
-        distribute.check_replicas(4, 3)
+        check_replicas(4, 3)
 
 
 @pytest.mark.parametrize("args, env, words", [
-    (["--strategy", "mirrored", "--cpu_replicas", "3"], {}, "does not divide by --cpu_replicas 3"),
+    (["--strategy", "mirrored", "--cpu_replicas", "3"], {}, "--batch_size 4 does not divide by the 3 replicas"),
     (["--cpu_replicas", "2"], {}, "needs --strategy mirrored"),
     (["--strategy", "multi_worker"], {"TF_CONFIG": ""}, "needs TF_CONFIG"),
     (["--strategy", "multi_worker"], {"TF_CONFIG": "{oops"}, "TF_CONFIG is not JSON"),
 ])
 def test_bad_input_on_the_command_line(small_corpus, tmp_path, args, env, words):
     _, h5, _ = small_corpus
-    result = run_cli("train", "--input_h5", h5, *SMALL, "--checkpoint_name", tmp_path / "c", *args, env=env,
-                     timeout=TIMEOUT)
+    result = run_cli("train", "--input_h5", h5, *SMALL, "--checkpoint_name", tmp_path / "c", *args, env=env)
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and words in result.stderr, result.stderr
 
@@ -137,8 +139,9 @@ def test_unreachable_worker_stops_within_the_timeout(small_corpus, tmp_path):
     _, h5, _ = small_corpus
     ports = [free_port(), free_port()]  # nothing will listen on the second
     start = time.monotonic()
-    result = run_cli("train", "--input_h5", h5, *SMALL, "--checkpoint_name", tmp_path / "c", "--strategy",
-                     "multi_worker", "--worker_timeout", "3", env={"TF_CONFIG": _tf_config(ports, 0)}, timeout=TIMEOUT)
+    result = run_process("train", "--input_h5", h5, *SMALL, "--checkpoint_name", tmp_path / "c", "--strategy",
+                         "multi_worker", "--worker_timeout", "3", env={"TF_CONFIG": _tf_config(ports, 0)},
+                         timeout=TIMEOUT)
     assert result.returncode != 0
     assert time.monotonic() - start < 120
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -166,7 +169,7 @@ def test_mirrored_gives_one_device_losses_and_samples_on_one_device(small_corpus
     state = ckpt.load_state(record.state_path)
     assert state["rnn_state/lstm_0/h"].shape == (4, 32)  # one device's layout: all N streams
     sample = run_cli("sample", "--checkpoint", prefix + "_30.keras", "--length", "40", "--sample", "0",
-                     "--start_text", "ROMEO:", timeout=TIMEOUT)
+                     "--start_text", "ROMEO:")
     assert sample.returncode == 0 and sample.stdout.startswith("ROMEO:"), sample.stderr[-2000:]
 
 
@@ -186,8 +189,9 @@ def test_mirrored_resume_is_exact_with_dropout(small_corpus, tmp_path):
     np.testing.assert_allclose(resumed_train, full_train, atol=1e-5, rtol=0)
     np.testing.assert_allclose(resumed_val[-1], full_val[-1], atol=1e-5)
     # another replica count re-splits the carried (N, H) state: it runs (not exact, dropout draws differ)
-    _train("--resume_from", tmp_path / "part_12.json", "--max_iters", "14", "--strategy", "one_device",
-           "--cpu_replicas", "0")
+    one = run_cli("train", "--resume_from", tmp_path / "part_12.json", "--max_iters", "14", "--strategy",
+                  "one_device", "--cpu_replicas", "0")
+    assert one.returncode == 0, one.stderr[-3000:]
     assert ckpt.read_record(str(tmp_path / "part_14.json")).train_config.replicas == 1
 
 
@@ -260,7 +264,7 @@ def test_lost_worker_stops_the_other_and_resume_latest_continues(small_corpus, o
 def test_lost_worker_named_from_the_error_or_the_cluster():
     dropped = Exception("recvmsg:Connection reset by peer from remote target /job:worker/replica:0/task:2 ...")
     tasks = ["worker 0", "worker 1", "worker 2"]
-    assert str(distribute.lost_worker_error(dropped, "worker 0", tasks)).startswith("lost worker 2 (Exception)")
+    assert str(cluster.lost_worker_error(dropped, "worker 0", tasks)).startswith("lost worker 2 (Exception)")
     timed_out = Exception("Collective ops timed out")
-    assert str(distribute.lost_worker_error(timed_out, "worker 0", tasks)).startswith("lost a worker")
-    assert str(distribute.lost_worker_error(timed_out, "worker 1", tasks[:2])).startswith("lost worker 0")
+    assert str(cluster.lost_worker_error(timed_out, "worker 0", tasks)).startswith("lost a worker")
+    assert str(cluster.lost_worker_error(timed_out, "worker 1", tasks[:2])).startswith("lost worker 0")

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from kerascharrnn import engines
-from kerascharrnn.charrnn import CharRNN
 from kerascharrnn.config import SampleConfig
 from kerascharrnn.errors import UserError
+from kerascharrnn.inference import engines
+from kerascharrnn.models.charrnn import CharRNN
 from kerascharrnn.vocab import Vocabulary
 
 
@@ -25,7 +25,7 @@ def test_seeded_sampling_repeats_and_keeps_start_text(engine):
 def test_argmax_is_the_models_most_likely_path(engine, trained):
     import tensorflow as tf
 
-    from kerascharrnn import model as model_lib
+    from kerascharrnn.models import stack
 
     config = SampleConfig(length=30, start_text="The", sample=False)
     text, = engines.sample_texts(engine, config)
@@ -34,7 +34,7 @@ def test_argmax_is_the_models_most_likely_path(engine, trained):
     vocab = trained["vocab"]
     ids = list(vocab.encode("The"))
     while len(ids) < 30:
-        model_lib.reset_states(model)
+        stack.reset_states(model)
         batch = np.tile(np.array(ids, np.int32)[None], (model.inputs[0].shape[0], 1))
         ids.append(int(tf.argmax(model(batch)[0, -1])))
     assert text == vocab.decode(ids)
@@ -64,7 +64,7 @@ def test_length_equal_to_start_text_gives_just_the_start(engine):
 
 
 def test_length_is_checked_in_tokens_by_the_library_call(engine):
-    with pytest.raises(UserError, match="shorter than --start_text"):
+    with pytest.raises(UserError, match="^length 3 is shorter than start_text"):
         engines.sample_texts(engine, SampleConfig(length=3, start_text="First"))
     # a bytes vocabulary: "é" is one character but two tokens, so length 1 asks for -1 new tokens
     byte_engine = engines.Engine(Vocabulary(tuple(range(256)), "bytes"), engine.sampler)
@@ -107,5 +107,5 @@ def test_beam_size_one_is_argmax_and_wider_beams_find_likelier_text(engine, trai
 
 
 def test_beam_search_takes_one_sample():
-    with pytest.raises(UserError, match="--num_samples 1"):
+    with pytest.raises(UserError, match="with num_samples 1"):
         SampleConfig(beam_size=3, num_samples=2)

@@ -2,15 +2,16 @@
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
-from kerascharrnn import data, evaluate
-from kerascharrnn.charrnn import CharRNN
+
+from kerascharrnn.data import batches
+from kerascharrnn.models.charrnn import CharRNN
+from kerascharrnn.training import evaluate
 
 
 def _static_single_stream(charrnn, h5, split, num_tokens, seq_length):
     single = charrnn.with_batch_size(1)
-    layout = data.stream_layout(num_tokens, 1, seq_length, allow_fewer_streams=True)
+    layout = batches.stream_layout(num_tokens, 1, seq_length, allow_fewer_streams=True)
     return evaluate.split_loss(single.model, h5, split, layout)
 
 
@@ -22,7 +23,7 @@ def test_dynamic_evaluation_predicts_before_it_adapts(trained):
     assert count == 16
     np.testing.assert_allclose(loss, _static_single_stream(charrnn, trained["h5"], "val", 17, 16), rtol=1e-5)
     # learning rate 0: the static loss of the same single stream, over the whole split
-    num_tokens = data.split_lengths(trained["h5"])["val"]
+    num_tokens = batches.split_lengths(trained["h5"])["val"]
     static = _static_single_stream(charrnn, trained["h5"], "val", num_tokens, 16)
     np.testing.assert_allclose(evaluate.dynamic_split_loss(charrnn, trained["h5"], "val", num_tokens, 16, 0.0)[0],
                                static, rtol=1e-5)

@@ -11,15 +11,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import run_cli
 from helpers import graph_ops, read_export_info
-from kerascharrnn import artifacts, engines, export, sampling
-from kerascharrnn import model as model_lib
-from kerascharrnn.charrnn import CharRNN
+
 from kerascharrnn.config import ModelConfig
 from kerascharrnn.errors import UserError
-from kerascharrnn.sampling import Sampler
+from kerascharrnn.inference import engines, sampling
+from kerascharrnn.inference.sampling import Sampler
+from kerascharrnn.io import artifacts
+from kerascharrnn.models import stack
+from kerascharrnn.models.charrnn import CharRNN
+from kerascharrnn.serving import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 200
@@ -51,7 +53,7 @@ def generate_signature(exported, prompts, num_new, temperature=(1.0,), top_k=0, 
 def keras_logits(exported, text):
     """Whole-sequence logits of the stateful Keras model, every row fed `text` from a zero state."""
     model = exported["model"]
-    model_lib.reset_states(model)
+    stack.reset_states(model)
     ids = exported["vocab"].encode(text)
     return model(np.tile(ids[None], (model.inputs[0].shape[0], 1))).numpy(), ids
 
@@ -204,7 +206,7 @@ def test_step_signature_and_tflite_match_keras_for_200_steps(exported):
     text = "".join(c for c in text if c in set(exported["vocab"].tokens))[:STEPS]
     expected, ids = keras_logits(exported, text)
     batch = expected.shape[0]
-    sizes = model_lib.state_sizes(exported["model"])
+    sizes = stack.state_sizes(exported["model"])
     step = exported["loaded"].signatures["step"]
     runner = engines.load_interpreter(exported["tflite"]).get_signature_runner("step")
     for call, tolerance in ((step, 1e-5), (runner, 1e-5)):
@@ -242,7 +244,7 @@ def test_tflite_steps_give_the_ids_of_one_step_at_a_time(exported):
     lengths ending inside a call, lengths that leave a tail for `step`; top-k runs step by step."""
     engine = engines.open_engine("tflite", exported["tflite"], exported["vocab"])
     assert engine.sampler.multi_step.steps == export.TFLITE_STEPS
-    one_at_a_time = Sampler.for_numpy_step(engine.sampler._numpy_step, model_lib.state_sizes(exported["model"]),
+    one_at_a_time = Sampler.for_numpy_step(engine.sampler._numpy_step, stack.state_sizes(exported["model"]),
                                            exported["vocab"].size)
     rng = np.random.default_rng(0)
     cases = [dict(temperature=0.8), dict(temperature=[0.0, 0.7, 1.3]), dict(greedy=True), dict(temperature=1.0, top_k=5)]

@@ -7,19 +7,21 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import cudnn_eligible
-from kerascharrnn import calibration, data, fused, train
-from kerascharrnn import model as model_lib
-from kerascharrnn.charrnn import CharRNN
+
 from kerascharrnn.config import ModelConfig, TrainConfig
+from kerascharrnn.data import batches
 from kerascharrnn.errors import UserError
+from kerascharrnn.models import stack
+from kerascharrnn.models.charrnn import CharRNN
+from kerascharrnn.training import calibration, fused, path_choice
+from kerascharrnn.training.trainer import Trainer
 from kerascharrnn.vocab import Vocabulary
 
 
 def build(model_type="lstm", **kwargs):
     config = ModelConfig(vocab_size=11, model_type=model_type, wordvec_size=6, rnn_size=9, num_layers=2, **kwargs)
-    return model_lib.build_model(config, batch_size=3)
+    return stack.build_model(config, batch_size=3)
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
@@ -47,11 +49,11 @@ def test_outputs_states_and_gradients_match_keras(model_type, batchnorm, copy_me
 
         if name == "fused" and jit_compile:
             loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
-        model_lib.reset_states(model)
+        stack.reset_states(model)
         outs = []
         for x in batches:  # the second batch starts from the state the first left
             logits, grads = loss_and_grads(tf.constant(x))
-            outs.append((logits.numpy(), model_lib.get_states(model), [g.numpy() for g in grads]))
+            outs.append((logits.numpy(), stack.get_states(model), [g.numpy() for g in grads]))
         results[name] = outs
     for (k_logits, k_states, k_grads), (f_logits, f_states, f_grads) in zip(results["keras"], results["fused"]):
         np.testing.assert_allclose(f_logits, k_logits, atol=1e-5)
@@ -65,13 +67,13 @@ def trainer(model_type="lstm", fused_setting="auto", rnn_size=9, **kwargs):
     config = ModelConfig(vocab_size=11, model_type=model_type, wordvec_size=6, rnn_size=rnn_size, num_layers=2,
                          **kwargs)
     charrnn = CharRNN.build(config, Vocabulary(tuple("abcdefghijk")), 3)
-    layout = {"train": data.StreamLayout(3, 3, 7, 10)}
-    return train.Trainer(TrainConfig(batch_size=3, seq_length=7, fused=fused_setting), charrnn, layout)
+    layout = {"train": batches.StreamLayout(3, 3, 7, 10)}
+    return Trainer(TrainConfig(batch_size=3, seq_length=7, fused=fused_setting), charrnn, layout)
 
 
 def chosen_path(kind="lstm", setting="auto", cores=2, rnn_size=9, on_gpu=False, **kwargs):
     config = ModelConfig(vocab_size=11, model_type=kind, wordvec_size=6, rnn_size=rnn_size, num_layers=2, **kwargs)
-    return fused.choose(model_lib.build_model(config, batch_size=3), setting, on_gpu=on_gpu, cpu_cores=cores).path
+    return path_choice.choose(stack.build_model(config, batch_size=3), setting, on_gpu=on_gpu, cpu_cores=cores).path
 
 
 def test_one_decision_for_the_training_path():
@@ -85,12 +87,12 @@ def test_one_decision_for_the_training_path():
     assert chosen_path(cores=1, rnn_size=128) == chosen_path(batchnorm=True, rnn_size=128) == "off"
     assert chosen_path("gru", cores=1, rnn_size=128) == "on"
     assert chosen_path(setting="on", rnn_size=128) == "on" and chosen_path(setting="split", cores=1) == "split"
-    with pytest.raises(UserError, match=r"--fused split: .*batchnorm_0 \(batchnorm\) spans the batch"):
+    with pytest.raises(UserError, match=r"^fused split: .*batchnorm_0 \(batchnorm\) spans the batch"):
         chosen_path(setting="split", batchnorm=True)
     assert trainer("lstm").config.fused == trainer("lstm").path_choice.path  # resolved, as checkpoints record it
     for kind in ("lstm", "gru"):
         model = build(kind)
-        assert all(cudnn_eligible(s.layer) for s in model_lib.recurrent_stages(model))  # layers untouched
+        assert all(cudnn_eligible(s.layer) for s in stack.recurrent_stages(model))  # layers untouched
 
 
 @pytest.mark.parametrize("model_type,copy_memory", [("lstm", 0), ("gru", 0), ("rnn", 0), ("lstm", 5)])
@@ -121,8 +123,8 @@ def test_split_batch_gives_the_whole_batchs_loss_gradients_and_states(model_type
     for name, call in (("whole", whole), ("split", split)):
         for variable, value in zip(seeds, start):
             variable.assign(value)
-        model_lib.reset_states(model)
-        results[name] = [(call(x, y), model_lib.get_states(model)) for x, y in batches]  # odd batch: 1 + 2 rows
+        stack.reset_states(model)
+        results[name] = [(call(x, y), stack.get_states(model)) for x, y in batches]  # odd batch: 1 + 2 rows
     for ((w_loss, w_grads), w_states), ((s_loss, s_grads), s_states) in zip(results["whole"], results["split"]):
         assert float(s_loss) == pytest.approx(float(w_loss), abs=1e-6)
         for a, b in zip(s_grads, w_grads):
@@ -138,10 +140,10 @@ def test_non_default_cells_are_refused():
                   keras.layers.LSTM(9, recurrent_dropout=0.1, return_sequences=True, stateful=True)):
         ids = keras.Input(batch_shape=(3, None), dtype="int32")
         model = keras.Model(ids, keras.layers.Dense(11)(layer(keras.layers.Embedding(11, 6)(ids))))
-        assert "not a default" in fused.unsupported_reason(model)
-        assert not fused.choose(model, "auto", on_gpu=False).fused
-        with pytest.raises(UserError, match="--fused on.*not a default"):
-            fused.choose(model, "on", on_gpu=False)
+        assert "not a default" in path_choice.unsupported_reason(model)
+        assert not path_choice.choose(model, "auto", on_gpu=False).fused
+        with pytest.raises(UserError, match="^fused on.*not a default"):
+            path_choice.choose(model, "on", on_gpu=False)
 
 
 def test_unsupported_reason_checks_stateful():
@@ -149,7 +151,7 @@ def test_unsupported_reason_checks_stateful():
     x = keras.layers.Embedding(11, 6)(ids)
     x = keras.layers.LSTM(9, return_sequences=True, stateful=False)(x)
     model = keras.Model(ids, keras.layers.Dense(11)(x))
-    assert "stateful" in fused.unsupported_reason(model)
+    assert "stateful" in path_choice.unsupported_reason(model)
 
 
 def test_trainer_compiles_the_fused_step_with_xla():
@@ -178,17 +180,17 @@ def test_auto_follows_this_machines_calibration(tmp_path, monkeypatch):
                          "keras_ms": 90.0}])
     choice = trainer("lstm", rnn_size=128, batchnorm=True).path_choice  # batch norm: fused "on", not split
     assert choice.path == "on" and "measured on this machine at 2x128" in choice.why
-    assert trainer("lstm", rnn_size=150, batchnorm=True).fused  # nearest measured size: 128
-    assert not trainer("lstm", rnn_size=400, batchnorm=True).fused  # nearest: 512, where Keras won
+    assert trainer("lstm", rnn_size=150, batchnorm=True).path_choice.fused  # nearest measured size: 128
+    assert not trainer("lstm", rnn_size=400, batchnorm=True).path_choice.fused  # nearest: 512, where Keras won
     assert trainer("lstm", "off", rnn_size=128).path_choice.why == "--fused off"
-    assert trainer("gru", batchnorm=True).fused  # no GRU timings: the static rule
+    assert trainer("gru", batchnorm=True).path_choice.fused  # no GRU timings: the static rule
     assert chosen_path(rnn_size=512) == "split"  # timings of the other form ("on") do not count for a split run
     with open(path) as f:
         table = json.load(f)
     table["another CPU | 64 cores | tensorflow 9"] = table.pop(calibration.machine_key())
     with open(path, "w") as f:
         json.dump(table, f)
-    assert not trainer("lstm", rnn_size=128, batchnorm=True).fused  # not this machine's: the static rule
+    assert not trainer("lstm", rnn_size=128, batchnorm=True).path_choice.fused  # not this machine's: the static rule
     with open(path, "w") as f:
         f.write("{not json")
     with pytest.raises(UserError, match="not a kerascharrnn calibration file"):

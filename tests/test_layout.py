@@ -1,12 +1,20 @@
-"""The package's import structure: tools that do not train never import the training module, and the
-library never imports its command-line layer. Read from the source (function-level imports included)."""
+"""The package's structure: tools that do not train never import the training code, the library never
+imports its command-line layer, no module imports itself back through others, and every tool lives in
+one process with the others. Read from the source (function-level imports included)."""
 
 import ast
+import importlib
+import inspect
 import os
+import subprocess
+import sys
 
 import pytest
+from conftest import REPO
 
-PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kerascharrnn")
+PACKAGE = os.path.join(REPO, "kerascharrnn")
+TOOLS = ("benchmark", "convert", "eval", "export", "novelty", "preprocess", "sample", "serve", "train")
+TRAINING = ("kerascharrnn.training.loop", "kerascharrnn.training.trainer", "kerascharrnn.training.fused")
 
 
 def _modules():
@@ -45,9 +53,9 @@ def reachable(start):
     return seen
 
 
-@pytest.mark.parametrize("tool", ["sample", "serve", "export", "eval", "preprocess"])
-def test_tools_that_do_not_train_never_import_the_training_module(tool):
-    assert "kerascharrnn.train" not in reachable(f"kerascharrnn.cli.{tool}")
+@pytest.mark.parametrize("tool", ["sample", "serve", "export", "eval", "preprocess", "novelty", "convert"])
+def test_tools_that_do_not_train_never_import_the_training_code(tool):
+    assert not set(TRAINING) & reachable(f"kerascharrnn.cli.{tool}")
 
 
 def test_the_library_never_imports_its_cli():
@@ -56,6 +64,34 @@ def test_the_library_never_imports_its_cli():
     assert not {name: found for name, found in offenders.items() if found}
 
 
+def test_no_import_circles():
+    # a package's __init__ is imported with each of its modules, but imports none of them here
+    circles = sorted(name for name in GRAPH if name in reachable(name))
+    assert not circles, circles
+
+
 def test_the_graph_is_read():  # the checks above would pass vacuously on an empty graph
-    assert "kerascharrnn.train" in reachable("kerascharrnn.cli.train")
-    assert "kerascharrnn.charrnn" in reachable("kerascharrnn.cli.sample")
+    assert "kerascharrnn.training.loop" in reachable("kerascharrnn.cli.train")
+    assert "kerascharrnn.models.charrnn" in reachable("kerascharrnn.cli.sample")
+    assert "kerascharrnn.io.files" in reachable("kerascharrnn.io.paths")
+
+
+def test_every_tool_imports_in_one_process_and_exposes_main():
+    """Each tool parses into flags of its own: importing all of them together defines nothing twice."""
+    done = subprocess.run([sys.executable, "-c", "import importlib, sys; sys.path.insert(0, sys.argv[1]);"
+                           " [importlib.import_module('kerascharrnn.cli.' + t) for t in sys.argv[2:]]; print('ok')",
+                           REPO, *TOOLS], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    for tool in TOOLS:
+        main = importlib.import_module(f"kerascharrnn.cli.{tool}").main
+        assert list(inspect.signature(main).parameters) == ["argv"]
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_every_tool_answers_help_in_process(tool, capsys):
+    main = importlib.import_module(f"kerascharrnn.cli.{tool}").main
+    assert main([tool, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"bin/{tool}:") and "\nflags:\n  --" in out
+    assert main([tool, "--no_such_flag"]) == 2
+    assert "no_such_flag" in capsys.readouterr().err

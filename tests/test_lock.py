@@ -6,11 +6,14 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, run_cli
-from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import lock
 
-HOLDER = ("import sys, time; sys.path.insert(0, sys.argv[2]); from kerascharrnn import lock;"
+from kerascharrnn.errors import UserError
+from kerascharrnn.io import checkpoint as ckpt
+from kerascharrnn.io import lock
+
+HOLDER = ("import sys, time; sys.path.insert(0, sys.argv[2]); from kerascharrnn.io import lock;"
           " lock.acquire(sys.argv[1], command='the holder'); print('locked', flush=True); time.sleep(120)")
 TINY = ["--batch_size", 4, "--seq_length", 16, "--rnn_size", 16, "--wordvec_size", 8, "--num_layers", 1,
         "--print_every", 1, "--seed", 5]
@@ -67,3 +70,31 @@ def test_two_real_trainings_on_one_name(small_corpus, tmp_path):
     again = run_cli("train", "--input_h5", h5, "--checkpoint_name", name, "--resume_from", "latest",
                     "--max_iters", "1")
     assert again.returncode == 0, again.stderr
+
+
+def test_the_lock_is_given_back_when_a_run_in_this_process_ends(small_corpus, tmp_path):
+    """bin/train called in-process (as a library caller might) holds the lock for its run only."""
+    _, h5, _ = small_corpus
+    name = str(tmp_path / "ck")
+    for _ in range(2):
+        done = run_cli("train", "--input_h5", h5, "--checkpoint_name", name, "--max_iters", "1", *TINY)
+        assert done.returncode == 0, done.stderr
+    assert not lock._held
+    with lock.held(name):
+        assert lock._held
+    assert not lock._held
+
+
+def test_a_planted_lock_link_or_pipe_is_refused_and_left_alone(tmp_path):
+    (tmp_path / "victim.txt").write_text("a file someone keeps")
+    os.symlink(tmp_path / "victim.txt", tmp_path / "ck.lock")
+    with pytest.raises(UserError, match="is a symbolic link"):
+        lock.acquire(str(tmp_path / "ck"))
+    assert (tmp_path / "victim.txt").read_text() == "a file someone keeps" and not lock._held
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling.lock")  # would be created through the link
+    with pytest.raises(UserError, match="is a symbolic link"):
+        lock.acquire(str(tmp_path / "dangling"))
+    assert not (tmp_path / "nowhere").exists()
+    os.mkfifo(tmp_path / "fifo.lock")
+    with pytest.raises(UserError, match="not a regular file"):
+        lock.acquire(str(tmp_path / "fifo"))

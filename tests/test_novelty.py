@@ -5,9 +5,11 @@ import random
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
-from kerascharrnn import novelty
+
+from kerascharrnn.analysis import novelty
+from kerascharrnn.analysis.suffix_array import suffix_array
+from kerascharrnn.cli.novelty import parse_ngrams
 from kerascharrnn.errors import UserError
 
 TRACEBACK = "Traceback (most recent call last)"
@@ -79,12 +81,12 @@ def test_suffix_array_is_the_sorted_suffixes(seed):
         ids = (ids[:rng.randint(1, 9)] * 100)[:len(ids)]
     expected = sorted(range(len(ids)), key=lambda i: ids[i:])
     for batch in (1, 3, 1 << 21):  # batch boundaries inside groups; groups larger than a batch
-        assert novelty.suffix_array(np.array(ids, np.uint8), batch=batch).tolist() == expected
+        assert suffix_array(np.array(ids, np.uint8), batch=batch).tolist() == expected
 
 
 def test_suffix_array_literal():
     # "banana" -> a=1, b=2, n=3: suffixes a, ana, anana, banana, na, nana
-    assert novelty.suffix_array(np.array([2, 1, 3, 1, 3, 1], np.uint8)).tolist() == [5, 3, 1, 0, 4, 2]
+    assert suffix_array(np.array([2, 1, 3, 1, 3, 1], np.uint8)).tolist() == [5, 3, 1, 0, 4, 2]
 
 
 # --- matching statistics, n-gram overlap, longest copy -----------------------------------------------------
@@ -169,12 +171,12 @@ def test_combine_sums_counts_and_keeps_the_longest():
 
 
 def test_parse_ngrams():
-    assert novelty.parse_ngrams("5,10,20,50") == (5, 10, 20, 50)
-    assert novelty.parse_ngrams(" 3, 1-4 ,2") == (1, 2, 3, 4)
-    assert novelty.parse_ngrams("1-49") == tuple(range(1, 50))
+    assert parse_ngrams("5,10,20,50") == (5, 10, 20, 50)
+    assert parse_ngrams(" 3, 1-4 ,2") == (1, 2, 3, 4)
+    assert parse_ngrams("1-49") == tuple(range(1, 50))
     for bad in ("", "5,", "x", "0", "-3", "10-5", "2.5", "1-x"):
         with pytest.raises(UserError, match="--ngrams"):
-            novelty.parse_ngrams(bad)
+            parse_ngrams(bad)
 
 
 def test_preview_escapes_and_shortens():
@@ -183,16 +185,17 @@ def test_preview_escapes_and_shortens():
     assert novelty.preview(b"caf\xc3\xa9\n") == "caf\\xc3\\xa9\\n"
 
 
-def test_sample_shorter_than_n_and_bad_text():
+def test_sample_shorter_than_n_and_bad_text(tmp_path):
     index = novelty.CorpusIndex.from_text("abcdef")
     with pytest.raises(UserError, match="shorter than the n-gram length 5"):
         novelty.analyze(index, "abc", (2, 5), name="s")
-    with pytest.raises(UserError, match="not valid utf-8 text"):
-        novelty.decode_units(b"caf\xe9", "utf-8", "s")
-    with pytest.raises(UserError, match="binary"):
-        novelty.decode_units(b"ab\0cd", "utf-8", "s")
-    with pytest.raises(UserError, match="is empty"):
-        novelty.decode_units(b"", "utf-8", "s")
+    for data, message in ((b"caf\xe9", "not valid utf-8 text"), (b"ab\0cd", "binary"), (b"", "is empty")):
+        (tmp_path / "s.txt").write_bytes(data)
+        with pytest.raises(UserError, match=message):
+            novelty.read_sample(str(tmp_path / "s.txt"), "utf-8")
+    (tmp_path / "s.txt").write_bytes("caf\u00e9\r\n".encode("utf-8"))
+    assert novelty.read_sample(str(tmp_path / "s.txt"), "utf-8").tolist() == [99, 97, 102, 233, 13, 10]
+    assert novelty.read_sample(str(tmp_path / "s.txt"), "bytes").tolist() == [99, 97, 102, 195, 169, 13, 10]
 
 
 def test_from_file_streams_like_preprocess(tmp_path):

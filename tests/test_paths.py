@@ -8,10 +8,10 @@ import stat
 import subprocess
 
 import pytest
+from conftest import run_cli, run_process
 
-from conftest import run_cli
-from kerascharrnn import files, paths
 from kerascharrnn.errors import UserError
+from kerascharrnn.io import files, paths
 
 FAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "faults")
 
@@ -57,8 +57,8 @@ def test_input_inside_an_output_directory(tmp_path):
 
 
 def test_checkpoint_name_whose_files_are_inputs(tmp_path):
-    for collide in ("cv_best.json", "cv_100.keras", "cv.lock", "cv_7.state.npz"):
-        with pytest.raises(UserError, match="--checkpoint_name"):
+    for collide in ("cv_best.json", "cv_100.keras", "cv.lock", "cv_7.state.npz", "cv_loss.png"):
+        with pytest.raises(UserError, match="^checkpoint_name .* would overwrite --input_json"):
             paths.check_checkpoint_name(str(tmp_path / "cv"), [("--input_json", str(tmp_path / collide))])
     paths.check_checkpoint_name(str(tmp_path / "cv"), [("--input_json", str(tmp_path / "cv.json")),
                                                        ("--input_h5", str(tmp_path / "cv_x.h5"))])
@@ -101,8 +101,8 @@ def test_temporary_names_of_a_250_byte_file_name_fit(tmp_path):
 def test_unexpected_exception_is_one_line_exit_70_and_a_log(tmp_path):
     (tmp_path / "in.txt").write_text("some text to read " * 20)
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [FAULTS, os.environ.get("PYTHONPATH")])),
-           "KERASCHARRNN_TEST_RAISE": "kerascharrnn.preprocess:build_vocabulary", "TMPDIR": str(tmp_path)}
-    result = run_cli("preprocess", "--input_txt", tmp_path / "in.txt", "--output_h5", tmp_path / "o.h5",
+           "KERASCHARRNN_TEST_RAISE": "kerascharrnn.data.preprocess:build_vocabulary", "TMPDIR": str(tmp_path)}
+    result = run_process("preprocess", "--input_txt", tmp_path / "in.txt", "--output_h5", tmp_path / "o.h5",
                      "--output_json", tmp_path / "o.json", env=env)
     assert result.returncode == 70
     lines = result.stderr.strip().splitlines()
@@ -144,7 +144,7 @@ def test_full_disk_during_preprocess_is_one_line_and_keeps_the_old_outputs(tmp_p
     assert sorted(os.listdir(small_disk)) == ["out.h5", "out.json"]  # no temporary left behind
 
 
-@pytest.mark.parametrize("where", ["kerascharrnn.preprocess:_write_ids", "kerascharrnn.files:write_text_atomic"],
+@pytest.mark.parametrize("where", ["kerascharrnn.data.preprocess:_write_ids", "kerascharrnn.io.files:write_text_atomic"],
                          ids=["while-writing-ids", "hdf5-written-json-not-yet"])
 def test_kill_during_preprocess_keeps_the_old_outputs(tmp_path, where):
     (tmp_path / "in.txt").write_text("a new corpus to preprocess " * 200)
@@ -154,7 +154,7 @@ def test_kill_during_preprocess_keeps_the_old_outputs(tmp_path, where):
            "KERASCHARRNN_TEST_KILL_IN": where}
     args = ["--input_txt", tmp_path / "in.txt", "--output_h5", tmp_path / "out.h5", "--output_json",
             tmp_path / "out.json", "--quiet"]
-    killed = run_cli("preprocess", *args, env=env)
+    killed = run_process("preprocess", *args, env=env)
     assert killed.returncode == -9
     assert (tmp_path / "out.h5").read_bytes() == b"the previous HDF5"
     assert (tmp_path / "out.json").read_bytes() == b"the previous vocabulary"

@@ -1,6 +1,6 @@
 import numpy as np
 
-from kerascharrnn import plots
+from kerascharrnn.training import plots
 
 
 def test_smoothed_is_a_trailing_mean():

@@ -4,10 +4,10 @@ import json
 import h5py
 import numpy as np
 import pytest
-
 from conftest import shared_file
+
+from kerascharrnn.data.preprocess import preprocess, split_sizes
 from kerascharrnn.errors import UserError
-from kerascharrnn.preprocess import preprocess, split_sizes
 
 
 def torch_rnn_reference(raw: bytes, encoding, val_frac=0.1, test_frac=0.1):
@@ -101,7 +101,7 @@ def test_summary_lines(tmp_path):
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00", "utf-8", "not valid utf-8|binary"),
     (b"ok text\x00\x00 more", "utf-8", "binary"),
     (b"caf\xe9 latin-1", "utf-8", r"not valid utf-8 text \(byte 3\)"),
-    (b"tiny", "nope-codec", "unknown --encoding"),
+    (b"tiny", "nope-codec", "unknown encoding"),
 ])
 def test_bad_input_is_one_clear_error_and_keeps_outputs(tmp_path, raw, encoding, message):
     (tmp_path / "out.h5").write_bytes(b"precious")

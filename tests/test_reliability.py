@@ -12,14 +12,14 @@ import time
 import h5py
 import numpy as np
 import pytest
+from conftest import REPO, run_cli, run_process, shakespeare_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, run_cli, shakespeare_text
-from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import data
+from kerascharrnn.data import batches
+from kerascharrnn.data.preprocess import preprocess, split_sizes
 from kerascharrnn.errors import UserError
-from kerascharrnn.preprocess import preprocess, split_sizes
+from kerascharrnn.io import checkpoint as ckpt
 from kerascharrnn.vocab import Vocabulary
 
 PROPERTY = settings(max_examples=40, deadline=None, derandomize=True, database=None,
@@ -57,15 +57,15 @@ def test_split_sizes_sum_to_the_corpus(total, val_frac, test_frac):
 @given(num_tokens=st.integers(2, 3000), batch_size=st.integers(1, 9), seq_length=st.integers(1, 40),
        fewer=st.booleans())
 def test_each_covered_token_comes_once_per_epoch_in_stream_order(num_tokens, batch_size, seq_length, fewer):
-    layout = data.stream_layout(num_tokens, batch_size, seq_length, allow_fewer_streams=fewer)
+    layout = batches.stream_layout(num_tokens, batch_size, seq_length, allow_fewer_streams=fewer)
     tokens = np.arange(1, num_tokens + 1)  # 1-based ids, each token its own position + 1
-    batches = list(data.batch_arrays(tokens, layout))
-    assert len(batches) == layout.num_batches
-    if not batches:
+    windows = list(batches.batch_arrays(tokens, layout))
+    assert len(windows) == layout.num_batches
+    if not windows:
         assert num_tokens - 1 < batch_size * seq_length
         return
-    inputs = np.concatenate([b[0] for b in batches], axis=1)[:layout.num_streams]  # (streams, stream_length)
-    targets = np.concatenate([b[1] for b in batches], axis=1)[:layout.num_streams]
+    inputs = np.concatenate([b[0] for b in windows], axis=1)[:layout.num_streams]  # (streams, stream_length)
+    targets = np.concatenate([b[1] for b in windows], axis=1)[:layout.num_streams]
     seen = inputs.reshape(-1)
     np.testing.assert_array_equal(seen, np.arange(layout.tokens_covered))  # once each, in stream order
     np.testing.assert_array_equal(targets, inputs + 1)
@@ -98,7 +98,7 @@ def corpus(tmp_path_factory):
 
 def test_kill_after_state_before_json_is_ignored_and_resume_continues(corpus, tmp_path):
     name = tmp_path / "cv" / "ck"
-    killed = run_cli("train", "--input_h5", corpus / "in.h5", *TINY, "--max_iters", 20, "--checkpoint_every", 5,
+    killed = run_process("train", "--input_h5", corpus / "in.h5", *TINY, "--max_iters", 20, "--checkpoint_every", 5,
                      "--checkpoint_name", name, env=crash_at("after_state:10"))
     assert killed.returncode == -signal.SIGKILL
     assert (tmp_path / "cv" / "ck_10.keras").exists() and (tmp_path / "cv" / "ck_10.state.npz").exists()
@@ -117,7 +117,7 @@ def test_kill_after_state_before_json_is_ignored_and_resume_continues(corpus, tm
 
 def test_kill_while_overwriting_best_leaves_no_half_best(corpus, tmp_path):
     name = tmp_path / "cv" / "ck"
-    killed = run_cli("train", "--input_h5", corpus / "in.h5", *TINY, "--max_iters", 10, "--checkpoint_every", 5,
+    killed = run_process("train", "--input_h5", corpus / "in.h5", *TINY, "--max_iters", 10, "--checkpoint_every", 5,
                      "--checkpoint_name", name, env=crash_at("after_model:best"))
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "cv" / "ck_best.json").exists()  # an incomplete set is never marked complete
@@ -155,9 +155,9 @@ def test_nan_loss_stops_and_names_the_last_good_checkpoint(corpus, tmp_path):
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(trained, tmp_path, monkeypatch):
-    from kerascharrnn import train
-    from kerascharrnn.charrnn import CharRNN
     from kerascharrnn.config import TrainConfig
+    from kerascharrnn.models.charrnn import CharRNN
+    from kerascharrnn.training import loop
 
     calls = []
 
@@ -171,9 +171,9 @@ def test_failed_checkpoint_write_keeps_the_previous_one(trained, tmp_path, monke
     config = TrainConfig(input_h5=trained["h5"], input_json=trained["json"], batch_size=4, seq_length=16,
                          max_iters=10, checkpoint_every=5, print_every=0, seed=1,
                          checkpoint_name=str(tmp_path / "ck"))
-    layouts = data.layouts_for(data.split_lengths(trained["h5"]), 4, 16)
+    layouts = batches.layouts_for(batches.split_lengths(trained["h5"]), 4, 16)
     with pytest.raises(UserError, match="No space left on device.*previous checkpoint is intact"):
-        train.train_and_evaluate(config, CharRNN.build(trained["model_config"], trained["vocab"], 4), layouts,
+        loop.train_and_evaluate(config, CharRNN.build(trained["model_config"], trained["vocab"], 4), layouts,
                                  log=lambda *_: None)
     assert ckpt.find_latest(str(tmp_path / "ck")) == str(tmp_path / "ck_5.json")
     CharRNN.from_checkpoint(str(tmp_path / "ck_5.keras"))

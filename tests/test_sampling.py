@@ -2,8 +2,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerascharrnn.sampling import (Filters, Sampler, filter_logits, filter_logits_np, gumbel_noise, next_ids,
-                                   next_ids_np)
+from kerascharrnn.inference.sampling import (
+    Filters,
+    Sampler,
+    filter_logits,
+    filter_logits_np,
+    gumbel_noise,
+    next_ids,
+    next_ids_np,
+)
 
 V = 6
 

@@ -6,7 +6,7 @@ import pytest
 
 from kerascharrnn.config import TrainConfig
 from kerascharrnn.errors import UserError
-from kerascharrnn.schedule import TrainingSchedule
+from kerascharrnn.training.schedule import TrainingSchedule
 
 
 def rates(schedule, steps):
@@ -44,10 +44,10 @@ def test_warmup_applies_to_step_too():
 
 
 def test_bad_schedule_settings():
-    with pytest.raises(UserError, match="--lr_schedule 'linear'"):
+    with pytest.raises(UserError, match="^lr_schedule 'linear'"):
         TrainConfig(lr_schedule="linear")
-    with pytest.raises(UserError, match="--min_learning_rate"):
+    with pytest.raises(UserError, match="^min_learning_rate"):
         TrainConfig(learning_rate=1e-3, min_learning_rate=1e-2)
-    with pytest.raises(UserError, match="--max_minutes"):
+    with pytest.raises(UserError, match="^max_minutes"):
         TrainConfig(max_minutes=-1)
     assert not math.isnan(TrainConfig(max_minutes=0.5).max_minutes)

@@ -12,9 +12,9 @@ import urllib.parse
 
 import httpx
 import pytest
-
 from conftest import run_cli
-from kerascharrnn import serve
+
+from kerascharrnn.serving import rules
 from kerascharrnn.vocab import Vocabulary
 
 # --- the rules ------------------------------------------------------------------------------------
@@ -32,42 +32,42 @@ def rnn_writer_decode(value: str) -> str:
 
 def test_raw_query_value_keeps_the_encoding():
     query = b"n=3&start_text=I%27m+here%20%2B%20%E2%98%83&x=1"
-    assert serve.raw_query_value(query, "start_text") == "I%27m+here%20%2B%20%E2%98%83"
-    assert serve.raw_query_value(query, "n") == "3"
-    assert serve.raw_query_value(query, "missing") is None
-    assert serve.raw_query_value(b"start_text", "start_text") == ""
+    assert rules.raw_query_value(query, "start_text") == "I%27m+here%20%2B%20%E2%98%83"
+    assert rules.raw_query_value(query, "n") == "3"
+    assert rules.raw_query_value(query, "missing") is None
+    assert rules.raw_query_value(b"start_text", "start_text") == ""
 
 
 def test_decode_component_is_form_decoding_and_strict():
-    assert serve.decode_component("I%27m+here%20%2B%20%E2%98%83", "s") == "I'm here + ☃"
+    assert rules.decode_component("I%27m+here%20%2B%20%E2%98%83", "s") == "I'm here + ☃"
     for bad, message in (("%ZZ", "percent-encoding"), ("50%", "percent-encoding"), ("%E2%98", "UTF-8"),
                          ("%FF", "UTF-8")):
-        with pytest.raises(serve.ClientError, match=message):
-            serve.decode_component(bad, "s")
+        with pytest.raises(rules.ClientError, match=message):
+            rules.decode_component(bad, "s")
 
 
 @pytest.mark.parametrize("raw,expected", [(None, 1), ("", 1), ("3", 3), ("10", 10), ("11", 10), ("500", 10),
                                           ("+4", 4)])
 def test_parse_n_defaults_and_clamps(raw, expected):
-    assert serve.parse_n(raw, 10) == expected
+    assert rules.parse_n(raw, 10) == expected
 
 
 @pytest.mark.parametrize("raw", ["abc", "2.5", "0", "-3", "99999999999", "1" * 40, "%ZZ", "1e3"])
 def test_parse_n_rejects(raw):
-    with pytest.raises(serve.ClientError) as error:
-        serve.parse_n(raw, 10)
+    with pytest.raises(rules.ClientError) as error:
+        rules.parse_n(raw, 10)
     assert error.value.status == 400
 
 
 def test_start_text_normalisation_and_completion_cuts():
-    assert serve.normalize_start_text("The  CAT\n\tsat ", True) == "the cat sat "
-    assert serve.normalize_start_text("The  CAT", False) == "The CAT"
-    assert serve.cut_completion(" no. it is. the end of it. more", 140) == " no. it is. the end of it."
-    assert serve.cut_completion(" one two three four five! six", 140) == " one two three four five!"
-    assert serve.cut_completion("x" * 300, 140) == "x" * 140
-    assert serve.cut_at_stop("abc\ndef", ["\n", "c"]) == ("ab", "stop")
-    assert serve.cut_at_stop("abc", ["z"]) == ("abc", "length")
-    assert [serve.bucket(r) for r in (1, 2, 3, 5, 20, 64)] == [1, 2, 4, 8, 32, 64]
+    assert rules.normalize_start_text("The  CAT\n\tsat ", True) == "the cat sat "
+    assert rules.normalize_start_text("The  CAT", False) == "The CAT"
+    assert rules.cut_completion(" no. it is. the end of it. more", 140) == " no. it is. the end of it."
+    assert rules.cut_completion(" one two three four five! six", 140) == " one two three four five!"
+    assert rules.cut_completion("x" * 300, 140) == "x" * 140
+    assert rules.cut_at_stop("abc\ndef", ["\n", "c"]) == ("ab", "stop")
+    assert rules.cut_at_stop("abc", ["z"]) == ("abc", "length")
+    assert [rules.bucket(r) for r in (1, 2, 3, 5, 20, 64)] == [1, 2, 4, 8, 32, 64]
 
 
 # --- the real server ------------------------------------------------------------------------------
@@ -221,13 +221,13 @@ def test_real_rnn_writer_client_always_gets_suggestions(server):
 def test_lowercase_auto_follows_the_vocabulary():
     lower = Vocabulary(tuple("abc ."))
     mixed = Vocabulary(tuple("abcA ."))
-    assert serve.lowercase_for("auto", lower) and not serve.lowercase_for("auto", mixed)
-    assert serve.lowercase_for("1", mixed) and not serve.lowercase_for("0", lower)
-    assert not serve.lowercase_for("auto", Vocabulary(tuple(b for b in b"ABab"), "bytes"))
+    assert rules.lowercase_for("auto", lower) and not rules.lowercase_for("auto", mixed)
+    assert rules.lowercase_for("1", mixed) and not rules.lowercase_for("0", lower)
+    assert not rules.lowercase_for("auto", Vocabulary(tuple(b for b in b"ABab"), "bytes"))
     # named as the client sent them: lower-casing "\u0130" gives "i" + U+0307, which was never sent
-    assert serve.unknown_in("\u0130a", lower, lowercase=True) == ["\u0130"]
-    assert serve.unknown_in("A b", lower, lowercase=True) == []
-    assert serve.unknown_in("A b", lower) == ["A"]
+    assert rules.unknown_in("\u0130a", lower, lowercase=True) == ["\u0130"]
+    assert rules.unknown_in("A b", lower, lowercase=True) == []
+    assert rules.unknown_in("A b", lower) == ["A"]
 
 
 def test_errors_are_logged_with_the_request(server):
@@ -272,11 +272,13 @@ def test_serve_flag_errors(sentence_model):
 
 def test_redraws_are_capped_and_logged(sentence_model, caplog):
     """Limits no 140-character completion can meet: torch-rnn-server would loop forever; we answer."""
-    from kerascharrnn import engines
     from kerascharrnn.config import ServeConfig
+    from kerascharrnn.inference import engines
 
     engine = engines.open_engine("checkpoint", sentence_model, jit_compile=False)
-    app = serve.create_app(engine, ServeConfig(word_limit_short=100, word_limit_long=120, max_redraw_rounds=2))
+    from kerascharrnn.serving.app import create_app
+
+    app = create_app(engine, ServeConfig(word_limit_short=100, word_limit_long=120, max_redraw_rounds=2))
 
     async def call():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:

@@ -10,14 +10,12 @@ import os
 
 import numpy as np
 import pytest
-
-import torchfile
-
 import torch_format as t7
-from conftest import run_cli, shared_file
+import torchfile
+from conftest import run_cli, run_process, shared_file
 
-from kerascharrnn import torch_checkpoint
 from kerascharrnn.errors import UserError
+from kerascharrnn.io import torch_checkpoint
 
 REAL = "data/torch-rnn-shakespeare-2x128.t7"
 TOLERANCE = 1e-4
@@ -101,7 +99,7 @@ class KerasStepper:
         import keras
         import tensorflow as tf
 
-        from kerascharrnn.charrnn import CharRNN
+        from kerascharrnn.models.charrnn import CharRNN
 
         cfg = converted.model_config
         model = CharRNN.from_checkpoint(converted.path, batch_size=1).model
@@ -427,7 +425,7 @@ def test_import_does_not_load_tensorflow():
     import subprocess
     import sys
 
-    code = "import sys, kerascharrnn.torch_checkpoint; print('tensorflow' in sys.modules)"
+    code = "import sys, kerascharrnn.io.torch_checkpoint; print('tensorflow' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.stdout.strip() == "False", done.stderr
@@ -459,7 +457,7 @@ def test_tools_take_the_real_t7(tmp_path, keras_home):
     assert sample.returncode == 0, sample.stderr
     assert json.loads(sample.stdout) == expected  # torch-rnn's own greedy text
 
-    converted = run_cli("convert", "--checkpoint", path, "--output", tmp_path / "t.keras")
+    converted = run_process("convert", "--checkpoint", path, "--output", tmp_path / "t.keras")  # bin/convert's smoke run
     assert converted.returncode == 0, converted.stderr
     assert "lstm 2 x 128" in converted.stdout and "14000 iterations" in converted.stdout
     # plain Keras loads it; torch-rnn's parameter count is the same

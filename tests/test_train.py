@@ -2,18 +2,20 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import zipfile
 
 import keras
 import numpy as np
 import pytest
-
 from conftest import run_cli, train_in_process
-from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import data, train
-from kerascharrnn import model as model_lib
-from kerascharrnn.charrnn import CharRNN
+
+from kerascharrnn.data import batches
+from kerascharrnn.io import checkpoint as ckpt
+from kerascharrnn.models import stack
+from kerascharrnn.models.charrnn import CharRNN
 from kerascharrnn.presets import PRESETS
+from kerascharrnn.training import loop, trainer
 from kerascharrnn.vocab import Vocabulary
 
 
@@ -49,7 +51,7 @@ def test_checkpoint_loads_in_plain_keras_and_carries_vocab(trained):
     with zipfile.ZipFile(trained["keras"]) as archive:
         assert ckpt.VOCAB_ENTRY in archive.namelist()
     assert ckpt.read_vocab(trained["keras"]) == trained["vocab"]
-    assert ckpt.read_model_config(trained["keras"]) == trained["model_config"]
+    assert ckpt.stored_model_config(trained["keras"]) == trained["model_config"]
     charrnn = CharRNN.from_checkpoint(trained["keras"])
     assert (charrnn.config, charrnn.vocab, charrnn.batch_size) == (trained["model_config"], trained["vocab"], 4)
     single = charrnn.with_batch_size(1)
@@ -70,20 +72,20 @@ def test_model_without_json_is_ignored(trained, tmp_path):
 
 def test_validation_leaves_training_state_untouched(trained):
     config = trained["config"]
-    layouts = data.layouts_for(data.split_lengths(config.input_h5), config.batch_size, config.seq_length)
+    layouts = batches.layouts_for(batches.split_lengths(config.input_h5), config.batch_size, config.seq_length)
     charrnn = CharRNN.build(trained["model_config"], trained["vocab"], config.batch_size)
     model = charrnn.model
-    trainer = train.Trainer(config, charrnn, layouts)
-    inputs, targets = next(iter(data.minibatches(config.input_h5, "train", layouts["train"])))
-    trainer.train_step(inputs, targets)
-    before = model_lib.get_states(model)
-    assert trainer.evaluate(config.input_h5, "val") > 0
-    for a, b in zip(before, model_lib.get_states(model)):
+    one_device = trainer.Trainer(config, charrnn, layouts)
+    inputs, targets = next(iter(batches.minibatches(config.input_h5, "train", layouts["train"])))
+    one_device.train_step(inputs, targets)
+    before = stack.get_states(model)
+    assert one_device.evaluate(config.input_h5, "val") > 0
+    for a, b in zip(before, stack.get_states(model)):
         np.testing.assert_array_equal(a, b)
 
 
 def test_interrupted_and_resumed_run_matches_uninterrupted(trained, tmp_path):
-    from kerascharrnn.preprocess import preprocess
+    from kerascharrnn.data.preprocess import preprocess
 
     with open(trained["config"].input_h5.replace(".h5", ".txt"), encoding="utf-8") as f:
         (tmp_path / "mini.txt").write_text(f.read()[:3000], encoding="utf-8")
@@ -94,8 +96,8 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(trained, tmp_path):
     model_config = dataclasses.replace(trained["model_config"], dropout=0.2)
     vocab = Vocabulary.load(base.input_json)
     model_config = dataclasses.replace(model_config, vocab_size=vocab.size)
-    lengths = data.split_lengths(base.input_h5)
-    layouts = data.layouts_for(lengths, base.batch_size, base.seq_length)
+    lengths = batches.split_lengths(base.input_h5)
+    layouts = batches.layouts_for(lengths, base.batch_size, base.seq_length)
     num_train = layouts["train"].num_batches
     full = train_in_process(base, model_config)
     assert len(full.train_loss_history) == 2 * num_train
@@ -113,9 +115,9 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(trained, tmp_path):
 
 
 def test_parameter_advice_says_which_way_the_risk_lies():
-    assert "memorise" in train.parameter_advice(3_000_000, 100_000)
-    assert "underfits" in train.parameter_advice(10_000, 1_000_000)
-    assert "within an order of magnitude" in train.parameter_advice(1_000_000, 900_000)
+    assert "memorise" in loop.parameter_advice(3_000_000, 100_000)
+    assert "underfits" in loop.parameter_advice(10_000, 1_000_000)
+    assert "within an order of magnitude" in loop.parameter_advice(1_000_000, 900_000)
 
 
 def test_resume_is_exact_with_cosine_warmup_weight_decay_and_embedding_dropout(trained, tmp_path):
@@ -144,47 +146,87 @@ def test_resume_is_exact_with_cosine_warmup_weight_decay_and_embedding_dropout(t
 def test_weight_decay_uses_adamw_on_matrices_only(trained):
     config = dataclasses.replace(trained["config"], weight_decay=0.1)
     charrnn = CharRNN.build(trained["model_config"], trained["vocab"], config.batch_size)
-    layouts = data.layouts_for(data.split_lengths(config.input_h5), config.batch_size, config.seq_length)
-    trainer = train.Trainer(config, charrnn, layouts)
-    assert isinstance(trainer.optimizer, keras.optimizers.AdamW)
-    decayed = {v.path for v in charrnn.model.trainable_variables if trainer.optimizer._use_weight_decay(v)}
+    layouts = batches.layouts_for(batches.split_lengths(config.input_h5), config.batch_size, config.seq_length)
+    adamw = trainer.Trainer(config, charrnn, layouts).optimizer
+    assert isinstance(adamw, keras.optimizers.AdamW)
+    decayed = {v.path for v in charrnn.model.trainable_variables if adamw._use_weight_decay(v)}
     assert decayed == {v.path for v in charrnn.model.trainable_variables if len(v.shape) == 2}
-    assert isinstance(train.Trainer(trained["config"], charrnn, layouts).optimizer, keras.optimizers.Adam)
+    assert isinstance(trainer.Trainer(trained["config"], charrnn, layouts).optimizer, keras.optimizers.Adam)
 
 
-def test_time_budget_stops_cleanly_and_fits_the_cosine_to_it(small_corpus, tmp_path):
-    _, h5, _ = small_corpus
-    result = run_cli("train", "--input_h5", h5, "--batch_size", 4, "--seq_length", 16, "--rnn_size", 16,
-                     "--wordvec_size", 8, "--lr_schedule", "cosine", "--max_minutes", 0.25, "--checkpoint_every", 0,
-                     "--print_every", 0, "--checkpoint_name", tmp_path / "cv" / "c", "--seed", 1)
-    assert result.returncode == 0, result.stderr
-    # 15 s: the first step's compilation took 3-6 s on a loaded 2-core CI machine, and the speed is
-    # measured only after it, over at least 10% of the budget
-    assert "Time budget of 0.25 minutes spent at iteration" in result.stdout
-    assert "the cosine schedule ends at iteration" in result.stdout
-    last = result.stdout.split("checkpoint ")[-1].strip()
-    record = ckpt.read_record(last)
-    assert 15 <= record.elapsed_seconds < 45  # stopped once the budget was spent (no timing is checked closer)
+class TickingClock:
+    """A clock that moves `tick` seconds each time it is read, the tick growing by `growth` each time: the
+    training loop reads it once per iteration (and again after a validation), so a run on it runs at a
+    known speed (growth > 1: slowing down)."""
+
+    def __init__(self, tick: float, growth: float = 1.0):
+        self.now, self.tick, self.growth = 0.0, tick, growth
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        self.tick *= self.growth
+        return self.now
+
+
+def _budget_run(trained, tmp_path, name, clock, **changes):
+    config = dataclasses.replace(trained["config"], lr_schedule="cosine", max_minutes=0.25, max_iters=0,
+                                 max_epochs=1000, checkpoint_name=str(tmp_path / name), **changes)
+    lines = []
+    result = train_in_process(config, trained["model_config"], clock=clock, log=lines.append)
+    return result, "\n".join(lines)
+
+
+def test_time_budget_stops_cleanly_and_fits_the_cosine_to_it(trained, tmp_path):
+    """A 15 s budget on a clock that runs at a constant speed: the run stops once the budget is spent, and
+    the cosine schedule, fitted to the speed measured after the first (compiling) step, ends there."""
+    result, log = _budget_run(trained, tmp_path, "c", TickingClock(0.05), checkpoint_every=0)
+    assert "Time budget of 0.25 minutes spent at iteration" in log
+    assert "the cosine schedule ends at iteration" in log
+    record = ckpt.read_record(result.checkpoint_json)
+    assert 15 <= record.elapsed_seconds < 15.5  # stopped once the budget was spent
     end = record.train_config.lr_schedule_iters
-    assert end > train.SPEED_PROBE_ITERS
+    assert end > loop.SPEED_PROBE_ITERS
+    assert abs(end - record.iteration) <= 2  # the speed was constant: the fit is exact but for the last step
     rates = record.history["learning_rate_history"]
-    assert rates[0] == rates[train.SPEED_PROBE_ITERS] == pytest.approx(2e-3)  # held until the length was known
-    assert rates[min(end, len(rates)) - 1] < 2e-3 * 0.5 or end > len(rates) * 1.5
-    assert "training characters" in result.stdout and "parameters" in result.stdout
+    assert rates[0] == rates[loop.SPEED_PROBE_ITERS] == pytest.approx(5e-3)  # held until the length was known
+    assert rates[-1] < 5e-3 * 0.05  # annealed to the end of the budget
+    assert "training characters" in log and "parameters" in log
 
 
-def test_time_budget_refits_the_cosine_at_every_checkpoint(small_corpus, tmp_path):
-    """The speed drifts over a run: the cosine's end is estimated again at each checkpoint."""
-    _, h5, _ = small_corpus
-    result = run_cli("train", "--input_h5", h5, "--batch_size", 4, "--seq_length", 16, "--rnn_size", 16,
-                     "--wordvec_size", 8, "--lr_schedule", "cosine", "--max_minutes", 0.25, "--checkpoint_every",
-                     25, "--print_every", 0, "--checkpoint_name", tmp_path / "r", "--seed", 1)
-    assert result.returncode == 0, result.stderr
+def test_time_budget_refits_the_cosine_at_every_checkpoint(trained, tmp_path):
+    """The speed drifts over a run (here it slows): the cosine's end is estimated again at each checkpoint."""
+    result, _ = _budget_run(trained, tmp_path, "r", TickingClock(0.03, growth=1.003), checkpoint_every=25)
     records = sorted((ckpt.read_record(str(p)) for p in tmp_path.glob("r_[0-9]*.json")), key=lambda r: r.iteration)
     assert len(records) >= 4
     ends = [r.train_config.lr_schedule_iters for r in records[:-1]]
     assert len(set(ends[1:])) > 1  # refitted, not fixed once
     assert all(end >= r.iteration for end, r in zip(ends[1:], records[1:]))
+    assert ends[-1] < ends[1]  # a slower run: fewer iterations fit the budget
+
+
+def test_speed_probe_and_the_schedule_fit():
+    probe = loop.SpeedProbe(budget_s=100.0)
+    assert not probe.due(50, now=5.0, share_of_budget=0.02)  # not started
+    probe.start(1, now=0.0)
+    probe.start(5, now=1.0)  # already started: a no-op
+    assert not probe.due(loop.SPEED_PROBE_ITERS, 1.0, 0.01)  # too few iterations
+    assert probe.due(loop.SPEED_PROBE_ITERS + 1, 1.0, 0.01) and not probe.due(loop.SPEED_PROBE_ITERS + 1, 1.0, 0.02)
+    assert probe.seconds_per_iteration(11, now=1.0) == pytest.approx(0.1)
+    assert loop.fitted_schedule_end(iteration=100, seconds_per_iteration=0.5, remaining_s=10.0,
+                                    last_iteration=1000) == 120
+    assert loop.fitted_schedule_end(100, 0.5, 10.0, last_iteration=110) == 110
+    assert loop.fitted_schedule_end(100, 0.5, -3.0, last_iteration=1000) == 100
+    assert [loop.checkpoint_due(i, 10, at_end=False) for i in (9, 10, 11)] == [False, True, False]
+    assert loop.checkpoint_due(3, 0, at_end=True) and not loop.checkpoint_due(20, 0, at_end=False)
+
+
+def test_throughput_counts_the_steps_since_the_last_report():
+    throughput = loop.Throughput(tokens_per_step=100, now=0.0)
+    for _ in range(4):
+        throughput.step()
+    assert throughput.report(now=2.0) == 200.0
+    throughput.step()
+    assert throughput.report(now=3.0) == 100.0
 
 
 def test_preset_values_apply_and_explicit_flags_win(small_corpus, tmp_path):
@@ -201,3 +243,18 @@ def test_preset_values_apply_and_explicit_flags_win(small_corpus, tmp_path):
     assert record.train_config.lr_schedule == "cosine" and record.train_config.weight_decay == preset["weight_decay"]
     unknown = run_cli("train", "--preset", "tpu_huge")
     assert unknown.returncode != 0 and "--preset" in unknown.stderr
+
+
+def test_a_checkpoint_is_checked_once_per_load(trained, monkeypatch):
+    """bin/sample checks a .keras before TensorFlow loads and then loads it: the archive is read and its
+    CRCs checked once (it was seven times), whatever asks for its vocabulary or config."""
+    calls = []
+    original = zipfile.ZipFile.testzip
+    monkeypatch.setattr(zipfile.ZipFile, "testzip", lambda self: calls.append(1) or original(self))
+    shutil.copyfile(trained["keras"], trained["keras"] + ".copy.keras")  # a file no test read before
+    result = run_cli("sample", "--checkpoint", trained["keras"] + ".copy.keras", "--length", 20, "--seed", 1)
+    assert result.returncode == 0, result.stderr
+    assert len(calls) == 1
+    os.utime(trained["keras"] + ".copy.keras", ns=(1, 1))  # another version of the file: read again
+    ckpt.read_vocab(trained["keras"] + ".copy.keras")
+    assert len(calls) == 2

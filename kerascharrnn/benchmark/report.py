@@ -158,7 +158,7 @@ def measure_row(config: dict, peer: bool, repeats: int, first: int) -> tuple:
 
 
 def run_train(args) -> str:
-    from kerascharrnn import corpus
+    from kerascharrnn.data import corpus
 
     h5 = args.input_h5 or corpus.corpus_files(args.corpus)[0]
     tables = []
@@ -183,7 +183,9 @@ def run_train(args) -> str:
 def run_calibrate(args) -> str:
     """Times our two CPU training paths (fused and the Keras layers) on every grid row, alternating, and
     records them in this machine's calibration file (calibration.py), which `--fused auto` then follows."""
-    from kerascharrnn import calibration, corpus, resources
+    from kerascharrnn import resources
+    from kerascharrnn.data import corpus
+    from kerascharrnn.training import calibration
 
     h5 = args.input_h5 or corpus.corpus_files(args.corpus)[0]
     # the fused form --fused auto would take for these (plain) models on this machine
@@ -223,9 +225,10 @@ def _chars_per_second(generate, batch: int, length: int) -> float:
 def run_sample(args) -> str:
     import tensorflow as tf
 
-    from kerascharrnn import engines, export
-    from kerascharrnn.charrnn import CharRNN
     from kerascharrnn.config import ModelConfig
+    from kerascharrnn.inference import engines
+    from kerascharrnn.models.charrnn import CharRNN
+    from kerascharrnn.serving import export
     from kerascharrnn.vocab import Vocabulary
 
     if args.checkpoint:
@@ -276,7 +279,7 @@ print(json.dumps([time.perf_counter() - started, usage.ru_maxrss]))
 
 
 def run_preprocess(args) -> str:
-    from kerascharrnn import corpus
+    from kerascharrnn.data import corpus
 
     source = corpus.tiny_shakespeare_text() if args.corpus == "tiny_shakespeare" else corpus.stdlib_text_path()
     with open(source, "rb") as f:

@@ -35,19 +35,20 @@ def batches(h5_path: str, batch_size: int, seq_length: int):
     """Consecutive torch-rnn minibatches of the train split, cycling (both frameworks read the same)."""
     import h5py
 
-    from kerascharrnn import data
+    from kerascharrnn.data import batches
 
     with h5py.File(h5_path, "r") as f:
         tokens = f["train"][:]
-    layout = data.stream_layout(len(tokens), batch_size, seq_length, allow_fewer_streams=False)
+    layout = batches.stream_layout(len(tokens), batch_size, seq_length, allow_fewer_streams=False)
     while True:
-        yield from data.batch_arrays(tokens, layout)
+        yield from batches.batch_arrays(tokens, layout)
 
 
 def tf_step_fn(config: dict, vocab_size: int):
-    from kerascharrnn import data, train
-    from kerascharrnn.charrnn import CharRNN
     from kerascharrnn.config import ModelConfig, TrainConfig
+    from kerascharrnn.data import batches
+    from kerascharrnn.models.charrnn import CharRNN
+    from kerascharrnn.training import trainer
     from kerascharrnn.vocab import Vocabulary
 
     model_config = ModelConfig(vocab_size=vocab_size, model_type=config["model_type"], wordvec_size=64,
@@ -56,9 +57,9 @@ def tf_step_fn(config: dict, vocab_size: int):
                                fused=config.get("fused", "auto"))
     vocab = Vocabulary(tuple(chr(0x100 + i) for i in range(vocab_size)))  # speed does not depend on it
     charrnn = CharRNN.build(model_config, vocab, train_config.batch_size)
-    layout = data.StreamLayout(train_config.batch_size, train_config.batch_size, train_config.seq_length, 1000)
-    trainer = train.Trainer(train_config, charrnn, {"train": layout})
-    return lambda x, y: float(trainer.train_step(x, y))
+    layout = batches.StreamLayout(train_config.batch_size, train_config.batch_size, train_config.seq_length, 1000)
+    one_device = trainer.Trainer(train_config, charrnn, {"train": layout})
+    return lambda x, y: float(one_device.train_step(x, y))
 
 
 def main(argv):

@@ -1,4 +1,11 @@
-"""What every kerascharrnn tool shares: one-line errors, strict flag parsing, quiet TensorFlow."""
+"""What every tool shares: its own flags, one-line errors and exit codes, quiet TensorFlow.
+
+A tool is a module with `define_flags(flag_values)`, `run(flag_values, argv) -> exit code or None` (argv:
+the program name, then any positional arguments), and `main(argv=None) -> int`, which calls
+`common.main`. Each call parses into a FlagValues of its own (never absl's global FLAGS), so every tool
+can be imported, and called, in one process: the console scripts and bin/ wrappers call main(); a test
+calls it with an argv and reads the exit code it returns.
+"""
 
 from __future__ import annotations
 
@@ -10,37 +17,35 @@ import tempfile
 import time
 import traceback
 import typing
-from typing import Callable, Iterator, List, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from absl import app, flags
+from absl import flags
 
 from kerascharrnn import config as config_lib
 from kerascharrnn.errors import UserError
 
+# Exit codes: 1 bad input, 2 bad flags, 70 (sysexits.h's EX_SOFTWARE) an internal error, 128 + n a signal.
+USER_ERROR_EXIT, FLAGS_EXIT, INTERNAL_ERROR_EXIT, INTERRUPTED_EXIT = 1, 2, 70, 130
+_HELP_FLAGS = ("help", "helpfull", "helpshort")
 
-def _prog(argv: List[str]) -> str:
+
+def flag_name(setting: str) -> str:
+    """How a tool spells a setting: its flag."""
+    return f"--{setting}"
+
+
+def _prog(argv: Sequence[str]) -> str:
     return os.path.basename(argv[0]) if argv else "kerascharrnn"
 
 
-def _fail(prog: str, message: str, code: int = 1):
+def _fail(prog: str, message: str, code: int = USER_ERROR_EXIT) -> int:
     print(f"{prog}: error: {message}", file=sys.stderr)
-    sys.exit(code)
+    return code
 
 
-def parse_flags(argv: List[str]) -> List[str]:
-    """absl parsing, but a bad flag is one line, and a leftover positional argument is an error
-    (absl bool flags do not take a value after a space, so `--quiet 0` must not pass silently)."""
-    try:
-        rest = flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(_prog(argv), str(e).splitlines()[0], 2)
-    if len(rest) > 1:
-        _fail(_prog(argv), f"unexpected argument(s): {' '.join(rest[1:])} (flags take --name=value or --name value)", 2)
-    return rest
-
-
-# sysexits.h's EX_SOFTWARE: an internal error, as opposed to 1 (bad input) and 2 (bad flags).
-INTERNAL_ERROR_EXIT = 70
+def describe(error: UserError, prog: Optional[str] = None) -> str:
+    """A UserError as this tool's error line (its settings named as flags)."""
+    return f"{prog or _prog(sys.argv)}: error: {error.render(flag_name)}"
 
 
 def _open_crash_log(prog: str):
@@ -51,7 +56,7 @@ def _open_crash_log(prog: str):
     return os.fdopen(fd, "w", encoding="utf-8", errors="replace"), path
 
 
-def report_internal_error(prog: str, error: BaseException) -> None:
+def report_internal_error(prog: str, argv: Sequence[str], error: BaseException) -> int:
     """The last line of defence: one line on stderr, the traceback in a log file, exit 70.
 
     Every known bad input has its own UserError; this only keeps a bug from scrolling a traceback at
@@ -61,46 +66,100 @@ def report_internal_error(prog: str, error: BaseException) -> None:
     try:
         f, path = _open_crash_log(prog)
         with f:
-            f.write(f"{' '.join(sys.argv)}\n\n")
+            f.write(f"{' '.join(argv)}\n\n")
             traceback.print_exception(type(error), error, error.__traceback__, file=f)
         where = f"details in {path}"
     except OSError as e:  # nowhere to write: the summary alone still beats a traceback
         where = f"no log written ({e.strerror or e})"
-    _fail(prog, f"internal error: {summary}; {where}", INTERNAL_ERROR_EXIT)
+    return _fail(prog, f"internal error: {summary}; {where}", INTERNAL_ERROR_EXIT)
 
 
-def run_main(main: Callable[[List[str]], None], flags_parser: Callable = parse_flags) -> None:
-    """app.run(main) where UserError becomes `prog: error: message` on stderr and exit 1, and any other
-    exception `prog: error: internal error: ...; details in <log>` and exit 70.
+def _out_of_memory(error: BaseException) -> Optional[str]:
+    """The one-line reason if `error` is TensorFlow running out of memory, past every estimate."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(error, tf.errors.ResourceExhaustedError):
+        return None
+    detail = next((line.strip() for line in str(error).strip().splitlines() if line.strip().startswith("OOM")), "")
+    return f"out of memory{f' ({detail[:200]})' if detail else ''}; lower the batch size, the number of samples," \
+           " the sequence length or the model's size"
 
-    flags_parser: parse_flags, or a parser of a tool that takes positional arguments (bin/novelty).
+
+def _help(flag_values: flags.FlagValues, doc: str) -> str:
+    lines = [doc.strip(), "", "flags:"]
+    for name in sorted(flag_values):
+        flag = flag_values[name]
+        if name != flag.name or name in _HELP_FLAGS:  # short names; the help flags themselves
+            continue
+        default = "" if flag.default in (None, "") else f" (default: {flag.default_as_str})"
+        lines.append(f"  --{name}: {flag.help}{default}")
+    return "\n".join(lines)
+
+
+def _stdout_gone() -> None:
+    """`tool ... | head` closed our standard output: point it at /dev/null, so that the flush at exit
+    does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's capture): nothing to flush
+        pass
+
+
+def main(argv: Optional[Sequence[str]], define_flags: Callable[[flags.FlagValues], None],
+         run: Callable[[flags.FlagValues, List[str]], Optional[int]], doc: str, positional: bool = False) -> int:
+    """Parses argv into a FlagValues of the tool's own and runs it; returns the exit code.
+
+    A UserError is `prog: error: message` on stderr (settings named as flags) and exit 1; a flag that does
+    not parse, exit 2; Ctrl-C exit 130; anything else `prog: error: internal error: ...; details in <log>`
+    and exit 70.
+
+    Args:
+      argv: the command line, program name first (None: sys.argv).
+      define_flags: defines the tool's flags on the FlagValues it is given.
+      run: the tool, given the parsed flags and the program name followed by the positional arguments.
+      doc: the tool's description, for --help.
+      positional: the tool takes positional arguments (else one is an error: absl's boolean flags do not
+        take a value after a space, so `--quiet 0` must not pass silently).
     """
+    argv = list(sys.argv if argv is None else argv)
+    prog = _prog(argv)
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+    for name in _HELP_FLAGS:
+        flags.DEFINE_bool(name, False, "Show the flags and exit.", short_name="h" if name == "help" else None,
+                          flag_values=flag_values)
+    try:
+        rest = flag_values(argv)
+    except flags.Error as e:
+        return _fail(prog, str(e).splitlines()[0], FLAGS_EXIT)
+    if any(flag_values[name].value for name in _HELP_FLAGS):
+        print(_help(flag_values, doc))
+        return 0
+    if len(rest) > 1 and not positional:
+        return _fail(prog, f"unexpected argument(s): {' '.join(rest[1:])} (flags take --name=value or --name value)",
+                     FLAGS_EXIT)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines are noise here
-
-    def guarded(argv):
-        try:
-            main(argv)
-        except UserError as e:
-            _fail(_prog(argv), str(e))
-        except KeyboardInterrupt:
-            print(f"{_prog(argv)}: interrupted", file=sys.stderr)
-            sys.exit(130)
-        except BrokenPipeError:  # e.g. `bin/sample ... | head`
-            sys.stderr.close()
-            sys.exit(0)
-        except Exception as e:  # noqa: BLE001 - the one place that catches everything; see report_internal_error
-            if type(e).__name__ == "ResourceExhaustedError":  # TensorFlow out of memory, past every estimate
-                first = str(e).strip().splitlines()
-                detail = next((line.strip() for line in first if line.strip().startswith("OOM")), "")[:200]
-                _fail(_prog(argv), f"out of memory{f' ({detail})' if detail else ''}; lower --batch_size,"
-                      " --num_samples, --seq_length or the model's size")
-            report_internal_error(_prog(argv), e)
-
-    app.run(guarded, flags_parser=flags_parser)
+    try:
+        code = run(flag_values, rest)
+        return 0 if code is None else code
+    except UserError as e:
+        return _fail(prog, e.render(flag_name))
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    except BrokenPipeError:  # e.g. `bin/sample ... | head`
+        _stdout_gone()
+        return 0
+    except Exception as e:  # noqa: BLE001 - the one place that catches everything; see report_internal_error
+        reason = _out_of_memory(e)
+        if reason:
+            return _fail(prog, reason)
+        return report_internal_error(prog, argv, e)
 
 
 @contextlib.contextmanager
-def stderr_silenced() -> Iterator[None]:
+def stderr_silenced():
     """Points file descriptor 2 at /dev/null: TensorFlow's C++ start-up lines bypass Python logging."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -141,8 +200,8 @@ def _field_type(cls, field) -> type:
     return args[0] if args else hint  # Optional[int] -> int
 
 
-def define_flags(cls, skip: Sequence[str] = ()) -> None:
-    """Defines one absl flag per field of config dataclass `cls`: default, help and bounds from the field."""
+def define_flags(flag_values: flags.FlagValues, cls, skip: Sequence[str] = ()) -> None:
+    """Defines one flag per field of config dataclass `cls`: default, help and bounds from the field."""
     for field in dataclasses.fields(cls):
         meta = field.metadata
         if not meta.get("flag", False) or field.name in skip:
@@ -150,33 +209,43 @@ def define_flags(cls, skip: Sequence[str] = ()) -> None:
         kind = meta.get("flag_type") or _field_type(cls, field)
         default = field.default
         bounds = {"lower_bound": meta.get("lower"), "upper_bound": meta.get("upper")}
+        options = dict(flag_values=flag_values)
         if meta.get("choices"):
-            flags.DEFINE_enum(field.name, default, list(meta["choices"]), meta["help"])
+            flags.DEFINE_enum(field.name, default, list(meta["choices"]), meta["help"], **options)
         elif kind is int:
             if bounds["upper_bound"] is None:  # the config refuses beyond int32 anyway; say so in --help
                 bounds["upper_bound"] = config_lib.INT32_MAX
             if _field_type(cls, field) is bool:  # torch-rnn's 0/1 options
                 default, bounds = int(default), {"lower_bound": 0, "upper_bound": 1}
-            flags.DEFINE_integer(field.name, default, meta["help"], **bounds)
+            flags.DEFINE_integer(field.name, default, meta["help"], **bounds, **options)
         elif kind is float:
-            flags.DEFINE_float(field.name, default, meta["help"], **bounds)
+            flags.DEFINE_float(field.name, default, meta["help"], **bounds, **options)
         elif kind is str:
-            flags.DEFINE_string(field.name, default, meta["help"])
+            flags.DEFINE_string(field.name, default, meta["help"], **options)
         else:
             raise TypeError(f"{cls.__name__}.{field.name}: no flag type for {kind}")
 
 
-def config_from_flags(cls, **values):
-    """An instance of `cls` from the flags define_flags made (and `values` for the other fields)."""
+def given(flag_values: flags.FlagValues) -> Dict[str, Any]:
+    """The flags the command line set, with their values."""
+    return {name: flag_values[name].value for name in flag_values if flag_values[name].present}
+
+
+def config_from_flags(flag_values: flags.FlagValues, cls, defaults: Mapping[str, Any] = (), **values):
+    """An instance of `cls` from the flags define_flags made: a flag's value where the command line gave it,
+    else `defaults` (a preset's values), else the flag's default; `values` set the other fields."""
+    defaults = dict(defaults)
     for field in dataclasses.fields(cls):
-        if field.name in values or not field.metadata.get("flag", False) or field.name not in flags.FLAGS:
+        if field.name in values or not field.metadata.get("flag", False) or field.name not in flag_values:
             continue
-        value = flags.FLAGS[field.name].value
+        flag = flag_values[field.name]
+        value = defaults[field.name] if field.name in defaults and not flag.present else flag.value
         if _field_type(cls, field) is bool:
             value = bool(value)
         values[field.name] = value
     return cls(**values)
 
 
-def define_gpu_flag() -> None:
-    flags.DEFINE_integer("gpu", 0, "GPU index to use when TensorFlow sees one; -1 = CPU only.", lower_bound=-1)
+def define_gpu_flag(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_integer("gpu", 0, "GPU index to use when TensorFlow sees one; -1 = CPU only.", lower_bound=-1,
+                         flag_values=flag_values)

@@ -3,69 +3,77 @@
 from __future__ import annotations
 
 import os
+import sys
+from typing import List, Optional, Sequence
 
 from absl import flags
 
-from kerascharrnn import artifacts
-from kerascharrnn import checkpoint as ckpt
-from kerascharrnn import files, paths
 from kerascharrnn.cli import common
 from kerascharrnn.errors import UserError
-
-flags.DEFINE_string("checkpoint", "", "Checkpoint to export: a .keras file (or its .json),"
-                    " or a torch-rnn .t7.")
-flags.DEFINE_string("export_dir", "export/models", "Base directory; the model goes to export_dir/model_name/version.")
-flags.DEFINE_string("model_name", "", "Model name (TF Serving's MODEL_NAME); default: the checkpoint name, e.g."
-                    " cv/shakespeare_5000.keras -> shakespeare.")
-flags.DEFINE_integer("version", None, "Version number (default: one more than the highest there; TF Serving reads"
-                     " it as an int64).", lower_bound=1, upper_bound=2**63 - 1)
-flags.DEFINE_bool("tflite", False, "Also write tflite/model.tflite (the `step` signature) and tflite/vocab.json.")
-flags.DEFINE_enum("quantize", "none", list(artifacts.QUANTIZE_MODES),
-                  "TFLite weights: none (float32), float16, or dynamic (int8 weights, float activations).")
-flags.DEFINE_bool("xla", False, "Compile the generate signatures' loop with XLA: several times faster at small"
-                  " batches; TF Serving must then run with --xla_cpu_compilation_enabled=true (export/README.md).")
-flags.DEFINE_bool("overwrite", False, "Replace an existing version directory.")
-FLAGS = flags.FLAGS
+from kerascharrnn.io import artifacts, files, paths
+from kerascharrnn.io import checkpoint as ckpt
 
 
-def main(argv):
-    del argv
-    if not FLAGS.checkpoint:
+def define_flags(flag_values: flags.FlagValues) -> None:
+    options = dict(flag_values=flag_values)
+    flags.DEFINE_string("checkpoint", "", "Checkpoint to export: a .keras file (or its .json), or a torch-rnn .t7.",
+                        **options)
+    flags.DEFINE_string("export_dir", "export/models", "Base directory; the model goes to"
+                        " export_dir/model_name/version.", **options)
+    flags.DEFINE_string("model_name", "", "Model name (TF Serving's MODEL_NAME); default: the checkpoint name, e.g."
+                        " cv/shakespeare_5000.keras -> shakespeare.", **options)
+    flags.DEFINE_integer("version", None, "Version number (default: one more than the highest there; TF Serving"
+                         " reads it as an int64).", lower_bound=1, upper_bound=2**63 - 1, **options)
+    flags.DEFINE_bool("tflite", False, "Also write tflite/model.tflite (the `step` signature) and tflite/vocab.json.",
+                      **options)
+    flags.DEFINE_enum("quantize", "none", list(artifacts.QUANTIZE_MODES),
+                      "TFLite weights: none (float32), float16, or dynamic (int8 weights, float activations).",
+                      **options)
+    flags.DEFINE_bool("xla", False, "Compile the generate signatures' loop with XLA: several times faster at small"
+                      " batches; TF Serving must then run with --xla_cpu_compilation_enabled=true"
+                      " (export/README.md).", **options)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing version directory.", **options)
+
+
+def run(flag_values: flags.FlagValues, argv: List[str]) -> None:
+    if not flag_values.checkpoint:
         raise UserError("--checkpoint is required (a .keras file written by bin/train)")
-    if FLAGS.quantize != "none" and not FLAGS.tflite:
+    if flag_values.quantize != "none" and not flag_values.tflite:
         raise UserError("--quantize applies to the TFLite model: add --tflite")
-    model_path = ckpt.model_path_for(FLAGS.checkpoint)
+    model_path = ckpt.model_path_for(flag_values.checkpoint)
     ckpt.read_vocab(model_path)  # checks the file before TensorFlow loads
-    name = artifacts.check_model_name(FLAGS.model_name or artifacts.default_model_name(model_path))
-    model_dir = os.path.join(FLAGS.export_dir, name)
-    version = FLAGS.version or artifacts.next_version(model_dir)
+    name = artifacts.check_model_name(flag_values.model_name or artifacts.default_model_name(model_path))
+    model_dir = os.path.join(flag_values.export_dir, name)
+    version = flag_values.version or artifacts.next_version(model_dir)
     version_dir = os.path.join(model_dir, str(version))
-    if os.path.exists(version_dir) and not FLAGS.overwrite:
+    if os.path.exists(version_dir) and not flag_values.overwrite:
         raise UserError(f"{version_dir} already exists; pass --overwrite to replace it, or another --version")
     if os.path.exists(version_dir) and not os.path.isdir(version_dir):
         raise UserError(f"{version_dir} is a file, not a version directory; choose another --version or --export_dir")
-    paths.check_outputs(inputs=[("--checkpoint", FLAGS.checkpoint), ("--checkpoint", model_path)], outputs=[],
+    paths.check_outputs(inputs=[("--checkpoint", flag_values.checkpoint), ("--checkpoint", model_path)], outputs=[],
                         directories=[("--export_dir", version_dir)])
     files.require_writable_dir_for(version_dir)
 
     common.quiet_tensorflow()
-    from kerascharrnn import devices, export
-    from kerascharrnn.charrnn import CharRNN
+    from kerascharrnn import devices
+    from kerascharrnn.models.charrnn import CharRNN
+    from kerascharrnn.serving import export
 
     devices.configure(-1)  # the cells export the same anywhere; a CPU trace is the safe one
-    info = export.export(CharRNN.from_checkpoint(model_path), version_dir, source=model_path, tflite=FLAGS.tflite,
-                         quantize=FLAGS.quantize, overwrite=FLAGS.overwrite, xla=FLAGS.xla)
+    info = export.export(CharRNN.from_checkpoint(model_path), version_dir, source=model_path,
+                         tflite=flag_values.tflite, quantize=flag_values.quantize, overwrite=flag_values.overwrite,
+                         xla=flag_values.xla)
     print(f"Exported {model_path} to {version_dir} (signatures: generate = serving_default, generate_top_p, step)")
     for state in info["states"]:
         print(f"  step {state['name']}: {state['layer']} {state['part']} [batch, {state['size']}]")
-    if FLAGS.tflite:
+    if flag_values.tflite:
         path = os.path.join(version_dir, artifacts.TFLITE_DIR, artifacts.TFLITE_FILE)
-        print(f"TFLite ({FLAGS.quantize}): {path}, {os.path.getsize(path):,} bytes, vocabulary beside it")
+        print(f"TFLite ({flag_values.quantize}): {path}, {os.path.getsize(path):,} bytes, vocabulary beside it")
 
 
-def run():
-    common.run_main(main)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return common.main(argv, define_flags, run, __doc__)
 
 
 if __name__ == "__main__":
-    run()
+    sys.exit(main())

@@ -16,80 +16,92 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import List, Optional, Sequence, Tuple
 
 from absl import flags
 
-from kerascharrnn import files, novelty
+from kerascharrnn.analysis import novelty
 from kerascharrnn.cli import common
+from kerascharrnn.data.text import check_encoding
 from kerascharrnn.errors import UserError
-from kerascharrnn.preprocess import check_encoding
+from kerascharrnn.io import files
+from kerascharrnn.vocab import BYTES
 
-flags.DEFINE_string("input_txt", "", "Training corpus (a text file) to compare with; required. The samples are the"
-                    " positional arguments: files, or '-' or none for standard input.")
-flags.DEFINE_string("ngrams", ",".join(map(str, novelty.DEFAULT_NGRAMS)),
-                    "N-gram lengths in characters (bytes with --encoding bytes): a comma-separated list, ranges a-b"
-                    " allowed (1-49 is torch-rnn's table).")
-flags.DEFINE_string("encoding", "utf-8", "Text encoding of the corpus and the samples (a Python codec name), or"
-                    " 'bytes' to compare raw bytes.")
-flags.DEFINE_bool("json", False, "Print one JSON object (corpus, each sample, total) instead of tables.")
-flags.DEFINE_integer("preview_chars", 80, "Characters of the longest copy to show, escaped on one line (a longer"
-                     " one is cut in the middle).", lower_bound=10)
-FLAGS = flags.FLAGS
-_OWN_FLAGS = ("input_txt", "ngrams", "encoding", "json", "preview_chars")
-STDIN = "-"
+MAX_NGRAM = 1_000_000
 
 
-def main(argv):
-    paths = argv[1:] or [STDIN]
-    if not FLAGS.input_txt:
+def parse_ngrams(text: str) -> Tuple[int, ...]:
+    """--ngrams: n-gram lengths such as "5,10,20,50" or "1-49" (torch-rnn's lengths), distinct, ascending."""
+    lengths = set()
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            if "-" in part[1:]:
+                first, last = (int(x) for x in part.split("-", 1))
+            else:
+                first = last = int(part)
+        except ValueError:
+            raise UserError(f"--ngrams: {part!r} is not a length or a range a-b (e.g. 5,10,20,50 or 1-49)") from None
+        if first < 1 or last < first or last > MAX_NGRAM:
+            raise UserError(f"--ngrams: {part!r}: lengths go from 1 to {MAX_NGRAM:,}, a range low-high (e.g. 1-49)")
+        lengths.update(range(first, last + 1))
+    return tuple(sorted(lengths))
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    options = dict(flag_values=flag_values)
+    flags.DEFINE_string("input_txt", "", "Training corpus (a text file) to compare with; required. The samples are"
+                        " the positional arguments: files, or '-' or none for standard input.", **options)
+    flags.DEFINE_string("ngrams", ",".join(map(str, novelty.DEFAULT_NGRAMS)),
+                        "N-gram lengths in characters (bytes with --encoding bytes): a comma-separated list, ranges"
+                        " a-b allowed (1-49 is torch-rnn's table).", **options)
+    flags.DEFINE_string("encoding", "utf-8", "Text encoding of the corpus and the samples (a Python codec name), or"
+                        " 'bytes' to compare raw bytes.", **options)
+    flags.DEFINE_bool("json", False, "Print one JSON object (corpus, each sample, total) instead of tables.",
+                      **options)
+    flags.DEFINE_integer("preview_chars", 80, "Characters of the longest copy to show, escaped on one line (a longer"
+                         " one is cut in the middle).", lower_bound=10, **options)
+
+
+def run(flag_values: flags.FlagValues, argv: List[str]) -> None:
+    sample_paths = argv[1:] or [novelty.STDIN]
+    if not flag_values.input_txt:
         raise UserError("--input_txt is required (the training corpus to compare the samples with)")
-    ngrams = novelty.parse_ngrams(FLAGS.ngrams)
-    encoding = check_encoding(FLAGS.encoding)
-    if paths.count(STDIN) > 1:
+    ngrams = parse_ngrams(flag_values.ngrams)
+    encoding = check_encoding(flag_values.encoding)
+    if sample_paths.count(novelty.STDIN) > 1:
         raise UserError("'-' (standard input) can be given only once")
-    if STDIN in paths and sys.stdin.isatty():
+    if novelty.STDIN in sample_paths and sys.stdin.isatty():
         raise UserError("no sample: give sample files, or pipe one in (bin/sample ... | bin/novelty ...)")
-    files.require_file(FLAGS.input_txt, "text file")  # before waiting for a sample on standard input
-    unit = "bytes" if encoding == novelty.BYTES else "characters"
+    files.require_file(flag_values.input_txt, "text file")  # before waiting for a sample on standard input
+    unit = "bytes" if encoding == BYTES else "characters"
     samples = []
-    for path in paths:  # every sample is read and checked before the slow part, indexing the corpus
-        name = "<stdin>" if path == STDIN else path
+    for path in sample_paths:  # every sample is read and checked before the slow part, indexing the corpus
+        name = "<stdin>" if path == novelty.STDIN else path
         units = novelty.read_sample(path, encoding)
         novelty.require_length(units, ngrams, name, unit)
         samples.append((name, units))
 
     start = time.perf_counter()
-    index = novelty.CorpusIndex.from_file(FLAGS.input_txt, encoding)
+    index = novelty.CorpusIndex.from_file(flag_values.input_txt, encoding)
     seconds = time.perf_counter() - start
     reports = [novelty.analyze(index, units, ngrams, name) for name, units in samples]
     total = novelty.combine(reports)
 
-    if FLAGS.json:
-        print(json.dumps({"corpus": novelty.describe_corpus(FLAGS.input_txt, index), "ngrams": list(ngrams),
+    if flag_values.json:
+        print(json.dumps({"corpus": novelty.describe_corpus(flag_values.input_txt, index), "ngrams": list(ngrams),
                           "samples": [r.to_dict(unit) for r in reports], "total": total.to_dict(unit)},
                          ensure_ascii=False, indent=2))
         return
-    print(f"corpus: {FLAGS.input_txt}: {index.size:,} {unit}, {len(index.alphabet):,} distinct"
+    print(f"corpus: {flag_values.input_txt}: {index.size:,} {unit}, {len(index.alphabet):,} distinct"
           f" (indexed in {seconds:.1f} s)")
     for report in reports + ([total] if len(reports) > 1 else []):
         print()
-        print("\n".join(novelty.format_report(report, unit, FLAGS.preview_chars)))
+        print("\n".join(novelty.format_report(report, unit, flag_values.preview_chars)))
 
 
-def parse_flags(argv):
-    """common.parse_flags, except that positional arguments are kept: they are the sample files."""
-    try:
-        return FLAGS(argv)
-    except flags.Error:
-        return common.parse_flags(argv)  # the same error, as common's one line on stderr (exit 2)
-
-
-def run():
-    """bin/novelty's entry point: common.run_main with a parser that keeps the positional sample files."""
-    for name in _OWN_FLAGS:  # so that --help lists them (the main module is the bin/ wrapper)
-        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
-    common.run_main(main, flags_parser=parse_flags)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return common.main(argv, define_flags, run, __doc__, positional=True)
 
 
 if __name__ == "__main__":
-    run()
+    sys.exit(main())

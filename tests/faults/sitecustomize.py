@@ -13,7 +13,7 @@ import signal
 _WANTED = os.environ.get("KERASCHARRNN_TEST_CRASH_AT")
 
 if _WANTED:
-    from kerascharrnn import checkpoint as _ckpt
+    from kerascharrnn.io import checkpoint as _ckpt
 
     _point, _, _tag = _WANTED.partition(":")
     _save_state = _ckpt.save_state

@@ -1,0 +1,91 @@
+"""Where exported artifacts live and how to find their vocabulary (no TensorFlow here).
+
+    export_dir/NAME/V/                  one version, the layout TensorFlow Serving watches
+        saved_model.pb, variables/      signatures `generate` (= serving_default), `generate_top_p`, `step`
+        assets.extra/vocab.json         the vocabulary (torch-rnn JSON), for clients of `step`
+        assets.extra/export.json        model config, state tensor names, source checkpoint
+        tflite/model.tflite             with --tflite: the `step` and `steps` signatures for LiteRT
+        tflite/vocab.json               the vocabulary again, so tflite/ alone goes onto a device
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Dict
+
+from kerascharrnn.errors import UserError
+from kerascharrnn.errors import setting as ref
+from kerascharrnn.io import files
+from kerascharrnn.vocab import Vocabulary
+
+EXTRA_DIR = "assets.extra"  # TensorFlow Serving's place for files beside a SavedModel
+VOCAB_FILE = "vocab.json"
+INFO_FILE = "export.json"
+TFLITE_DIR = "tflite"
+TFLITE_FILE = "model.tflite"
+QUANTIZE_MODES = ("none", "float16", "dynamic")
+_TFLITE_MAGIC = b"TFL3"  # flatbuffer file identifier, bytes 4..8
+
+
+def version_dirs(model_dir: str) -> Dict[int, str]:
+    """The integer-named version directories under `model_dir` (what TensorFlow Serving serves)."""
+    if not os.path.isdir(model_dir):
+        return {}
+    return {int(name): os.path.join(model_dir, name) for name in os.listdir(model_dir)
+            if re.fullmatch(r"\d+", name) and os.path.isdir(os.path.join(model_dir, name))}
+
+
+def next_version(model_dir: str) -> int:
+    return max(version_dirs(model_dir), default=0) + 1
+
+
+def default_model_name(checkpoint_path: str) -> str:
+    """cv/shakespeare_5000.keras -> 'shakespeare'."""
+    stem = os.path.splitext(os.path.basename(checkpoint_path))[0]
+    return re.sub(r"_(\d+|best)$", "", stem) or "charrnn"
+
+
+def check_model_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise UserError(f"{ref('model_name')} {name!r}: use letters, digits, '_', '-' or '.' (it becomes a directory"
+                        " name)")
+    return name
+
+
+def resolve_saved_model(path: str) -> str:
+    """A version directory, or a model directory holding versions (the highest is taken)."""
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such directory")
+    if not os.path.isdir(path):
+        raise UserError(f"{path}: not a directory ({ref('saved_model')} takes an exported SavedModel directory)")
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = {v: d for v, d in version_dirs(path).items() if os.path.isfile(os.path.join(d, "saved_model.pb"))}
+    if not versions:
+        raise UserError(f"{path}: no saved_model.pb here nor in any integer version directory under it")
+    return versions[max(versions)]
+
+
+def saved_model_vocab(version_dir: str) -> Vocabulary:
+    path = os.path.join(version_dir, EXTRA_DIR, VOCAB_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"{version_dir}: no {EXTRA_DIR}/{VOCAB_FILE}; was it written by bin/export?")
+    return Vocabulary.load(path)
+
+
+def check_tflite_file(path: str) -> None:
+    files.require_file(path, "TFLite model")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[4:8] != _TFLITE_MAGIC:
+        raise UserError(f"{path}: not a TFLite model (no TFL3 identifier)")
+
+
+def tflite_vocab(tflite_path: str) -> Vocabulary:
+    """The vocab.json beside a .tflite file (bin/export writes it there)."""
+    check_tflite_file(tflite_path)
+    path = os.path.join(os.path.dirname(os.path.abspath(tflite_path)), VOCAB_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"{tflite_path}: no {VOCAB_FILE} beside it (bin/export writes one next to model.tflite)")
+    return Vocabulary.load(path)

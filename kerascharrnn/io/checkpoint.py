@@ -1,0 +1,369 @@
+"""Checkpoint files: `{name}_{iter}.keras` (model, vocabulary, model config), `.state.npz` (training
+state), `.json` (the run's record).
+
+Each file is written to a temporary name and renamed. The `.json` is written last and marks the
+checkpoint complete: a `.keras` or `.state.npz` without its `.json` (a run killed mid-write) is ignored.
+The checks on these files need no TensorFlow, so the CLIs can reject a bad file before importing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import json
+import math
+import os
+import zipfile
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from kerascharrnn import config as config_lib
+from kerascharrnn import upstream
+from kerascharrnn.config import ModelConfig, TrainConfig
+from kerascharrnn.errors import UserError
+from kerascharrnn.io import files
+from kerascharrnn.io.series import CheckpointPaths, Series
+from kerascharrnn.vocab import Vocabulary
+
+# Extra entries inside the .keras zip; keras.models.load_model ignores them. v0.1.0 wrote only the first.
+VOCAB_ENTRY = "vocab.json"
+MODEL_CONFIG_ENTRY = "model_config.json"
+FORMAT_KEY = "kerascharrnn_checkpoint"
+_KERAS_ENTRIES = ("config.json", "model.weights.h5")
+HISTORY_KEYS = ("train_loss_history", "val_loss_history", "val_loss_history_it", "forward_backward_times",
+                "memory_usage", "learning_rate_history")
+
+
+def save_keras(model, vocab: Vocabulary, model_config: ModelConfig, path: str) -> None:
+    """model.save() plus the vocabulary and the model config as extra zip entries, atomically."""
+    with files.atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(VOCAB_ENTRY, vocab.to_json())
+            archive.writestr(MODEL_CONFIG_ENTRY, json.dumps(dataclasses.asdict(model_config)))
+
+
+def save_state(path: str, arrays: Dict[str, np.ndarray]) -> None:
+    with files.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def load_state(path: str) -> Dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:  # never unpickle
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file (the checkpoint's training state)") from None
+    except (OSError, ValueError, zipfile.BadZipFile):
+        raise UserError(f"{path}: training state is unreadable (truncated or corrupt)") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointRecord:
+    """A checkpoint's .json: what the run was and how far it got. Read with `read_record`.
+
+    Attributes:
+      path: where the .json is (not stored in it).
+      iteration: iterations done.
+      model_file, state_file: the .keras and .state.npz beside it (base names).
+      model_config, train_config: the resolved configs of the run (train_config.fused is "on"/"off"
+        in files written since v0.2; v0.1.0 files say "auto", the static rule they ran with).
+      vocab: the vocabulary.
+      history: the loss histories, and times/memory under --speed_benchmark/--memory_benchmark.
+      best_val_loss: the lowest val loss so far, or None.
+      elapsed_seconds: wall time spent training so far, resumes included (--max_minutes counts it).
+    """
+
+    path: str
+    iteration: int
+    model_file: str
+    state_file: str
+    model_config: ModelConfig
+    train_config: TrainConfig
+    vocab: Vocabulary
+    history: Dict[str, List[float]]
+    best_val_loss: Optional[float] = None
+    elapsed_seconds: float = 0.0
+
+    @property
+    def model_path(self) -> str:
+        return sibling(self.path, self.model_file)
+
+    @property
+    def state_path(self) -> str:
+        return sibling(self.path, self.state_file)
+
+    def to_json_dict(self, num_train_batches: int) -> dict:
+        return {
+            **self.history,
+            "iteration": self.iteration,
+            "epoch": self.iteration / num_train_batches,
+            "model_config": dataclasses.asdict(self.model_config),
+            "train_config": dataclasses.asdict(self.train_config),
+            "best_val_loss": self.best_val_loss,
+            "elapsed_seconds": self.elapsed_seconds,
+            FORMAT_KEY: 1,
+            "model_file": self.model_file,
+            "state_file": self.state_file,
+            "vocab": self.vocab.to_json_dict(),
+        }
+
+
+def save_checkpoint(paths: CheckpointPaths, charrnn, state: Dict[str, np.ndarray], record: CheckpointRecord,
+                    num_train_batches: int) -> None:
+    """Writes the three files; the .json (which marks the checkpoint complete) goes last.
+
+    Overwriting a checkpoint (`_best`) first removes its .json: until the new one lands, the set is
+    incomplete and ignored, never a new model paired with an old record.
+    """
+    if os.path.exists(paths.json):
+        os.remove(paths.json)
+    charrnn.save(paths.model)
+    save_state(paths.state, state)
+    record = dataclasses.replace(record, path=paths.json, model_file=os.path.basename(paths.model),
+                                 state_file=os.path.basename(paths.state))
+    files.write_text_atomic(paths.json, json.dumps(record.to_json_dict(num_train_batches), indent=1))
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasFile:
+    """What a `.keras` checkpoint holds besides its weights, read without TensorFlow.
+
+    Attributes:
+      path: the file.
+      vocab: its vocabulary (checked against the sizes of the model's input and output).
+      model_config: the stored ModelConfig; None for v0.1.0 files, which store none.
+    """
+
+    path: str
+    vocab: Vocabulary
+    model_config: Optional[ModelConfig]
+
+
+# One KerasFile per file version: the tools check a checkpoint before TensorFlow loads and then load it,
+# and checking means reading the whole archive (every member's CRC).
+_KERAS_FILES: Dict[tuple, KerasFile] = {}
+
+
+def read_keras_file(path: str) -> KerasFile:
+    """Checks a .keras checkpoint (a zip with Keras's entries, intact, with our vocabulary) and reads what
+    it holds besides the weights; opens the archive once per version of the file. UserError otherwise."""
+    files.require_file(path, ".keras checkpoint")
+    status = os.stat(path)
+    key = (os.path.abspath(path), status.st_ino, status.st_mtime_ns, status.st_size)
+    if key not in _KERAS_FILES:
+        _KERAS_FILES.clear()  # a tool reads one or two checkpoints; never hold on to old ones
+        _KERAS_FILES[key] = _read_keras_file(path)
+    return dataclasses.replace(_KERAS_FILES[key], path=path)
+
+
+def _read_keras_file(path: str) -> KerasFile:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            bad = archive.testzip()
+            entries = {name: archive.read(name) for name in ("config.json", VOCAB_ENTRY, MODEL_CONFIG_ENTRY)
+                       if name in names and bad is None}
+    except zipfile.BadZipFile:
+        raise UserError(f"{path}: not a .keras checkpoint (not a zip archive; truncated or another format?)") \
+            from None
+    except (OSError, EOFError, zipfile.LargeZipFile):
+        raise UserError(f"{path}: corrupt .keras checkpoint") from None
+    if bad is not None:
+        raise UserError(f"{path}: corrupt .keras checkpoint (entry {bad} fails its CRC)")
+    missing = [n for n in _KERAS_ENTRIES if n not in names]
+    if missing:
+        raise UserError(f"{path}: not a Keras model file (missing {', '.join(missing)})")
+    if VOCAB_ENTRY not in names:
+        raise UserError(f"{path}: a Keras model without a vocabulary; not a kerascharrnn checkpoint")
+
+    def entry(name):
+        try:
+            return json.loads(entries[name].decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise UserError(f"{path}: its {name} entry is not JSON") from None
+
+    vocab = Vocabulary.from_json_dict(entry(VOCAB_ENTRY), source=f"{path}:{VOCAB_ENTRY}")
+    for field, size in _model_io_sizes(entry("config.json"), path).items():
+        if size != vocab.size:
+            layer = "Embedding input_dim (input)" if field == "input_dim" else "Dense units (output)"
+            raise UserError(f"{path}: its {VOCAB_ENTRY} has {vocab.size} tokens but the model's {layer} is {size}")
+    model_config = None
+    if MODEL_CONFIG_ENTRY in entries:
+        model_config = config_lib.from_dict(ModelConfig, entry(MODEL_CONFIG_ENTRY), f"{path}:{MODEL_CONFIG_ENTRY}")
+    return KerasFile(path, vocab, model_config)
+
+
+def _model_io_sizes(values, path: str) -> Dict[str, int]:
+    """From a .keras file's own config.json: the Embedding's input_dim and the last Dense layer's units,
+    i.e. the vocabulary sizes the model's input and output were built for (those found)."""
+    layers = values.get("config", {}).get("layers") if isinstance(values, dict) and \
+        isinstance(values.get("config"), dict) else None
+    if not isinstance(layers, list):
+        raise UserError(f"{path}: its config.json has no layer list; not a Keras functional model")
+    sizes = {}
+    for layer in layers:
+        config = layer.get("config") if isinstance(layer, dict) else None
+        if not isinstance(config, dict):
+            continue
+        if layer.get("class_name") == "Embedding" and "input_dim" not in sizes:
+            sizes["input_dim"] = config.get("input_dim")
+        elif layer.get("class_name") == "Dense":
+            sizes["units"] = config.get("units")
+    for field, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{path}: config.json: the {'Embedding' if field == 'input_dim' else 'Dense'} layer's"
+                            f" {field} is {value!r}, not a positive integer")
+    return sizes
+
+
+def is_t7(path: str) -> bool:
+    """A torch-rnn checkpoint (train.lua's .t7), read through kerascharrnn.torch_checkpoint."""
+    return path.lower().endswith(".t7")
+
+
+def read_t7(path: str):
+    """torch_checkpoint.read_t7, parsed once per file version: the CLIs check a .t7's vocabulary before
+    TensorFlow loads and then load the weights, and a torch-rnn model can be hundreds of MB."""
+    from kerascharrnn.io import torch_checkpoint
+
+    files.require_file(path, "torch-rnn .t7 checkpoint")
+    status = os.stat(path)
+    return _read_t7_version(os.path.abspath(path), status.st_mtime_ns, status.st_size, torch_checkpoint.read_t7)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_t7_version(path, mtime_ns, size, reader):
+    del mtime_ns, size  # part of the cache key only
+    return reader(path)
+
+
+def read_vocab(path: str) -> Vocabulary:
+    """The vocabulary of a checkpoint: a .keras file's (see read_keras_file), or a torch-rnn .t7's."""
+    return read_t7(path).vocab if is_t7(path) else read_keras_file(path).vocab
+
+
+def stored_model_config(path: str) -> Optional[ModelConfig]:
+    """The architecture a checkpoint file records (.keras or .t7), read without TensorFlow; None for
+    v0.1.0 .keras files, which record none."""
+    return read_t7(path).model_config if is_t7(path) else read_keras_file(path).model_config
+
+
+def load_keras(path: str):
+    """keras.models.load_model in safe mode (a Lambda layer is refused); errors become UserError."""
+    import keras
+
+    import kerascharrnn.copy_attention  # noqa: F401  registers the one layer of ours with Keras
+
+    read_keras_file(path)
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except upstream.damaged_file_errors() as e:
+        if upstream.is_safe_mode_refusal(e):
+            raise UserError(f"{path}: refused: it contains code (a Lambda layer); not loaded in safe mode") from None
+        detail = str(e).splitlines()[0][:200] if isinstance(e, ValueError) and str(e) else type(e).__name__
+        raise UserError(f"{path}: not a loadable Keras model ({detail})") from None
+
+
+def _read_json_object(path: str) -> dict:
+    files.require_file(path, "checkpoint .json")
+    try:
+        with open(path, "rb") as f:
+            record = json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"{path}: not JSON (truncated or another kind of file)") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read: {e.strerror or e}") from None
+    if not isinstance(record, dict) or FORMAT_KEY not in record:
+        raise UserError(f"{path}: JSON, but not a kerascharrnn checkpoint")
+    return record
+
+
+def _field(values: dict, key: str, kinds, path: str, default=None):
+    """values[key], checked to be of one of `kinds` (bool never passes for a number)."""
+    if key not in values:
+        if default is not None:
+            return default
+        raise UserError(f"{path}: checkpoint JSON lacks {key!r}")
+    value = values[key]
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise UserError(f"{path}: checkpoint JSON field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _file_name(values: dict, key: str, path: str) -> str:
+    name = _field(values, key, (str,), path)
+    if not name or os.path.basename(name) != name or name in (".", ".."):
+        raise UserError(f"{path}: checkpoint JSON field {key!r} must be a file name beside it, got {name!r}")
+    return name
+
+
+def read_record(path: str) -> CheckpointRecord:
+    """Reads and checks a checkpoint .json (ours from any release); every field is type-checked."""
+    values = _read_json_object(path)
+    history = {}
+    for key in HISTORY_KEYS:
+        series = _field(values, key, (list,), path, default=[])
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in series):
+            raise UserError(f"{path}: checkpoint JSON field {key!r} must be a list of numbers")
+        history[key] = [float(v) if key != "val_loss_history_it" else int(v) for v in series]
+    best = values.get("best_val_loss")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best)):
+        raise UserError(f"{path}: checkpoint JSON field 'best_val_loss' must be a number or null")
+    elapsed = _field(values, "elapsed_seconds", (int, float), path, default=0.0)
+    if not math.isfinite(elapsed) or elapsed < 0:
+        raise UserError(f"{path}: checkpoint JSON field 'elapsed_seconds' must be a number >= 0")
+    iteration = _field(values, "iteration", (int,), path)
+    if iteration < 0:
+        raise UserError(f"{path}: checkpoint JSON field 'iteration' must be >= 0")
+    train_values = dict(_field(values, "train_config", (dict,), path))
+    model_values = _field(values, "model_config", (dict,), path)
+    if "fused" not in train_values:
+        # v0.1.0 recorded no choice: its "auto" trained LSTMs by the size rule that "auto" still applies
+        # without a calibration (calibration.py), and GRU / SimpleRNN layers always through Keras
+        train_values["fused"] = "auto" if model_values.get("model_type", "lstm") == "lstm" else "off"
+    return CheckpointRecord(
+        path=path,
+        iteration=iteration,
+        model_file=_file_name(values, "model_file", path),
+        state_file=_file_name(values, "state_file", path),
+        model_config=config_lib.from_dict(ModelConfig, model_values, f"{path}: model_config"),
+        train_config=config_lib.from_dict(TrainConfig, train_values, f"{path}: train_config"),
+        vocab=Vocabulary.from_json_dict(_field(values, "vocab", (dict,), path), source=f"{path}: vocab"),
+        history=history,
+        best_val_loss=best,
+        elapsed_seconds=float(elapsed),
+    )
+
+
+def sibling(json_path: str, name: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(json_path)), name)
+
+
+def model_path_for(path: str) -> str:
+    """--checkpoint may name the .keras file or its .json (or a torch-rnn .t7); returns the model file."""
+    if path.endswith(".json"):
+        return sibling(path, _file_name(_read_json_object(path), "model_file", path))
+    return path
+
+
+def find_latest(checkpoint_name: str) -> Optional[str]:
+    """The highest-iteration complete checkpoint (.json with its model and state present), or None."""
+    series = Series(checkpoint_name)
+    best = None
+    for path in glob.glob(series.json_glob()):
+        iteration = series.iteration_of_record(path)
+        if iteration is None or (best is not None and iteration <= best[0]):
+            continue
+        try:
+            record = read_record(path)
+        except UserError:
+            continue
+        if os.path.exists(record.model_path) and os.path.exists(record.state_path):
+            best = (iteration, path)
+    return best[1] if best else None

@@ -1,0 +1,61 @@
+"""bin/serve's HTTP layer: uvicorn's h11 protocol, with malformed requests answered in JSON too."""
+
+import json
+
+from kerascharrnn import upstream
+from kerascharrnn.serving.app import log
+
+# Request line plus headers that h11 buffers before giving up (its default is 16 KiB). Larger, so that
+# a long query string (a 1 MB start_text) reaches the application, which answers it with a JSON 413
+# naming the limit; beyond this the connection gets the JSON 400 below.
+MAX_REQUEST_HEAD_BYTES = 4 * 2**20
+_LINGER_SECONDS = 2.0
+
+
+def http_protocol_class():
+    """uvicorn's h11 protocol (upstream.h11_protocol_class), with its plain-text "Invalid HTTP request
+    received." 400 replaced by a JSON body with a "message" (rnn-writer shows `{}` for a body without one).
+    h11 is chosen explicitly: uvicorn's "auto" would take httptools where installed, whose limits and
+    replies differ."""
+    import h11
+
+    class JsonErrorH11Protocol(upstream.h11_protocol_class()):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._reason = ""
+            self._discarding = False
+            upstream.keep_h11_error_reason(self.conn, self._keep_reason)
+
+        def _keep_reason(self, error: Exception) -> None:  # the client should see why
+            self._reason = str(error)
+
+        def send_400_response(self, msg: str) -> None:
+            reason = self._reason or msg
+            message = f"malformed HTTP request ({reason}); the server reads HTTP/1.1 with a request line and" \
+                      f" headers of at most {MAX_REQUEST_HEAD_BYTES // 2**20} MiB"
+            log.warning("malformed request from %s: %s", (self.client or ("?",))[0], reason)
+            body = json.dumps({"message": message}).encode("utf-8")
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close")]
+            self.transport.write(self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request")))
+            self.transport.write(self.conn.send(h11.Data(data=body)))
+            self.transport.write(self.conn.send(h11.EndOfMessage()))
+            # A lingering close (as nginx does): closing with the client's bytes still unread makes the
+            # kernel send a reset, which can destroy the reply before the client reads it. So stop
+            # writing, discard what still arrives, and close when the client is done (or in 2 s).
+            self._discarding = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+
+        def data_received(self, data: bytes) -> None:
+            if not self._discarding:
+                super().data_received(data)
+
+        def eof_received(self):
+            if self._discarding:
+                self.transport.close()
+            else:
+                return super().eof_received()
+
+    return JsonErrorH11Protocol

@@ -1,0 +1,364 @@
+"""The training loop of torch-rnn's train.lua: stateful truncated BPTT, validation, checkpoints, resume, and
+a time budget.
+
+`train_and_evaluate` runs a trainer (trainer.py: one device; distributed/trainer.py: a strategy) step by
+step. What it does between steps is a set of named pieces, each testable alone: the stop signals, the
+throughput log, the speed probe that fits a time-budgeted cosine schedule to the budget, validation and
+the checkpoint writer. Time is read from an injectable clock, so a time budget can be tested without
+waiting for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import time
+from typing import Callable, Dict, List, Optional
+
+import tensorflow as tf
+
+from kerascharrnn import devices
+from kerascharrnn.config import TrainConfig
+from kerascharrnn.data import batches
+from kerascharrnn.errors import UserError
+from kerascharrnn.errors import setting as ref
+from kerascharrnn.io import checkpoint as ckpt
+from kerascharrnn.io.series import BEST, Series
+from kerascharrnn.models.charrnn import CharRNN
+from kerascharrnn.training import plots
+from kerascharrnn.training.trainer import Trainer, TrainerProtocol
+
+Clock = Callable[[], float]  # seconds, monotonic
+
+
+@dataclasses.dataclass
+class TrainResult:
+    checkpoint_json: str
+    iteration: int
+    train_loss_history: List[float]
+    val_loss_history: List[float]
+    interrupted_by: Optional[int] = None  # the signal number, if stopped by one
+
+
+# Signals that stop a run with a checkpoint: Ctrl-C, a kill (a container stop), a closed terminal or ssh
+# session.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopSignals:
+    """Turns STOP_SIGNALS into a flag checked between steps, so that a checkpoint can be written."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self):
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def parameter_advice(num_params: int, num_characters: int) -> str:
+    """char-rnn's rule of thumb: parameters and training characters within an order of magnitude."""
+    ratio = num_params / max(num_characters, 1)
+    line = f"{num_params:,} parameters, {num_characters:,} training characters (ratio {ratio:.2g})"
+    if ratio > 10:
+        return line + ": far more parameters than data; the model can memorise it: raise dropout or shrink it"
+    if ratio < 0.1:
+        return line + ": far more data than parameters; the model underfits: make it larger (a larger rnn_size)"
+    return line + ": within an order of magnitude (char-rnn's advice); watch the val loss for overfitting"
+
+
+class Throughput:
+    """Tokens per second since the last report (the log lines), restarted after each validation."""
+
+    def __init__(self, tokens_per_step: int, now: float):
+        self._tokens_per_step = tokens_per_step
+        self.restart(now)
+
+    def restart(self, now: float) -> None:
+        self._start, self._steps = now, 0
+
+    def step(self) -> None:
+        self._steps += 1
+
+    def report(self, now: float) -> float:
+        rate = self._steps * self._tokens_per_step / max(now - self._start, 1e-9)
+        self.restart(now)
+        return rate
+
+
+# A time-budgeted cosine run learns its length from its speed: timed over at least this many iterations
+# (the first, compiling, left out) and 2% of the budget, up to the first checkpoint so that validation
+# time counts too (or over 10% of the budget, if no checkpoint comes sooner).
+SPEED_PROBE_ITERS = 20
+
+
+class SpeedProbe:
+    """Measures the speed of a time-budgeted run from its second iteration on, to fit the cosine schedule."""
+
+    def __init__(self, budget_s: float):
+        self._budget_s = budget_s
+        self._start: Optional[tuple] = None  # (iteration, time)
+
+    def start(self, iteration: int, now: float) -> None:
+        """Times from here (after the first step, which compiled); a no-op once started."""
+        if self._start is None:
+            self._start = (iteration, now)
+
+    def due(self, iteration: int, now: float, share_of_budget: float) -> bool:
+        """Whether the speed is measured well enough: SPEED_PROBE_ITERS iterations and this share of the budget."""
+        return self._start is not None and iteration - self._start[0] >= SPEED_PROBE_ITERS and (
+            now - self._start[1] >= share_of_budget * self._budget_s)
+
+    def seconds_per_iteration(self, iteration: int, now: float) -> float:
+        return (now - self._start[1]) / (iteration - self._start[0])
+
+
+def fitted_schedule_end(iteration: int, seconds_per_iteration: float, remaining_s: float, last_iteration: int) -> int:
+    """Where a cosine schedule must end for the iterations the rest of a time budget allows."""
+    return min(last_iteration, iteration + int(max(remaining_s, 0.0) / seconds_per_iteration))
+
+
+def checkpoint_due(iteration: int, checkpoint_every: int, at_end: bool) -> bool:
+    """train.lua's rule: every checkpoint_every iterations (0 = never) and at the end."""
+    return bool(checkpoint_every and iteration % checkpoint_every == 0) or at_end
+
+
+@dataclasses.dataclass
+class Progress:
+    """What the run has done so far, resumes included.
+
+    Attributes:
+      history: the loss histories and benchmark records (ckpt.HISTORY_KEYS).
+      best_val: the lowest val loss so far (inf: none yet).
+      spent_before: the training time of the runs this one continues.
+    """
+
+    history: Dict[str, list]
+    best_val: float = math.inf
+    spent_before: float = 0.0
+
+    @classmethod
+    def new(cls) -> "Progress":
+        return cls({key: [] for key in ckpt.HISTORY_KEYS})
+
+    @classmethod
+    def resumed(cls, record: ckpt.CheckpointRecord) -> "Progress":
+        return cls({key: list(values) for key, values in record.history.items()},
+                   record.best_val_loss if record.best_val_loss is not None else math.inf, record.elapsed_seconds)
+
+    def add_validation(self, iteration: int, val_loss: float) -> None:
+        self.history["val_loss_history"].append(val_loss)
+        self.history["val_loss_history_it"].append(iteration)
+
+
+def write_checkpoint(trainer: TrainerProtocol, charrnn: CharRNN, progress: Progress, iteration: int,
+                     val_loss: Optional[float], elapsed_s: float, num_train_batches: int) -> str:
+    """The checkpoint of this iteration, and `_best` if the val loss is the lowest yet, and the loss plot;
+    returns the record's path. Only the chief writes; every worker updates the best val loss."""
+    config = trainer.config
+    best = min(progress.best_val, val_loss) if val_loss is not None else progress.best_val
+    record = ckpt.CheckpointRecord(
+        path="", iteration=iteration, model_file="", state_file="", model_config=charrnn.config,
+        train_config=config, vocab=charrnn.vocab, history=progress.history,
+        best_val_loss=best if math.isfinite(best) else None, elapsed_seconds=elapsed_s)
+    state = trainer.state_arrays()  # every worker: the carried state is gathered from all of them
+    series = Series(config.checkpoint_name)
+    paths = series.checkpoint(iteration)
+    try:
+        if trainer.is_chief:
+            ckpt.save_checkpoint(paths, trainer.checkpoint_charrnn(), state, record, num_train_batches)
+        if val_loss is not None and val_loss < progress.best_val:
+            progress.best_val = val_loss
+            if trainer.is_chief:
+                ckpt.save_checkpoint(series.checkpoint(BEST), trainer.checkpoint_charrnn(), state, record,
+                                     num_train_batches)
+        if plots.available() and trainer.is_chief:
+            history = progress.history
+            plots.write_loss_plot(series.loss_plot, history["train_loss_history"], history["val_loss_history"],
+                                  history["val_loss_history_it"], history["learning_rate_history"],
+                                  title=os.path.basename(config.checkpoint_name))
+    except OSError as e:
+        raise UserError(f"could not write checkpoint {paths.model}: {e.strerror or e};"
+                        " the previous checkpoint is intact") from None
+    return paths.json
+
+
+class _Scalars:
+    """TensorBoard scalars, when a directory is given."""
+
+    def __init__(self, directory: str):
+        self._writer = tf.summary.create_file_writer(directory) if directory else None
+
+    def write(self, iteration: int, **values: float) -> None:
+        if self._writer:
+            with self._writer.as_default(step=iteration):
+                for name, value in values.items():
+                    tf.summary.scalar(name.replace("__", "/"), value)
+
+    def flush(self) -> None:
+        if self._writer:
+            self._writer.flush()
+
+
+def make_trainer(config: TrainConfig, charrnn: CharRNN, layouts: Dict[str, batches.StreamLayout],
+                 strategy=None) -> TrainerProtocol:
+    """A Trainer on one device, or a DistributedTrainer under `strategy` (distributed/make_strategy)."""
+    if strategy is None:  # replicas=1: a run resumed from a distributed checkpoint records one device
+        return Trainer(dataclasses.replace(config, replicas=1), charrnn, layouts)
+    from kerascharrnn.training.distributed.trainer import DistributedTrainer  # TensorFlow's distribute, on demand
+
+    return DistributedTrainer(strategy, config, charrnn, layouts)
+
+
+def train_and_evaluate(
+    config: TrainConfig,
+    charrnn: CharRNN,
+    layouts: Dict[str, batches.StreamLayout],
+    resume: Optional[ckpt.CheckpointRecord] = None,
+    start_iteration: int = 0,
+    log=print,
+    strategy=None,
+    clock: Clock = time.perf_counter,
+) -> TrainResult:
+    """Trains (or resumes), validating and checkpointing as train.lua does.
+
+    Args:
+      config: the training options.
+      charrnn: the model to train, built at config.batch_size (fresh, init_from or resume_from weights);
+        its vocabulary travels inside every checkpoint.
+      layouts: stream layouts of the train/val/test splits (see batches.layouts_for).
+      resume: the checkpoint record to continue from; its state file must sit beside it.
+      start_iteration: iteration counter to start at (init_from with reset_iterations 0).
+      log: where progress lines go.
+      strategy: a tf.distribute strategy from distributed.strategy.make_strategy, or None for one device.
+      clock: seconds (time.perf_counter); the time budget and the speeds are read from it.
+
+    Returns:
+      A TrainResult naming the last checkpoint written.
+    """
+    started = clock()
+    trainer = make_trainer(config, charrnn, layouts, strategy)
+    progress = Progress.new()
+    if resume is not None:
+        trainer.restore_state(ckpt.load_state(resume.state_path), resume.path)
+        progress = Progress.resumed(resume)
+    elif start_iteration:
+        trainer.start_at(start_iteration)
+
+    num_train = layouts["train"].num_batches
+    last_iteration = config.max_epochs * num_train
+    if config.max_iters:
+        last_iteration = min(last_iteration, config.max_iters)
+    budget_s = config.max_minutes * 60 if config.max_minutes else math.inf
+    if config.lr_schedule == "cosine" and not config.lr_schedule_iters and not config.max_minutes:
+        trainer.set_schedule_length(last_iteration)
+    fit_to_budget = config.lr_schedule == "cosine" and bool(config.max_minutes)
+    iteration = trainer.iteration
+
+    def elapsed(now: float) -> float:
+        return progress.spent_before + now - started
+
+    model_config = charrnn.config
+    log(f"Model: {model_config.model_type} {model_config.num_layers} x {model_config.rnn_size};"
+        f" {parameter_advice(charrnn.count_params(), layouts['train'].tokens_covered)}")
+    path_name = {"split": "fused (split)", "on": "fused", "off": "Keras"}[trainer.path_choice.path]
+    log(f"{num_train} minibatches per epoch; {path_name} training path ({trainer.path_choice.why});"
+        f" learning rate: {config.lr_schedule}" + (f", time budget {config.max_minutes:g} minutes"
+                                                   if config.max_minutes else ""))
+    if not plots.available():
+        log("matplotlib is not installed: no loss plot (pip install 'kerascharrnn[plot]')")
+    scalars = _Scalars(config.tensorboard_dir)
+    throughput = Throughput(config.batch_size * config.seq_length, clock())
+    probe = SpeedProbe(budget_s)
+    history = progress.history
+
+    def fit_schedule(now: float) -> None:
+        """A time budget only: from the speed measured so far, where the cosine must end to fit in it.
+
+        Fitted once the speed is known, then again at every checkpoint: the speed drifts over a run
+        (other load, the compiled step warming up), and a schedule fixed once ended ~15% early or late.
+        """
+        per_iteration = probe.seconds_per_iteration(iteration, now)
+        first = not trainer.config.lr_schedule_iters
+        trainer.set_schedule_length(fitted_schedule_end(iteration, per_iteration, budget_s - elapsed(now),
+                                                        last_iteration))
+        if first:
+            log(f"Measured {per_iteration * 1000:.1f} ms per iteration, validation included: the cosine schedule"
+                f" ends at iteration {trainer.config.lr_schedule_iters} (refitted at every checkpoint)")
+
+    last_json = None
+    out_of_time = False
+    with StopSignals() as stop:
+        while iteration < last_iteration and stop.signum is None and not out_of_time:
+            epoch, batch = divmod(iteration, num_train)
+            if batch == 0:
+                trainer.reset_states()
+            for inputs, targets in trainer.batches(config.input_h5, batch):
+                step_start = clock() if config.speed_benchmark else 0.0
+                history["learning_rate_history"].append(trainer.learning_rate())
+                loss = float(trainer.train_step(inputs, targets))
+                now = clock()  # read once per iteration
+                iteration += 1
+                throughput.step()
+                if not math.isfinite(loss):
+                    where = f"; the last good checkpoint is {last_json}" if last_json else ""
+                    raise UserError(f"loss became {loss} at iteration {iteration}{where};"
+                                    f" try a lower {ref('learning_rate')} or {ref('grad_clip')}")
+                history["train_loss_history"].append(loss)
+                if fit_to_budget:
+                    probe.start(iteration, now)
+                if config.speed_benchmark:
+                    history["forward_backward_times"].append(now - step_start)
+                    log(f"Forward / backward pass took {history['forward_backward_times'][-1]:f}")
+                if config.memory_benchmark:
+                    history["memory_usage"].append(devices.peak_memory_bytes())
+                    log(f"Peak memory use: {history['memory_usage'][-1] / 2**20:.1f} MiB")
+                if config.print_every and iteration % config.print_every == 0:
+                    tokens_per_s = throughput.report(now)
+                    log(f"Epoch {iteration / num_train + 1:.2f} / {config.max_epochs},"
+                        f" i = {iteration} / {last_iteration}, loss = {loss:f} ({tokens_per_s:,.0f} tokens/s)")
+                    scalars.write(iteration, train__loss=loss, learning_rate=history["learning_rate_history"][-1],
+                                  tokens_per_second=tokens_per_s)
+                out_of_time = elapsed(now) >= budget_s
+                at_end = iteration >= last_iteration or out_of_time
+                due = checkpoint_due(iteration, config.checkpoint_every, at_end)
+                if not due and not trainer.config.lr_schedule_iters and probe.due(iteration, now, 0.1):
+                    fit_schedule(now)  # no checkpoint (validation) to time with came soon enough
+                if due or stop.signum:
+                    if out_of_time:
+                        log(f"Time budget of {config.max_minutes:g} minutes spent at iteration {iteration}")
+                    val_loss = trainer.evaluate(config.input_h5, "val")
+                    now = clock()
+                    if not at_end and probe.due(iteration, now, 0.02):
+                        fit_schedule(now)  # timed with validation passes in it
+                    if val_loss is not None:
+                        progress.add_validation(iteration, val_loss)
+                        log(f"i = {iteration}, val_loss = {val_loss:f}")
+                        scalars.write(iteration, val__loss=val_loss)
+                    last_json = write_checkpoint(trainer, charrnn, progress, iteration, val_loss, elapsed(now),
+                                                 num_train)
+                    if trainer.is_chief:
+                        log(f"Saved checkpoint {Series(config.checkpoint_name).checkpoint(iteration).model}")
+                    throughput.restart(clock())
+                if at_end or stop.signum:
+                    break
+    scalars.flush()
+    if last_json is None:  # nothing left to train (resumed at the end): the checkpoint we came from
+        last_json = resume.path if resume else write_checkpoint(
+            trainer, charrnn, progress, iteration, trainer.evaluate(config.input_h5, "val"), elapsed(clock()),
+            num_train)
+    return TrainResult(last_json, iteration, history["train_loss_history"], history["val_loss_history"],
+                       interrupted_by=stop.signum)
