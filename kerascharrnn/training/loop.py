@@ -28,6 +28,7 @@ from kerascharrnn.io import checkpoint as ckpt
 from kerascharrnn.io.series import BEST, Series
 from kerascharrnn.models.charrnn import CharRNN
 from kerascharrnn.training import plots
+from kerascharrnn.training.distributed.trainer import DistributedTrainer
 from kerascharrnn.training.trainer import Trainer, TrainerProtocol
 
 Clock = Callable[[], float]  # seconds, monotonic
@@ -218,8 +219,6 @@ def make_trainer(config: TrainConfig, charrnn: CharRNN, layouts: Dict[str, batch
     """A Trainer on one device, or a DistributedTrainer under `strategy` (distributed/make_strategy)."""
     if strategy is None:  # replicas=1: a run resumed from a distributed checkpoint records one device
         return Trainer(dataclasses.replace(config, replicas=1), charrnn, layouts)
-    from kerascharrnn.training.distributed.trainer import DistributedTrainer  # TensorFlow's distribute, on demand
-
     return DistributedTrainer(strategy, config, charrnn, layouts)
 
 
