@@ -179,7 +179,8 @@ class TrainConfig:
     reset_iterations: bool = setting(True, "With --init_from: 1 = restart the iteration counter, 0 = keep it.",
                                      flag_type=int)
     resume_from: str = setting("", "Continue a run exactly: a checkpoint .json, or 'latest' for the newest complete"
-                               " one of --checkpoint_name.")
+                               " one of --checkpoint_name, or 'auto': the newest if there is one, else a new run"
+                               " (a command that starts and restarts, as a container's).")
     seed: Optional[int] = setting(None, "Seed every RNG and make ops deterministic (same numbers on CPU).",
                                   lower=0, upper=2**32 - 1, flag_type=int)
     speed_benchmark: bool = setting(False, "1 = time every step (synchronised) and store the times.", flag_type=int,
@@ -300,7 +301,17 @@ class ServeConfig:
                                      " that passed (torch-rnn-server redrew without limit).", lower=1)
     max_num_new_chars: int = setting(2000, "POST /v1/generate: cap on num_new_chars.", lower=1)
     max_num_samples: int = setting(32, "POST /v1/generate: cap on num_samples.", lower=1)
-    max_batch_rows: int = setting(64, "Rows one model run may merge from concurrent requests.", lower=1, flag=False)
+    max_batch_rows: int = setting(64, "Rows one model run may hold from concurrent requests.", lower=1, flag=False)
+    max_waiting: int = setting(256, "Requests that may wait for the model; beyond, a request gets 429 with"
+                               " Retry-After at once.", lower=1)
+    request_timeout: float = setting(30.0, "Seconds a request may take, waiting included; past it, it is dropped"
+                                     " and answered 503.", above=0.0, upper=86400.0)
+    max_body_bytes: int = setting(1 << 20, "Largest request body read, in bytes (larger: 413 before parsing).",
+                                  lower=1024, upper=1 << 30)
+    max_connections: int = setting(512, "Connections (and requests) served at once; beyond, a new request gets 503"
+                                   " at once.", lower=1, upper=1 << 20)
+    head_timeout: float = setting(10.0, "Seconds a connection may take to send a request's line and headers (a"
+                                  " slow or stalled client is then disconnected).", above=0.0, upper=3600.0)
 
     def __post_init__(self):
         _check_fields(self)

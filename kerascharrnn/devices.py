@@ -18,6 +18,7 @@ def configure(gpu: int, seed: Optional[int] = None, sampling: bool = False) -> N
     XLA's CPU compiler gets the settings measured best for these models (`configure_xla`); `sampling`
     (a process that runs the model a character at a time: bin/sample, bin/serve) runs each op
     single-threaded (`configure_sampling_threads`)."""
+    check_floatx()
     configure_xla()
     if sampling:
         configure_sampling_threads()
@@ -32,6 +33,15 @@ def configure(gpu: int, seed: Optional[int] = None, sampling: bool = False) -> N
     if seed is not None:
         keras.utils.set_random_seed(seed)
         tf.config.experimental.enable_op_determinism()
+
+
+def check_floatx() -> None:
+    """The models train, sample and export in float32; a keras.json saying otherwise is named (not the
+    learning rate blamed for the NaN that float16 gives)."""
+    floatx = keras.config.floatx()
+    if floatx != "float32":
+        raise UserError(f"Keras's floatx is {floatx} (\"floatx\" in keras.json, under $KERAS_HOME or ~/.keras):"
+                        " kerascharrnn runs in float32; set it to \"float32\" there")
 
 
 def configure_sampling_threads() -> bool:

@@ -35,6 +35,16 @@ def parameter_count(config: ModelConfig) -> int:
     return total + H * V + V
 
 
+def training_state_bytes(config: ModelConfig, batch_size: int) -> int:
+    """The most a checkpoint's .state.npz can hold for this model and batch: Adam's two moments per weight, the
+    step counters, and each stream's carried state (every layer's h and c, the copy memory), with room to spare."""
+    H = config.rnn_size
+    carried = 4 * H * config.num_layers
+    if config.copy_memory:
+        carried += config.copy_memory * (2 * config.copy_heads * config.copy_head_size + 2)
+    return 2 * 4 * (3 * parameter_count(config) + batch_size * carried) + (1 << 20)
+
+
 def largest_tensor(config: ModelConfig, batch_size: int, seq_length: int) -> int:
     """Elements of the largest single tensor of a training step (a weight or the (N, T, V) logits)."""
     V, D, H, g = config.vocab_size, config.wordvec_size, config.rnn_size, _GATES[config.model_type]

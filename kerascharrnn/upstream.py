@@ -17,8 +17,9 @@ Importing this module imports none of them; each function imports what it needs.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 # --- TensorFlow --------------------------------------------------------------------------------------
 
@@ -107,6 +108,21 @@ def get_file(name: str, origin: str, file_hash: str, cache_dir: str, cache_subdi
 
 
 # --- uvicorn -----------------------------------------------------------------------------------------
+
+
+def h5py_write_errors() -> tuple:
+    """What h5py raises when a write fails: OSError, and RuntimeError from HDF5's C library when the file cannot
+    grow or be flushed (e.g. "unable to extend file properly, errno = 27, error message = 'File too large'",
+    raised as the file closes)."""
+    return OSError, RuntimeError
+
+
+def errno_of(error: BaseException) -> Optional[int]:
+    """The errno of a failed write: an OSError's own, or the one HDF5 writes into its RuntimeError's text."""
+    if isinstance(error, OSError):
+        return error.errno
+    match = re.search(r"errno = (\d+)", str(error))
+    return int(match.group(1)) if match else None
 
 
 def h11_protocol_class() -> type:

@@ -191,6 +191,6 @@ class Vocabulary:
             raise UserError(f"{path}: no such file") from None
         except IsADirectoryError:
             raise UserError(f"{path}: is a directory, not a JSON file") from None
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # (RecursionError: absurd nesting)
             raise UserError(f"{path}: not a JSON file") from None
         return cls.from_json_dict(data, source=path)

@@ -4,6 +4,7 @@ corpus, and one tiny trained model for the whole session.
 Tests that need ../shared (tiny-shakespeare, the torch-rnn checkpoint) skip with a reason when it is
 missing; the others run."""
 
+import contextlib
 import os
 import random
 import shutil
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -219,3 +221,44 @@ def server(sentence_model, tmp_path_factory):
     process.terminate()
     process.wait(timeout=30)
     log.close()
+
+
+@contextlib.contextmanager
+def serving_in_thread(checkpoint: str, api_key=None, clock=None, **settings):
+    """The app over `checkpoint` behind a real uvicorn on 127.0.0.1, in a thread of this process (no second
+    TensorFlow start-up): for servers with other settings than the session's bin/serve (and `clock`, the batch
+    worker's, for time limits). Yields the base URL and the app's log records."""
+    import logging
+
+    import uvicorn
+
+    from kerascharrnn.config import ServeConfig
+    from kerascharrnn.inference import engines
+    from kerascharrnn.serving import app, batcher, http
+
+    config = ServeConfig(**settings)
+    engine = engines.open_engine("checkpoint", checkpoint, jit_compile=False)
+    worker = batcher.BatchingSampler(engine, config.max_batch_rows, config.max_waiting,
+                                     **({"clock": clock} if clock else {}))
+    application = app.create_app(engine, config, model_name="s", batcher=worker, api_key=api_key)
+    port = free_port()
+    server = uvicorn.Server(http.server_config(application, "127.0.0.1", port, config, log_level="error"))
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("kerascharrnn.serve")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield base, records
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        log.removeHandler(handler)

@@ -1,3 +1,6 @@
+import json
+import os
+
 import numpy as np
 import pytest
 
@@ -69,3 +72,69 @@ def test_tf_dataset_reads_the_same_batches(small_corpus):
     assert len(got) == len(expected) == layout.num_batches - 5
     np.testing.assert_array_equal(got[-1][0].numpy(), expected[-1][0])
     np.testing.assert_array_equal(got[0][1].numpy(), expected[0][1])
+
+
+# --- HDF5 whose tokens are not (all) in the file: refused from metadata, before any read ----------------------
+
+
+def _splits(path, make_train):
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        make_train(f)
+        for name in ("val", "test"):
+            f.create_dataset(name, data=np.ones(100, np.uint8))
+
+
+def _bad_files(tmp_path):
+    """(what, path) of HDF5 files whose train split a user never meant: each made with h5py as someone might."""
+    import h5py
+
+    other = tmp_path / "other.bin"
+    other.write_bytes(bytes([1]) * 5000)
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "elsewhere.h5").unlink(missing_ok=True)
+    _splits(tmp_path / "elsewhere.h5", lambda f: f.create_dataset("train", data=np.ones(1000, np.uint8)))
+    layout = h5py.VirtualLayout(shape=(1000,), dtype=np.uint8)
+    layout[:] = h5py.VirtualSource(str(tmp_path / "elsewhere.h5"), "train", shape=(1000,))
+    cases = {
+        "external storage": lambda f: f.create_dataset("train", (5000,), np.uint8, external=[(str(other), 0, 5000)]),
+        "external storage in a pipe": lambda f: f.create_dataset("train", (5000,), np.uint8,
+                                                                 external=[(str(tmp_path / "fifo"), 0, 5000)]),
+        "a virtual dataset": lambda f: f.create_virtual_dataset("train", layout),
+        "an external link": lambda f: f.__setitem__("train", h5py.ExternalLink(str(tmp_path / "elsewhere.h5"),
+                                                                              "train")),
+        "2^40 tokens as a compressed fill value": lambda f: f.create_dataset(
+            "train", (2**40,), np.uint8, chunks=(2**20,), compression="gzip", fillvalue=1),
+        "chunks never written": lambda f: f.create_dataset("train", (10**6,), np.uint8, chunks=(1000,),
+                                                           fillvalue=1).__setitem__(slice(0, 1000), 1),
+        "contiguous, never written": lambda f: f.create_dataset("train", (10**6,), np.uint8, fillvalue=1),
+    }
+    paths = {}
+    for what, make in cases.items():
+        path = tmp_path / (what.replace(" ", "_").replace("^", "") + ".h5")
+        _splits(path, make)
+        paths[what] = path
+    return paths
+
+
+def test_hdf5_tokens_stored_elsewhere_or_not_at_all_are_refused_without_reading(tmp_path):
+    for what, path in _bad_files(tmp_path).items():
+        with pytest.raises(UserError, match="outside the file|another file|more than the file can hold|incomplete"):
+            batches.split_lengths(str(path))
+    assert os.path.getsize(tmp_path / "240_tokens_as_a_compressed_fill_value.h5") < 100_000
+
+
+def test_train_refuses_such_a_file_in_one_line(tmp_path):
+    from conftest import run_cli
+
+    path = _bad_files(tmp_path)["external storage in a pipe"]
+    (tmp_path / "v.json").write_text(json.dumps({"token_to_idx": {"a": 1}, "idx_to_token": {"1": "a"}}))
+    result = run_cli("train", "--input_h5", path, "--input_json", tmp_path / "v.json", "--checkpoint_name",
+                     tmp_path / "ck", "--max_iters", 1)
+    assert result.returncode == 1 and "outside the file" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_preprocessed_corpus_passes_the_storage_checks(small_corpus):
+    lengths = batches.split_lengths(small_corpus[1])
+    assert sum(lengths.values()) == 40_000

@@ -135,6 +135,22 @@ def test_bad_input_on_the_command_line(small_corpus, tmp_path, args, env, words)
     assert result.stderr.strip().count("\n") == 0 and words in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("task", [0, 1])
+def test_a_port_of_this_task_already_taken_is_named_before_tensorflow(small_corpus, tmp_path, task):
+    import socket
+
+    _, h5, _ = small_corpus
+    ports = [free_port(), free_port()]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ports[task]))
+        taken.listen()
+        result = run_cli("train", "--input_h5", h5, *SMALL, "--checkpoint_name", tmp_path / "c", "--strategy",
+                         "multi_worker", env={"TF_CONFIG": _tf_config(ports, task)})
+    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert f"port {ports[task]} of this task (worker {task}" in result.stderr and "another process" in result.stderr
+    assert not os.listdir(tmp_path)
+
+
 def test_unreachable_worker_stops_within_the_timeout(small_corpus, tmp_path):
     _, h5, _ = small_corpus
     ports = [free_port(), free_port()]  # nothing will listen on the second

@@ -1,7 +1,6 @@
 """Static and dynamic evaluation (bin/eval --dynamic_lr)."""
 
 import numpy as np
-import pytest
 from conftest import run_cli
 
 from kerascharrnn.data import batches

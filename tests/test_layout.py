@@ -12,8 +12,9 @@ import sys
 import pytest
 from conftest import REPO
 
+from kerascharrnn.cli.__main__ import TOOLS
+
 PACKAGE = os.path.join(REPO, "kerascharrnn")
-TOOLS = ("benchmark", "convert", "eval", "export", "novelty", "preprocess", "sample", "serve", "train")
 TRAINING = ("kerascharrnn.training.loop", "kerascharrnn.training.trainer", "kerascharrnn.training.fused")
 
 

@@ -8,7 +8,7 @@ import stat
 import subprocess
 
 import pytest
-from conftest import run_cli, run_process
+from conftest import run_cli, run_process, shared_file
 
 from kerascharrnn.errors import UserError
 from kerascharrnn.io import files, paths
@@ -175,3 +175,59 @@ def test_preprocess_outputs_get_the_umask_mode_and_keep_a_shared_mode(tmp_path):
         os.umask(old)
     assert result.returncode == 0, result.stderr
     assert _mode(tmp_path / "new.h5") == 0o644 and _mode(tmp_path / "shared.json") == 0o664
+
+
+# --- outputs that are not regular files: refused, left as they are --------------------------------------------
+
+
+@pytest.fixture
+def not_files(tmp_path):
+    """A named pipe, a listening Unix socket, and a symlink to /dev/null (a character device): (what, path)."""
+    import socket
+
+    os.mkfifo(tmp_path / "fifo")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "sock"))
+    os.symlink("/dev/null", tmp_path / "null")
+    yield {"a named pipe (FIFO)": tmp_path / "fifo", "a socket": tmp_path / "sock",
+           "a character device": tmp_path / "null"}
+    server.close()
+
+
+def _still(path) -> int:
+    return stat.S_IFMT(os.stat(path).st_mode)
+
+
+def test_an_atomic_write_onto_a_pipe_socket_or_device_is_refused(not_files):
+    for kind, path in not_files.items():
+        before = _still(path)
+        with pytest.raises(UserError, match=re.escape(f"is {kind}; an output must be a regular file")):
+            files.write_text_atomic(str(path), "x")
+        with pytest.raises(UserError, match="regular file"):
+            paths.check_outputs([], [("--output_json", str(path))])
+        assert _still(path) == before and os.path.islink(path) == (kind == "a character device")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert not [name for name in os.listdir(os.path.dirname(path)) if ".tmp" in name]  # no temporary left
+
+
+def test_preprocess_and_convert_refuse_such_outputs_before_any_work(tmp_path, not_files):
+    (tmp_path / "in.txt").write_text("some text to read " * 200)
+    for kind, path in not_files.items():
+        for flag in ("--output_json", "--output_h5"):
+            other = "--output_h5" if flag == "--output_json" else "--output_json"
+            result = run_cli("preprocess", "--input_txt", tmp_path / "in.txt", flag, path, other, tmp_path / "o.out")
+            assert result.returncode == 1 and kind in result.stderr and len(result.stderr.splitlines()) == 1
+            assert not (tmp_path / "o.out").exists() and os.path.lexists(path)
+    os.mkfifo(tmp_path / "model.keras")
+    result = run_cli("convert", "--checkpoint", shared_file("data/torch-rnn-shakespeare-2x128.t7"), "--output",
+                     tmp_path / "model.keras", "--overwrite")
+    assert result.returncode == 1 and "model.keras: is a named pipe (FIFO)" in result.stderr
+    assert stat.S_ISFIFO(os.stat(tmp_path / "model.keras").st_mode)
+
+
+def test_train_refuses_a_series_file_that_is_a_pipe_before_training(tmp_path, small_corpus):
+    os.mkfifo(tmp_path / "ck_loss.png")
+    result = run_cli("train", "--input_h5", small_corpus[1], "--checkpoint_name", tmp_path / "ck",
+                     "--max_iters", 2, "--batch_size", 2, "--seq_length", 8, "--rnn_size", 8, "--num_layers", 1)
+    assert result.returncode == 1 and "ck_loss.png: is a named pipe (FIFO)" in result.stderr
+    assert stat.S_ISFIFO(os.stat(tmp_path / "ck_loss.png").st_mode) and not list(tmp_path.glob("ck_*.json"))

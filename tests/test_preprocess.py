@@ -1,5 +1,6 @@
 import codecs
 import json
+import os
 
 import h5py
 import numpy as np
@@ -120,3 +121,35 @@ def test_fractions_that_leave_no_training_data(tmp_path):
         run(tmp_path, b"abc" * 100, val_frac=0.5, test_frac=0.5)
     with pytest.raises(UserError, match="for training"):
         run(tmp_path, b"abc", val_frac=0.34, test_frac=0.34)
+
+
+@pytest.mark.parametrize("change", ["append new characters", "same size and time, other text", "truncate",
+                                    "grow past a chunk"])
+def test_a_corpus_that_changes_between_the_passes_is_refused_and_nothing_written(tmp_path, change):
+    """The file changes after the first pass (the summary lines come between the passes: the change is made
+    there, on the real file), as when an editor saves or a download is still running."""
+    corpus, h5, js = tmp_path / "in.txt", tmp_path / "out.h5", tmp_path / "out.json"
+    corpus.write_text("the cat sat on the mat. " * 400, encoding="utf-8")
+    h5.write_bytes(b"old h5")
+    js.write_text("old json")
+    before = os.stat(corpus)
+
+    def edit(line):
+        if not line.startswith("Using dtype"):
+            return
+        if change == "append new characters":
+            with open(corpus, "a", encoding="utf-8") as f:
+                f.write("QXZ\u00e9")
+        elif change == "same size and time, other text":
+            corpus.write_text("the dog sat on the mat. " * 400, encoding="utf-8")
+            os.utime(corpus, ns=(before.st_atime_ns, before.st_mtime_ns))
+        elif change == "truncate":
+            corpus.write_text("the cat", encoding="utf-8")
+        else:
+            with open(corpus, "a", encoding="utf-8") as f:
+                f.write("the cat sat on the mat. " * 400)
+
+    with pytest.raises(UserError, match="changed while it was read"):
+        preprocess(str(corpus), str(h5), str(js), chunk_bytes=1000, log=edit)
+    assert h5.read_bytes() == b"old h5" and js.read_text() == "old json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.h5", "out.json"]

@@ -123,7 +123,7 @@ def test_kill_while_overwriting_best_leaves_no_half_best(corpus, tmp_path):
     assert not (tmp_path / "cv" / "ck_best.json").exists()  # an incomplete set is never marked complete
 
 
-@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_signal_writes_checkpoint_and_says_how_to_resume(corpus, tmp_path, signum, code):
     name = tmp_path / "cv" / "ck"
     process = subprocess.Popen(
@@ -172,7 +172,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(trained, tmp_path, monke
                          max_iters=10, checkpoint_every=5, print_every=0, seed=1,
                          checkpoint_name=str(tmp_path / "ck"))
     layouts = batches.layouts_for(batches.split_lengths(trained["h5"]), 4, 16)
-    with pytest.raises(UserError, match="No space left on device.*previous checkpoint is intact"):
+    with pytest.raises(UserError, match="no space left on the device.*previous checkpoint is intact"):
         loop.train_and_evaluate(config, CharRNN.build(trained["model_config"], trained["vocab"], 4), layouts,
                                  log=lambda *_: None)
     assert ckpt.find_latest(str(tmp_path / "ck")) == str(tmp_path / "ck_5.json")
@@ -189,3 +189,153 @@ def test_resume_from_latest_of_a_finished_run_is_a_no_op(corpus, tmp_path):
     again = run_cli("train", "--resume_from", "latest", "--checkpoint_name", name)
     assert again.returncode == 0 and "iteration 4" in again.stdout
     assert os.path.getmtime(tmp_path / "ck_4.json") == before
+
+
+def test_resume_from_auto_starts_a_new_run_then_resumes_it(corpus, tmp_path):
+    """The same command, started and started again (a container's): a new run the first time, after that
+    the newest checkpoint, which the second start continues to the new --max_iters."""
+    name = tmp_path / "ck"
+    command = ["train", "--input_h5", corpus / "in.h5", *TINY, "--checkpoint_name", name, "--resume_from", "auto",
+               "--seed", 1]
+    first = run_cli(*command, "--max_iters", 4)
+    assert first.returncode == 0 and "no checkpoint" in first.stderr and "a new run" in first.stderr
+    assert ckpt.find_latest(str(name)) == str(tmp_path / "ck_4.json")
+    second = run_cli(*command, "--max_iters", 6)
+    assert second.returncode == 0 and "a new run" not in second.stderr and "iteration 6" in second.stdout
+    assert f"Resuming {tmp_path / 'ck_4.json'} at iteration 4" in second.stdout
+    assert ckpt.read_record(str(tmp_path / "ck_6.json")).iteration == 6
+
+
+def test_one_command_runs_every_tool(corpus, tmp_path):
+    from kerascharrnn.cli.__main__ import TOOLS, main
+
+    assert main(["kerascharrnn"]) == 2 and main(["kerascharrnn", "--help"]) == 0
+    assert main(["kerascharrnn", "trian"]) == 2
+    assert set(TOOLS) == {path[:-3] for path in os.listdir(os.path.dirname(main.__code__.co_filename))
+                          if path.endswith(".py") and not path.startswith("_") and path != "common.py"}
+    out = tmp_path / "x.json"
+    assert main(["kerascharrnn", "preprocess", "--input_txt", str(corpus / "in.txt"), "--output_h5",
+                 str(tmp_path / "x.h5"), "--output_json", str(out), "--quiet"]) == 0 and out.exists()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_checkpoint_with_non_finite_weights_is_refused_by_every_tool(trained, tmp_path, bad):
+    import keras
+
+    model = keras.models.load_model(trained["keras"], compile=False)  # plain Keras still loads it
+    layer = model.layers[-1] if np.isnan(bad) else model.layers[2]  # the logits, or a recurrent layer
+    weights = layer.get_weights()
+    weights[0][0, 0] = bad
+    layer.set_weights(weights)
+    path = str(tmp_path / "diverged.keras")
+    ckpt.save_keras(model, trained["vocab"], trained["model_config"], path)
+    for tool, args in (("sample", ["--length", 5]), ("eval", ["--input_h5", trained["h5"]]),
+                       ("export", ["--export_dir", tmp_path / "export"]), ("serve", ["--port", 1]),
+                       ("train", ["--init_from", path, "--input_h5", trained["h5"], "--checkpoint_name", tmp_path / "c"])):
+        result = run_cli(tool, "--checkpoint" if tool != "train" else "--seed", path if tool != "train" else 1, *args)
+        assert result.returncode == 1, (tool, result.stderr)
+        assert f"weight {layer.weights[0].path} holds 1 NaN or infinite values" in result.stderr, (tool, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("export/**/saved_model.pb"))
+
+
+@pytest.fixture(scope="module")
+def series(corpus, tmp_path_factory):
+    """A run checkpointed at iterations 2 and 4 (one per test copies it before damaging it)."""
+    root = tmp_path_factory.mktemp("series")
+    assert run_cli("train", "--input_h5", corpus / "in.h5", *TINY, "--max_iters", 4, "--checkpoint_every", 2,
+                   "--seed", 1, "--checkpoint_name", root / "ck").returncode == 0
+    return root
+
+
+def _damaged(series, tmp_path, damage):
+    import shutil
+
+    for path in series.iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    damage(tmp_path)
+    return tmp_path / "ck_4.json"
+
+
+def _edit_record(path, **changes):
+    record = json.loads(path.read_text())
+    record.update(changes)
+    path.write_text(json.dumps(record))
+
+
+def _v02_record(path, **changes):  # a record as v0.2 wrote it: no digests
+    record = json.loads(path.read_text())
+    record.pop("digests")
+    record.update(changes)
+    path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("case,damage,message", [
+    ("the .keras of another iteration", lambda d: os.replace(d / "ck_2.keras", d / "ck_4.keras"),
+     "ck_4.keras is not the file"),
+    ("the .state.npz of another iteration", lambda d: os.replace(d / "ck_2.state.npz", d / "ck_4.state.npz"),
+     "ck_4.state.npz is not the file"),
+    ("v0.2 record, the state of another iteration",
+     lambda d: (os.replace(d / "ck_2.state.npz", d / "ck_4.state.npz"), _v02_record(d / "ck_4.json")),
+     "holds the optimizer of iteration 2"),
+    ("an optimizer iteration below zero",
+     lambda d: (np.savez(d / "ck_4.state.npz", **{**dict(np.load(d / "ck_4.state.npz")),
+                                                  "optimizer/iterations": np.array(-3)}),
+                _v02_record(d / "ck_4.json")), "'optimizer/iterations' is below zero"),
+    ("a string in the state", lambda d: (np.savez(d / "ck_4.state.npz", **{**dict(np.load(d / "ck_4.state.npz")),
+                                                                         "optimizer/iterations": np.array("four")}),
+                                         _v02_record(d / "ck_4.json")), "holds <U4 values, not numbers"),
+    ("NaN in the state", lambda d: (np.savez(d / "ck_4.state.npz", **{
+        k: (np.full_like(v, np.nan) if v.dtype.kind == "f" else v) for k, v in np.load(d / "ck_4.state.npz").items()}),
+        _v02_record(d / "ck_4.json")), "holds NaN or infinite values"),
+    ("best_val_loss of -Infinity", lambda d: _edit_record(d / "ck_4.json", best_val_loss=float("-inf")),
+     "'best_val_loss' must be a number >= 0"),
+    ("a negative iteration", lambda d: _edit_record(d / "ck_4.json", iteration=-1), "'iteration' must be >= 0"),
+    ("histories of mismatched lengths", lambda d: _edit_record(d / "ck_4.json", val_loss_history_it=[2]),
+     "differ in length"),
+    ("a validation after the record's iteration", lambda d: _edit_record(d / "ck_4.json", val_loss_history_it=[2, 40]),
+     "outside 0..4"),
+    ("digests that are not text", lambda d: _edit_record(d / "ck_4.json", digests={"model": 1}),
+     "'digests' must map"),
+])
+def test_a_checkpoint_set_that_disagrees_with_itself_is_refused_before_training(series, tmp_path, case, damage,
+                                                                                 message):
+    record = _damaged(series, tmp_path, damage)
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.suffix != ".lock"}
+    result = run_cli("train", "--resume_from", record, "--max_iters", 6)
+    assert result.returncode == 1 and message in result.stderr, (case, result.stderr)
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.suffix != ".lock"} == before  # no write
+
+
+def test_an_intact_set_and_a_v02_record_without_digests_resume(series, tmp_path):
+    record = _damaged(series, tmp_path, lambda d: _v02_record(d / "ck_4.json"))
+    result = run_cli("train", "--resume_from", record, "--max_iters", 6)
+    assert result.returncode == 0 and "iteration 6" in result.stdout
+    assert "continuing the series it belongs to, " + str(tmp_path / "ck") in result.stderr  # the copy's own
+    assert set(ckpt.read_record(str(tmp_path / "ck_6.json")).digests) == {"model", "state", "data"}
+    assert not (series / "ck_6.json").exists()  # the original run is untouched
+
+
+def test_a_resume_writes_only_in_its_own_series_and_on_its_own_data(series, corpus, tmp_path):
+    """A record names its run's series and data; copied elsewhere, or read from another directory, it must
+    neither write into that run's series nor train on whatever its relative paths name from here."""
+    (tmp_path / "copy").mkdir()
+    record = _damaged(series, tmp_path / "copy", lambda d: None)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    refused = run_cli("train", "--resume_from", record, "--checkpoint_name", other / "ck", "--max_iters", 6)
+    assert refused.returncode == 1 and "continues the series" in refused.stderr and "--init_from" in refused.stderr
+    # a record of v0.2 stored the data's path as given, relative: from another directory it names other data
+    # (here: the same text split otherwise, so the same vocabulary)
+    _edit_record(record, train_config={**json.loads(record.read_text())["train_config"], "input_h5": "in.h5",
+                                       "input_json": "in.json"})
+    assert run_cli("preprocess", "--input_txt", corpus / "in.txt", "--output_h5", other / "in.h5", "--output_json",
+                   other / "in.json", "--val_frac", "0.3", "--quiet").returncode == 0
+    refused = run_cli("train", "--resume_from", record, "--max_iters", 6, cwd=other)
+    assert refused.returncode == 1 and "is not the data" in refused.stderr and "--input_h5" in refused.stderr
+    chosen = run_cli("train", "--resume_from", record, "--max_iters", 6, "--input_h5", other / "in.h5", cwd=other)
+    assert chosen.returncode == 0, chosen.stderr  # other data, asked for: that is fine
+    assert (tmp_path / "copy" / "ck_6.json").exists() and not (series / "ck_6.json").exists()
+    assert not list(other.glob("ck*"))

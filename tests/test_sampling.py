@@ -139,3 +139,20 @@ def test_zero_temperature_rows_take_the_argmax():
               Sampler.for_numpy_step(lambda ids, st: (np.tile(probs.astype(np.float32), (len(ids), 1)), st), [1], V)):
         out = s.sample_ids([np.array([5])] * 2, 200, temperature=np.array([0.0, 1.0]), seed=2)
         assert (out[0][1:] == 0).all() and len(set(out[1][1:].tolist())) == 3
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_numbers_that_vanish_in_float32_still_sample_the_argmax(jit_compile):
+    """A top_p or a temperature that float32 (or XLA's flush of denormals to zero) makes 0 keeps the most likely
+    id, in the TensorFlow loop and in its numpy twin: never a mask of every id, never logits / 0."""
+    probs = np.log(np.array([0.4, 0.35, 0.25, 1e-9, 1e-9, 1e-9]))[None]
+    samplers = (Sampler.for_tf_step(lambda ids, st: (tf.tile(tf.constant(probs, tf.float32), [tf.shape(ids)[0], 1]),
+                                                     st), [1], V, jit_compile=jit_compile),
+                Sampler.for_numpy_step(lambda ids, st: (np.tile(probs.astype(np.float32), (len(ids), 1)), st), [1], V))
+    for s in samplers:
+        for options in ({"top_p": 1e-40}, {"top_p": 1e-45}, {"temperature": 1e-40}, {"temperature": 1e-30},
+                        {"temperature": 5e-7}, {"top_p": 1e-40, "top_k": 2}):
+            out = s.sample_ids([np.array([5])] * 3, 50, seed=4, **options)
+            assert all((o[1:] == 0).all() for o in out), (options, out)
+    p = filter_logits_np(probs.astype(np.float32), np.array([1.0], np.float32), 0, 0.0)
+    assert np.isfinite(p).sum() == 1 and np.isfinite(p[0, 0])

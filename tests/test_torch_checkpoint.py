@@ -494,3 +494,14 @@ def test_cli_refuses_a_t7_that_is_not_torch_rnn(tmp_path):
         result = run_cli(tool, *args)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 1 and len(lines) == 1 and "nn.Sequential" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("size,stride", [((2**30,), (0,)), ((2**16, 2**16), (0, 0)), ((16, 40), (0, 1)),
+                                         ((16, 40), (1, 1))])
+def test_a_tensor_that_repeats_its_storage_is_refused_before_any_copy(tmp_path, size, stride):
+    """A stride of 0 (or overlapping strides) views a few numbers as a huge tensor: copied, 4 GiB or more."""
+    model = synthetic_model()
+    storage = t7.Storage("torch.FloatStorage", np.zeros(640, np.float32))
+    _first_lstm(model).fields["weight"] = t7.Tensor("torch.FloatTensor", storage, size, stride)
+    expect_user_error(write(tmp_path, t7.checkpoint(model), "strided.t7"), f"stride {list(stride)}",
+                      "repeats its storage's numbers")

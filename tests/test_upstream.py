@@ -96,3 +96,15 @@ def test_torchfile_reader_has_what_torch_file_overrides():
     assert issubclass(reader_error, Exception) and isinstance(type_torch, int), _upstream_changed("torchfile constants")
     assert "self.objects" in inspect.getsource(reader) and "self.f" in inspect.getsource(reader), \
         _upstream_changed("T7Reader's f / objects attributes")
+
+
+def test_errno_of_h5py_and_os_write_errors():
+    """h5py raises RuntimeError with HDF5's text when a file cannot grow; the errno in that text is what tells a
+    file-size limit from a full disk (tests/test_crafted.py drives the real one under `ulimit -f`)."""
+    import errno
+
+    assert upstream.errno_of(OSError(errno.ENOSPC, "No space left on device")) == errno.ENOSPC
+    text = "Can't decrement id ref count (unable to extend file properly, errno = 27, error message = 'File too large')"
+    assert upstream.errno_of(RuntimeError(text)) == errno.EFBIG
+    assert upstream.errno_of(RuntimeError("something else")) is None
+    assert RuntimeError in upstream.h5py_write_errors() and OSError in upstream.h5py_write_errors()

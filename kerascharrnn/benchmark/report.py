@@ -25,6 +25,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
+from kerascharrnn.io import files
+
 
 @dataclasses.dataclass
 class Timing:
@@ -143,7 +145,8 @@ def plot(rows: List[Row], path: str, model_type: str) -> None:
         axes[0][1].set(xscale="log", xlabel="rnn_size", ylabel="PyTorch time / ours", title="speed-up vs PyTorch")
         axes[0][1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with files.atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
 def measure_row(config: dict, peer: bool, repeats: int, first: int) -> tuple:

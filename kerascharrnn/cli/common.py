@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -140,6 +141,9 @@ def main(argv: Optional[Sequence[str]], define_flags: Callable[[flags.FlagValues
         return _fail(prog, f"unexpected argument(s): {' '.join(rest[1:])} (flags take --name=value or --name value)",
                      FLAGS_EXIT)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines are noise here
+    problem = environment_problem(flag_values)
+    if problem:
+        return _fail(prog, problem)
     try:
         code = run(flag_values, rest)
         return 0 if code is None else code
@@ -156,6 +160,39 @@ def main(argv: Optional[Sequence[str]], define_flags: Callable[[flags.FlagValues
         if reason:
             return _fail(prog, reason)
         return report_internal_error(prog, argv, e)
+
+
+def environment_problem(flag_values: flags.FlagValues) -> Optional[str]:
+    """What in the process's surroundings would otherwise end in an internal error, as one line (or None); and
+    the process set up for the tools: Keras on TensorFlow, and a file-size limit an error instead of a kill.
+
+    - a current directory that was deleted (every relative path would fail);
+    - a flag value that is not UTF-8 (a file name in another encoding: it could be neither printed nor stored);
+    - KERAS_BACKEND naming another backend (the tools are TensorFlow programs; keras.json's backend is
+      overridden by the environment, which is set here).
+    """
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return "the current directory no longer exists (deleted?); change to one that does"
+    for name in flag_values:
+        value = flag_values[name].value
+        for text in (value if isinstance(value, list) else [value]):
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    return f"--{name}: {text.encode('utf-8', 'surrogateescape')!r} is not UTF-8 text; rename the file"
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend != "tensorflow":
+        return (f"KERAS_BACKEND={backend[:40]} is set: kerascharrnn runs on Keras's TensorFlow backend; unset it or"
+                " set KERAS_BACKEND=tensorflow")
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    try:  # past `ulimit -f`, a write fails with EFBIG (an error naming the file) instead of SIGXFSZ killing us
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    except (ValueError, AttributeError):  # not the main thread, or no such signal here
+        pass
+    return None
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
-"""bin/serve: an HTTP server speaking torch-rnn-server's API (for rnn-writer) and a JSON API."""
+"""bin/serve: an HTTP server for writers' tools: torch-rnn-server's API (rnn-writer), OpenAI's completions API,
+Ollama's generate API, a writing page at /write, and a JSON API."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -14,7 +16,7 @@ from kerascharrnn import resources
 from kerascharrnn.cli import common
 from kerascharrnn.config import ServeConfig
 from kerascharrnn.errors import UserError
-from kerascharrnn.io import artifacts
+from kerascharrnn.io import artifacts, files
 from kerascharrnn.io import checkpoint as ckpt
 
 
@@ -27,6 +29,10 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_string("host", "127.0.0.1", "Address to bind; loopback unless told otherwise (0.0.0.0 = everywhere).",
                         **options)
     flags.DEFINE_integer("port", 8080, "Port to listen on.", lower_bound=1, upper_bound=65535, **options)
+    flags.DEFINE_string("api_key", "", "Require `Authorization: Bearer KEY` from every client (all but GET /healthz,"
+                        " rnn-writer's GET / and the writing page's files). Empty: no key.", **options)
+    flags.DEFINE_string("api_key_file", "", "Or read the key from this file (its first line), so that it is not in"
+                        " the process list.", **options)
     common.define_flags(flag_values, ServeConfig)
     common.define_gpu_flag(flag_values)
 
@@ -39,8 +45,32 @@ def _check_port_free(host: str, port: int) -> None:
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
+def _api_key(flag_values: flags.FlagValues) -> str:
+    if flag_values.api_key and flag_values.api_key_file:
+        raise UserError("give --api_key or --api_key_file, not both")
+    if not flag_values.api_key_file:
+        return flag_values.api_key
+    files.require_file(flag_values.api_key_file, "API key file")
+    try:
+        with open(flag_values.api_key_file, encoding="utf-8") as f:
+            key = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--api_key_file {flag_values.api_key_file}: cannot be read ({e})") from None
+    if not key:
+        raise UserError(f"--api_key_file {flag_values.api_key_file}: its first line is empty")
+    return key
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def run(flag_values: flags.FlagValues, argv: List[str]) -> None:
     config = common.config_from_flags(flag_values, ServeConfig)
+    api_key = _api_key(flag_values)
     # the largest request the caps allow must not exhaust the machine's memory
     resources.check_sampling_fits(config.max_num_samples, config.max_num_new_chars + config.max_start_text,
                                   flags=("--max_num_samples", "--max_num_new_chars (+ --max_start_text)"))
@@ -50,12 +80,17 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> None:
         kind, path = "saved_model", artifacts.resolve_saved_model(flag_values.saved_model)
         vocab = artifacts.saved_model_vocab(path)
         name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        model_config = artifacts.saved_model_config(path)
     else:
         kind, path = "checkpoint", ckpt.model_path_for(flag_values.checkpoint)
         vocab = ckpt.read_vocab(path)
         name = artifacts.default_model_name(path)
+        model_config = ckpt.stored_model_config(path)
     host, port = flag_values.host, flag_values.port
     _check_port_free(host, port)
+    if not api_key and not _loopback(host):
+        print(f"serve: warning: listening on {host} without --api_key: anyone who can reach this port can use the"
+              " model (and its CPU); give --api_key or --api_key_file", file=sys.stderr, flush=True)
 
     common.quiet_tensorflow()
     import uvicorn
@@ -63,22 +98,24 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> None:
     from kerascharrnn import devices
     from kerascharrnn.inference import engines
     from kerascharrnn.serving import app as serving_app
-    from kerascharrnn.serving import batcher, http
+    from kerascharrnn.serving import batcher, context, http
 
     devices.configure(flag_values.gpu, sampling=True)
     with common.stderr_silenced():  # TensorFlow's C++ notes while loading and tracing
         engine = engines.open_engine(kind, path, vocab, jit_compile=False)  # batch sizes vary: no XLA
-        sampler = batcher.BatchingSampler(engine, config.max_batch_rows)
+        sampler = batcher.BatchingSampler(engine, config.max_batch_rows, config.max_waiting)
         sampler.warm_up()
-    application = serving_app.create_app(engine, config, model_name=name, batcher=sampler)
+    parameters = resources.parameter_count(model_config) if model_config else 0
+    application = serving_app.create_app(engine, config, model_name=name, batcher=sampler, api_key=api_key or None,
+                                         parameters=parameters)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    serving_app.log.addHandler(handler)  # absl owns the root logger (at ERROR); this log stands apart from it
-    serving_app.log.setLevel(logging.INFO)
-    serving_app.log.propagate = False
-    print(f"Serving {path} on http://{host}:{port} (GET /generate, POST /v1/generate, /docs)", flush=True)
-    uvicorn.run(application, host=host, port=port, log_level="info", http=http.http_protocol_class(),
-                h11_max_incomplete_event_size=http.MAX_REQUEST_HEAD_BYTES)
+    context.log.addHandler(handler)  # absl owns the root logger (at ERROR); this log stands apart from it
+    context.log.setLevel(logging.INFO)
+    context.log.propagate = False
+    print(f"Serving {path} as {name} on http://{host}:{port}: write at /write; APIs GET /generate (rnn-writer),"
+          " POST /v1/completions (OpenAI), POST /api/generate (Ollama), POST /v1/generate; /docs", flush=True)
+    uvicorn.Server(http.server_config(application, host, port, config)).run()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -24,7 +24,7 @@ from kerascharrnn.config import MULTI_WORKER, ModelConfig, TrainConfig
 from kerascharrnn.data import batches, corpus
 from kerascharrnn.errors import UserError
 from kerascharrnn.io import checkpoint as ckpt
-from kerascharrnn.io import files, lock, paths
+from kerascharrnn.io import files, lock, paths, series
 from kerascharrnn.presets import PRESETS
 from kerascharrnn.training.distributed import cluster
 from kerascharrnn.vocab import Vocabulary
@@ -45,17 +45,50 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                         flag_values=flag_values)
 
 
-def _resume_record(train_config: TrainConfig) -> ckpt.CheckpointRecord:
+def _resume_record(train_config: TrainConfig) -> Optional[ckpt.CheckpointRecord]:
     path = train_config.resume_from
-    if path == "latest":
+    if path in ("latest", "auto"):
         path = ckpt.find_latest(train_config.checkpoint_name)
+        if path is None and train_config.resume_from == "auto":  # a first start (a container's, say)
+            print(f"--resume_from auto: no checkpoint {train_config.checkpoint_name}_*.json yet: a new run",
+                  file=sys.stderr)
+            return None
         if path is None:
             raise UserError(f"--resume_from latest: no complete checkpoint {train_config.checkpoint_name}_*.json")
     record = ckpt.read_record(path)
-    files.require_file(record.model_path, "checkpoint file")
-    files.require_file(record.state_path, "checkpoint file")
+    record.check_files()
     ckpt.read_keras_file(record.model_path)
     return record
+
+
+def _resumed_series(record: ckpt.CheckpointRecord, given_name: Optional[str]) -> str:
+    """The checkpoint name a resumed run writes under: the series the record's own file belongs to (cv/ck_40.json
+    -> cv/ck), whatever name the record stores (another run's, or a path relative to another directory). A
+    --checkpoint_name given with --resume_from must name that series."""
+    own = series.name_of_record(record.path)
+    if own is None:
+        raise UserError(f"--resume_from {record.path}: not a checkpoint record's name (NAME_ITERATION.json or"
+                        " NAME_best.json)")
+    if given_name is not None and paths.real(given_name) != paths.real(own):
+        raise UserError(f"--resume_from {record.path} continues the series {own}, and --checkpoint_name says"
+                        f" {given_name}: give the same name, or leave --checkpoint_name out (to start a new series"
+                        " from these weights, use --init_from)")
+    stored = record.train_config.checkpoint_name
+    if paths.real(stored) != paths.real(own):
+        print(f"--resume_from: the record names the series {stored}; continuing the series it belongs to, {own}",
+              file=sys.stderr)
+    return own
+
+
+def _check_resumed_data(record: ckpt.CheckpointRecord, train_config: TrainConfig, data_given: bool) -> None:
+    """A resume that names no data continues on the run's own: the file the record names must still be the
+    data it was trained on (a record's relative path, read from another directory, may name other data)."""
+    if data_given or "data" not in record.digests:
+        return
+    if ckpt.file_digest(train_config.input_h5) != record.digests["data"]:
+        raise UserError(f"{train_config.input_h5} ({paths.real(train_config.input_h5)}) is not the data {record.path}"
+                        " was trained on (the file changed, or the record's path now names another file); give"
+                        " --input_h5 to continue on other data")
 
 
 def _data_files(train_config: TrainConfig, corpus_name: str) -> TrainConfig:
@@ -65,7 +98,9 @@ def _data_files(train_config: TrainConfig, corpus_name: str) -> TrainConfig:
         h5_path, json_path = corpus.corpus_files(corpus_name)
         return dataclasses.replace(train_config, input_h5=h5_path, input_json=json_path)
     json_path = train_config.input_json or os.path.splitext(train_config.input_h5)[0] + ".json"
-    return dataclasses.replace(train_config, input_json=json_path)
+    # absolute in the checkpoints' records: a resume from another directory reads the same files
+    return dataclasses.replace(train_config, input_h5=os.path.abspath(train_config.input_h5),
+                               input_json=os.path.abspath(json_path))
 
 
 def _init_iteration(init_path: str) -> int:
@@ -94,17 +129,23 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> Optional[int]:
     model_config = common.config_from_flags(flag_values, ModelConfig, preset)
     train_config = common.config_from_flags(flag_values, TrainConfig, preset)
     resume = _resume_record(train_config) if train_config.resume_from else None
-    if resume:
-        # the architecture and the recipe come from the checkpoint; only the run's length and data may change
+    if resume is None:
+        train_config = dataclasses.replace(train_config, resume_from="")
+    else:
+        # the architecture and the recipe come from the checkpoint; only the run's length and data may change;
+        # the run goes on in the series the record belongs to
         model_config = resume.model_config
-        train_config = dataclasses.replace(resume.train_config.resumed_with(common.given(flag_values)),
-                                           resume_from=resume.path)
+        given = common.given(flag_values)
+        train_config = dataclasses.replace(resume.train_config.resumed_with(given), resume_from=resume.path,
+                                           checkpoint_name=_resumed_series(resume, given.get("checkpoint_name")))
     init_vocab = None
     if train_config.init_from:
         init_path = ckpt.model_path_for(train_config.init_from)
         init_vocab = ckpt.read_vocab(init_path)
 
     train_config = _data_files(train_config, flag_values.corpus)
+    if resume:
+        _check_resumed_data(resume, train_config, "input_h5" in common.given(flag_values))
     files.require_file(train_config.input_h5, "HDF5 file")
     files.require_file(train_config.input_json, "JSON vocabulary")
     lengths = batches.split_lengths(train_config.input_h5)
@@ -119,7 +160,7 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> Optional[int]:
         raise UserError(f"{train_config.input_json} is not the vocabulary of --init_from {train_config.init_from}")
     paths.check_checkpoint_name(train_config.checkpoint_name, _inputs(train_config))
     if train_config.strategy == MULTI_WORKER:
-        cluster.cluster_from_env()  # TF_CONFIG checked before TensorFlow reads it
+        cluster.check_own_port_free(cluster.cluster_from_env())  # TF_CONFIG checked before TensorFlow reads it
     chief = cluster.is_chief(train_config.strategy)  # the other workers of a cluster write nothing
     if chief:
         files.require_writable_dir_for(train_config.checkpoint_name + "_0.json")
@@ -157,7 +198,8 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> Optional[int]:
         result = loop.train_and_evaluate(train_config, charrnn, layouts, resume=resume,
                                          start_iteration=start_iteration, strategy=strategy)
     if result.interrupted_by is not None:
-        command = " ".join(shlex.quote(a) for a in [argv[0], "--resume_from", result.checkpoint_json])
+        prog = argv[0] if argv[0].startswith("kerascharrnn ") else shlex.quote(argv[0])  # the one command's own
+        command = " ".join([prog, "--resume_from", shlex.quote(result.checkpoint_json)])
         print(f"Stopped by {signal.Signals(result.interrupted_by).name} at iteration {result.iteration};"
               f" checkpoint {result.checkpoint_json}. Resume with: {command}", file=sys.stderr)
         return 128 + result.interrupted_by

@@ -10,6 +10,7 @@ file block by block and hands the minibatches to TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
@@ -140,8 +141,43 @@ def split_lengths(h5_path: str) -> Dict[str, int]:
                     from None
             if not hasattr(dataset, "shape") or len(dataset.shape) != 1 or dataset.dtype.kind not in "iu":
                 raise UserError(f"{h5_path}: dataset {split!r} is not a 1-D integer array")
+            _check_storage(h5_path, split, f.get(split, getlink=True), dataset)
             lengths[split] = int(dataset.shape[0])
     return lengths
+
+
+# A real corpus's ids compress a few times at most; beyond this, the declared size is not data the file holds.
+_MAX_DECLARED_PER_FILE_BYTE = 100
+
+
+def _check_storage(h5_path: str, split: str, link, dataset) -> None:
+    """The split's tokens must be stored in this file, all of them: data in another file (an external link,
+    external storage, a virtual dataset) would train on a file the command never named (or hang on a pipe),
+    and a declared size that the file does not hold (unwritten chunks read as the fill value) would be
+    scanned for hours. Reads only metadata."""
+    import h5py
+
+    where = f"{h5_path}: dataset {split!r}"
+    if isinstance(link, h5py.ExternalLink):
+        raise UserError(f"{where} is a link to another file ({link.filename}); copy the data into this file")
+    plist = dataset.id.get_create_plist()
+    if dataset.is_virtual or plist.get_external_count() > 0:
+        raise UserError(f"{where} is stored outside the file (external or virtual storage); a corpus must be"
+                        " stored in the file itself (bin/preprocess writes one)")
+    declared = dataset.shape[0] * dataset.dtype.itemsize
+    file_size = os.path.getsize(h5_path)
+    if declared > _MAX_DECLARED_PER_FILE_BYTE * max(file_size, 1) + (1 << 20):
+        raise UserError(f"{where} declares {dataset.shape[0]:,} tokens in a file of {file_size:,} bytes: more than"
+                        " the file can hold; it is not a corpus written by bin/preprocess")
+    if plist.get_layout() == h5py.h5d.CHUNKED:
+        chunk = dataset.chunks[0]
+        expected = -(-dataset.shape[0] // chunk)
+        if dataset.id.get_num_chunks() < expected:
+            raise UserError(f"{where} declares {dataset.shape[0]:,} tokens and stores {dataset.id.get_num_chunks()}"
+                            f" of their {expected} chunks (the rest would read as its fill value); it is incomplete")
+    elif dataset.shape[0] and dataset.id.get_storage_size() < declared:
+        raise UserError(f"{where} declares {dataset.shape[0]:,} tokens and stores"
+                        f" {dataset.id.get_storage_size():,} of their {declared:,} bytes; it is incomplete")
 
 
 def check_ids_match(h5_path: str, vocab: Vocabulary, json_path: str) -> None:

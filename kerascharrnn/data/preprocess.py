@@ -8,10 +8,13 @@ is handled with numpy (a code-point lookup table), never a Python loop per chara
 from __future__ import annotations
 
 import dataclasses
-from typing import List
+import hashlib
+import os
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from kerascharrnn import upstream
 from kerascharrnn.data.text import CHUNK_BYTES, check_encoding, iter_units
 from kerascharrnn.errors import UserError
 from kerascharrnn.errors import setting as ref
@@ -35,12 +38,25 @@ def split_sizes(total: int, val_frac: float, test_frac: float) -> SplitSizes:
     return SplitSizes(train=total - val - test, val=val, test=test)
 
 
-def build_vocabulary(path: str, encoding: str, chunk_bytes: int = CHUNK_BYTES):
-    """First pass: tokens in order of first appearance, the id lookup table and the token count."""
+def _hashed(chunks: Iterator[np.ndarray], digest: Optional["hashlib._Hash"]) -> Iterator[np.ndarray]:
+    for units in chunks:
+        if digest is not None:
+            digest.update(units.tobytes())
+        yield units
+
+
+def _stamp(path: str) -> Tuple[int, int]:
+    status = os.stat(path)
+    return status.st_size, status.st_mtime_ns
+
+
+def build_vocabulary(path: str, encoding: str, chunk_bytes: int = CHUNK_BYTES, digest=None):
+    """First pass: tokens in order of first appearance, the id lookup table and the token count (and the
+    text's units into `digest`, a hashlib object, when given)."""
     table = np.zeros(256 if encoding == BYTES else _MAX_CODE_POINT, dtype=np.uint32)  # unit -> 1-based id
     tokens: List[int] = []
     total = 0
-    for units in iter_units(path, encoding, chunk_bytes):
+    for units in _hashed(iter_units(path, encoding, chunk_bytes), digest):
         total += units.size
         unseen = units[table[units] == 0]
         if unseen.size:
@@ -96,7 +112,11 @@ def preprocess(
     files.require_writable_dir_for(output_h5)
     files.require_writable_dir_for(output_json)
 
-    vocab, table, total = build_vocabulary(input_txt, encoding, chunk_bytes)
+    # The file is read twice: a corpus that changes in between (an editor saving, a download still running)
+    # would give ids of a vocabulary it no longer has (0s) or splits of the wrong size. The two passes' text
+    # and the file's size and time must agree, or nothing is written.
+    stamp, first_pass = _stamp(input_txt), hashlib.sha256()
+    vocab, table, total = build_vocabulary(input_txt, encoding, chunk_bytes, digest=first_pass)
     sizes = split_sizes(total, val_frac, test_frac)
     if sizes.train < 2:
         raise UserError(
@@ -117,9 +137,13 @@ def preprocess(
             with h5py.File(tmp_h5, "w") as f:
                 splits = [(f.create_dataset(name, (size,), dtype=dtype), size)
                           for name, size in (("train", sizes.train), ("val", sizes.val), ("test", sizes.test))]
-                _write_ids(iter_units(input_txt, encoding, chunk_bytes), table, dtype, splits)
+                second_pass = hashlib.sha256()
+                _write_ids(_hashed(iter_units(input_txt, encoding, chunk_bytes), second_pass), table, dtype, splits)
+            if second_pass.digest() != first_pass.digest() or _stamp(input_txt) != stamp:
+                raise UserError(f"{input_txt} changed while it was read (its two passes differ); nothing was"
+                                " written: run again once the file is complete")
             files.write_text_atomic(output_json, vocab.to_json())
-    except OSError as e:  # a full disk, mostly: the temporary is gone, the old outputs are intact
+    except upstream.h5py_write_errors() as e:  # a full disk, mostly: the temporary is gone, the old outputs intact
         raise files.write_error(output_h5, e) from None
     return sizes
 
@@ -132,6 +156,8 @@ def _write_ids(chunks, table: np.ndarray, dtype, splits) -> None:
         while ids.size:
             while splits[split_index][1] == position:
                 split_index, position = split_index + 1, 0
+                if split_index == len(splits):  # more text than the first pass counted: the caller refuses
+                    return
             dataset, size = splits[split_index]
             take = min(size - position, ids.size)
             dataset[position:position + take] = ids[:take]

@@ -78,6 +78,7 @@ def saved_model_engine(version_dir: str, vocab: Vocabulary, jit_compile: bool = 
     signature = loaded.signatures["step"]
     specs = signature.structured_input_signature[1]
     names = _state_names(specs)
+    _check_vocab_fits(signature.structured_outputs["logits"].shape[-1], vocab, version_dir)
     sampler = Sampler.for_tf_step(_named_step(signature, names), [specs[n].shape[1] for n in names], vocab.size,
                                   jit_compile=jit_compile)
     return Engine(vocab, sampler, version_dir, loaded=loaded)
@@ -89,6 +90,8 @@ def tflite_engine(path: str, vocab: Vocabulary) -> Engine:
     interpreter = load_interpreter(path)
     details = interpreter.get_signature_runner("step").get_input_details()
     names = _state_names(details)
+    _check_vocab_fits(interpreter.get_signature_runner("step").get_output_details()["logits"]["shape"][-1], vocab,
+                      path)
     step = _signature(interpreter, "step", ["ids", *names], ["logits", *names])
 
     def step_fn(ids, states):
@@ -110,6 +113,14 @@ def tflite_engine(path: str, vocab: Vocabulary) -> Engine:
         multi_step = sampling.MultiStep(int(prompt_shape[1]), steps_fn)
     return Engine(vocab, Sampler.for_numpy_step(step_fn, [int(details[n]["shape"][1]) for n in names], vocab.size,
                                                 multi_step=multi_step), path)
+
+
+def _check_vocab_fits(model_vocab_size, vocab: Vocabulary, path: str) -> None:
+    """An exported model and the vocabulary beside it must agree (a vocab.json swapped or edited would sample
+    ids that name no character, or tokens the model never makes)."""
+    if model_vocab_size is not None and int(model_vocab_size) != vocab.size:
+        raise UserError(f"{path}: the model makes {int(model_vocab_size)} tokens and its vocabulary has {vocab.size};"
+                        " they come from different exports")
 
 
 def _signature(interpreter, name: str, input_names: Sequence[str], output_names: Sequence[str]) -> Callable:

@@ -10,10 +10,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from typing import Dict
+from typing import Dict, Optional
 
+from kerascharrnn import config as config_lib
+from kerascharrnn.config import ModelConfig
 from kerascharrnn.errors import UserError
 from kerascharrnn.errors import setting as ref
 from kerascharrnn.io import files
@@ -72,6 +75,17 @@ def saved_model_vocab(version_dir: str) -> Vocabulary:
     if not os.path.isfile(path):
         raise UserError(f"{version_dir}: no {EXTRA_DIR}/{VOCAB_FILE}; was it written by bin/export?")
     return Vocabulary.load(path)
+
+
+def saved_model_config(version_dir: str) -> Optional[ModelConfig]:
+    """The architecture an export records in its export.json (None if it records none, or cannot be read:
+    it only feeds the listings of bin/serve)."""
+    try:
+        with open(os.path.join(version_dir, EXTRA_DIR, INFO_FILE), encoding="utf-8") as f:
+            values = json.load(f).get("model_config")
+        return config_lib.from_dict(ModelConfig, values, INFO_FILE)
+    except (OSError, ValueError, AttributeError, RecursionError, UserError):
+        return None
 
 
 def check_tflite_file(path: str) -> None:

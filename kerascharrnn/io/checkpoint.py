@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
+import hashlib
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from kerascharrnn import config as config_lib
-from kerascharrnn import upstream
+from kerascharrnn import resources, upstream
 from kerascharrnn.config import ModelConfig, TrainConfig
 from kerascharrnn.errors import UserError
 from kerascharrnn.io import files
@@ -53,14 +54,30 @@ def save_state(path: str, arrays: Dict[str, np.ndarray]) -> None:
             os.fsync(f.fileno())
 
 
-def load_state(path: str) -> Dict[str, np.ndarray]:
+def load_state(path: str, max_bytes: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """The training state's arrays: numbers only, finite (optimizer moments, RNN state, counters). With
+    `max_bytes` (resources.training_state_bytes of the model), a file that declares more is refused unread."""
     try:
+        if max_bytes is not None:
+            with zipfile.ZipFile(path) as archive:
+                declared = sum(info.file_size for info in archive.infolist())
+            if declared > max_bytes:
+                raise UserError(f"{path}: the training state declares {declared:,} bytes; this model's holds at most"
+                                f" {max_bytes:,}; refused unread")
         with np.load(path, allow_pickle=False) as data:  # never unpickle
-            return {k: data[k] for k in data.files}
+            arrays = {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise UserError(f"{path}: no such file (the checkpoint's training state)") from None
     except (OSError, ValueError, zipfile.BadZipFile):
         raise UserError(f"{path}: training state is unreadable (truncated or corrupt)") from None
+    for name, value in arrays.items():
+        if value.dtype.kind not in "biuf":
+            raise UserError(f"{path}: training state {name!r} holds {value.dtype} values, not numbers")
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise UserError(f"{path}: training state {name!r} holds NaN or infinite values")
+        if value.dtype.kind in "iu" and value.size and value.min() < 0 and name.endswith("iterations"):
+            raise UserError(f"{path}: training state {name!r} is below zero")
+    return arrays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +94,9 @@ class CheckpointRecord:
       history: the loss histories, and times/memory under --speed_benchmark/--memory_benchmark.
       best_val_loss: the lowest val loss so far, or None.
       elapsed_seconds: wall time spent training so far, resumes included (--max_minutes counts it).
+      digests: SHA-256 of the .keras and .state.npz it was written with, and of the training data ({"model",
+        "state", "data"}; empty in records before v0.3), so that a resume never pairs it with another
+        checkpoint's files, nor, unknowingly, with other data.
     """
 
     path: str
@@ -89,6 +109,7 @@ class CheckpointRecord:
     history: Dict[str, List[float]]
     best_val_loss: Optional[float] = None
     elapsed_seconds: float = 0.0
+    digests: Dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def model_path(self) -> str:
@@ -111,7 +132,25 @@ class CheckpointRecord:
             "model_file": self.model_file,
             "state_file": self.state_file,
             "vocab": self.vocab.to_json_dict(),
+            **({"digests": self.digests} if self.digests else {}),
         }
+
+    def check_files(self) -> None:
+        """The record, its .keras and its .state.npz are one checkpoint: UserError if a file is missing or is
+        not the one the record was written with (its digest, where the record has one)."""
+        for kind, path in (("model", self.model_path), ("state", self.state_path)):
+            files.require_file(path, "checkpoint file")
+            if kind in self.digests and file_digest(path) != self.digests[kind]:
+                raise UserError(f"{path} is not the file {self.path} was written with (from another iteration or"
+                                " run?); the checkpoint's files disagree, so it cannot be resumed")
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_checkpoint(paths: CheckpointPaths, charrnn, state: Dict[str, np.ndarray], record: CheckpointRecord,
@@ -126,7 +165,9 @@ def save_checkpoint(paths: CheckpointPaths, charrnn, state: Dict[str, np.ndarray
     charrnn.save(paths.model)
     save_state(paths.state, state)
     record = dataclasses.replace(record, path=paths.json, model_file=os.path.basename(paths.model),
-                                 state_file=os.path.basename(paths.state))
+                                 state_file=os.path.basename(paths.state),
+                                 digests={**record.digests, "model": file_digest(paths.model),
+                                          "state": file_digest(paths.state)})
     files.write_text_atomic(paths.json, json.dumps(record.to_json_dict(num_train_batches), indent=1))
 
 
@@ -162,13 +203,48 @@ def read_keras_file(path: str) -> KerasFile:
     return dataclasses.replace(_KERAS_FILES[key], path=path)
 
 
+# The members a checkpoint holds (Keras's, then ours), and how large each small one can be: what a file
+# declares is checked before anything is read or expanded (a zip of a few MB can expand to GBs).
+_MEMBER_LIMITS = {"metadata.json": 1 << 20, "config.json": 16 << 20, VOCAB_ENTRY: 64 << 20,
+                  MODEL_CONFIG_ENTRY: 1 << 20}
+_WEIGHTS = "model.weights.h5"
+
+
+def _check_members(infos: Dict[str, zipfile.ZipInfo], path: str) -> None:
+    for name, info in infos.items():
+        if name not in _MEMBER_LIMITS and name != _WEIGHTS:
+            raise UserError(f"{path}: holds a member {name[:100]!r} that no checkpoint has; refused unread")
+        if name in _MEMBER_LIMITS and info.file_size > _MEMBER_LIMITS[name]:
+            raise UserError(f"{path}: its {name} declares {info.file_size:,} bytes, more than a checkpoint's"
+                            f" {name} can be ({_MEMBER_LIMITS[name]:,}); refused unread")
+
+
+def _weights_limit(model_config: ModelConfig) -> int:
+    """The most bytes the weights of a model of this config can take, with room for HDF5's own."""
+    H = model_config.rnn_size
+    attention = 4 * H * model_config.copy_heads * model_config.copy_head_size if model_config.copy_memory else 0
+    return 2 * 4 * (resources.parameter_count(model_config) + attention) + (1 << 20)
+
+
 def _read_keras_file(path: str) -> KerasFile:
     try:
         with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
+            infos = {info.filename: info for info in archive.infolist()}
+            names = set(infos)
+            _check_members(infos, path)
+            # the small entries first (each read checks its own CRC), then the weights' declared size against
+            # the config, and only then the whole archive's CRCs (which reads the weights)
+            try:
+                entries = {name: archive.read(name) for name in ("config.json", VOCAB_ENTRY, MODEL_CONFIG_ENTRY)
+                           if name in names}
+            except zipfile.BadZipFile as e:  # a member that fails its CRC
+                raise UserError(f"{path}: corrupt .keras checkpoint ({e})") from None
+            model_config = _stored_config(entries, path)
+            if model_config is not None and _WEIGHTS in infos and \
+                    infos[_WEIGHTS].file_size > _weights_limit(model_config):
+                raise UserError(f"{path}: its weights declare {infos[_WEIGHTS].file_size:,} bytes; a model of its"
+                                f" config holds at most {_weights_limit(model_config):,}; refused unread")
             bad = archive.testzip()
-            entries = {name: archive.read(name) for name in ("config.json", VOCAB_ENTRY, MODEL_CONFIG_ENTRY)
-                       if name in names and bad is None}
     except zipfile.BadZipFile:
         raise UserError(f"{path}: not a .keras checkpoint (not a zip archive; truncated or another format?)") \
             from None
@@ -185,18 +261,55 @@ def _read_keras_file(path: str) -> KerasFile:
     def entry(name):
         try:
             return json.loads(entries[name].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # (nested beyond any real config)
             raise UserError(f"{path}: its {name} entry is not JSON") from None
 
     vocab = Vocabulary.from_json_dict(entry(VOCAB_ENTRY), source=f"{path}:{VOCAB_ENTRY}")
-    for field, size in _model_io_sizes(entry("config.json"), path).items():
+    layers = entry("config.json")
+    for field, size in _model_io_sizes(layers, path).items():
         if size != vocab.size:
             layer = "Embedding input_dim (input)" if field == "input_dim" else "Dense units (output)"
             raise UserError(f"{path}: its {VOCAB_ENTRY} has {vocab.size} tokens but the model's {layer} is {size}")
-    model_config = None
-    if MODEL_CONFIG_ENTRY in entries:
-        model_config = config_lib.from_dict(ModelConfig, entry(MODEL_CONFIG_ENTRY), f"{path}:{MODEL_CONFIG_ENTRY}")
+    if model_config is not None:
+        if model_config.vocab_size != vocab.size:
+            raise UserError(f"{path}: its {MODEL_CONFIG_ENTRY} says vocab_size {model_config.vocab_size} and its"
+                            f" {VOCAB_ENTRY} has {vocab.size} tokens")
+        _check_layers_agree(layers, model_config, path)
     return KerasFile(path, vocab, model_config)
+
+
+def _stored_config(entries: Dict[str, bytes], path: str) -> Optional[ModelConfig]:
+    if MODEL_CONFIG_ENTRY not in entries:
+        return None  # v0.1.0 files store none
+    try:
+        values = json.loads(entries[MODEL_CONFIG_ENTRY].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise UserError(f"{path}: its {MODEL_CONFIG_ENTRY} entry is not JSON") from None
+    return config_lib.from_dict(ModelConfig, values, f"{path}:{MODEL_CONFIG_ENTRY}")
+
+
+# config.json's layer sizes that model_config.json also states: Keras builds from the one, the checks read the
+# other, so they must agree (a 5,000,000-wide layer declared in one alone would be built before any error)
+_LAYER_SIZES = {"Embedding": {"output_dim": "wordvec_size"}, "LSTM": {"units": "rnn_size"},
+                "GRU": {"units": "rnn_size"}, "SimpleRNN": {"units": "rnn_size"},
+                "CopyAttention": {"memory_size": "copy_memory", "num_heads": "copy_heads",
+                                  "head_size": "copy_head_size"}}
+
+
+def _check_layers_agree(values: dict, model_config: ModelConfig, path: str) -> None:
+    recurrent = 0
+    for layer in values["config"]["layers"]:
+        config = layer.get("config") if isinstance(layer, dict) else None
+        sizes = _LAYER_SIZES.get(layer.get("class_name") if isinstance(layer, dict) else None, {})
+        for key, field in sizes.items():
+            if not isinstance(config, dict) or config.get(key) != getattr(model_config, field):
+                raise UserError(f"{path}: its config.json and {MODEL_CONFIG_ENTRY} disagree: a {layer['class_name']}"
+                                f" layer's {key} is {config.get(key) if isinstance(config, dict) else None!r}, the"
+                                f" model's {field} {getattr(model_config, field)}")
+        recurrent += layer.get("class_name") in ("LSTM", "GRU", "SimpleRNN") if isinstance(layer, dict) else 0
+    if recurrent != model_config.num_layers:
+        raise UserError(f"{path}: its config.json has {recurrent} recurrent layers and {MODEL_CONFIG_ENTRY} says"
+                        f" num_layers {model_config.num_layers}")
 
 
 def _model_io_sizes(values, path: str) -> Dict[str, int]:
@@ -262,12 +375,25 @@ def load_keras(path: str):
 
     read_keras_file(path)
     try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
     except upstream.damaged_file_errors() as e:
         if upstream.is_safe_mode_refusal(e):
             raise UserError(f"{path}: refused: it contains code (a Lambda layer); not loaded in safe mode") from None
         detail = str(e).splitlines()[0][:200] if isinstance(e, ValueError) and str(e) else type(e).__name__
         raise UserError(f"{path}: not a loadable Keras model ({detail})") from None
+    check_finite_weights(model, path)
+    return model
+
+
+def check_finite_weights(model, path: str) -> None:
+    """A weight holding NaN or Inf (a run that diverged, a damaged file) would sample, evaluate, export and
+    serve garbage without a word: refused, naming the layer, as torch_checkpoint refuses such a .t7."""
+    for variable in model.weights:
+        value = np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable)
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            raise UserError(f"{path}: weight {variable.path} holds {bad} NaN or infinite values (the training run"
+                            " diverged, or the file is damaged); not loaded")
 
 
 def _read_json_object(path: str) -> dict:
@@ -275,7 +401,7 @@ def _read_json_object(path: str) -> dict:
     try:
         with open(path, "rb") as f:
             record = json.loads(f.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise UserError(f"{path}: not JSON (truncated or another kind of file)") from None
     except OSError as e:
         raise UserError(f"{path}: cannot be read: {e.strerror or e}") from None
@@ -312,15 +438,28 @@ def read_record(path: str) -> CheckpointRecord:
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in series):
             raise UserError(f"{path}: checkpoint JSON field {key!r} must be a list of numbers")
         history[key] = [float(v) if key != "val_loss_history_it" else int(v) for v in series]
+    if len(history["val_loss_history"]) != len(history["val_loss_history_it"]):
+        raise UserError(f"{path}: checkpoint JSON fields 'val_loss_history' and 'val_loss_history_it' differ in"
+                        f" length ({len(history['val_loss_history'])} and {len(history['val_loss_history_it'])})")
     best = values.get("best_val_loss")
-    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best)):
-        raise UserError(f"{path}: checkpoint JSON field 'best_val_loss' must be a number or null")
+    # (a diverging run records an infinite loss, and the histories keep what happened: NaN and Infinity stay
+    # there; but no loss is below zero, nor NaN at best)
+    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best)
+                             or best < 0):
+        raise UserError(f"{path}: checkpoint JSON field 'best_val_loss' must be a number >= 0 or null")
     elapsed = _field(values, "elapsed_seconds", (int, float), path, default=0.0)
     if not math.isfinite(elapsed) or elapsed < 0:
         raise UserError(f"{path}: checkpoint JSON field 'elapsed_seconds' must be a number >= 0")
     iteration = _field(values, "iteration", (int,), path)
     if iteration < 0:
         raise UserError(f"{path}: checkpoint JSON field 'iteration' must be >= 0")
+    if any(not 0 <= it <= iteration for it in history["val_loss_history_it"]):
+        raise UserError(f"{path}: checkpoint JSON field 'val_loss_history_it' holds an iteration outside"
+                        f" 0..{iteration}")
+    digests = _field(values, "digests", (dict,), path, default={})
+    if not all(k in ("model", "state", "data") and isinstance(v, str) for k, v in digests.items()):
+        raise UserError(f"{path}: checkpoint JSON field 'digests' must map 'model', 'state' and 'data' to SHA-256"
+                        " texts")
     train_values = dict(_field(values, "train_config", (dict,), path))
     model_values = _field(values, "model_config", (dict,), path)
     if "fused" not in train_values:
@@ -338,6 +477,7 @@ def read_record(path: str) -> CheckpointRecord:
         history=history,
         best_val_loss=best,
         elapsed_seconds=float(elapsed),
+        digests=dict(digests),
     )
 
 

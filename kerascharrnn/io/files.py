@@ -8,8 +8,9 @@ import os
 import shutil
 import stat
 import tempfile
-from typing import Iterator
+from typing import Iterator, Optional
 
+from kerascharrnn import upstream
 from kerascharrnn.errors import UserError
 from kerascharrnn.errors import setting as ref
 
@@ -63,10 +64,10 @@ def temp_prefix(path: str, suffix: str = "") -> str:
     return "." + name + "."
 
 
-def _disk_full(e: OSError, path: str) -> bool:
-    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+def _disk_full(code: Optional[int], path: str) -> bool:
+    if code in (errno.ENOSPC, errno.EDQUOT):
         return True
-    if e.errno is None:  # h5py's write errors carry no errno; the free space tells
+    if code is None:  # some of h5py's write errors carry no errno; the free space tells
         try:
             return shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < (1 << 20)
         except OSError:
@@ -74,10 +75,40 @@ def _disk_full(e: OSError, path: str) -> bool:
     return False
 
 
-def write_error(path: str, e: OSError) -> UserError:
+def write_reason(path: str, e: BaseException) -> str:
+    """Why a write failed (an OSError, or h5py's: upstream.h5py_write_errors), in a few words."""
+    code = upstream.errno_of(e)
+    if code == errno.EFBIG:
+        return "File too large (past the file-size limit, `ulimit -f`, or the file system's)"
+    if _disk_full(code, path):
+        return "no space left on the device"
+    return getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0][:300]
+
+
+def write_error(path: str, e: BaseException) -> UserError:
     """A failed write as one line; the file it was to replace is intact (the caller wrote a temporary)."""
-    reason = "no space left on the device" if _disk_full(e, path) else (e.strerror or str(e).splitlines()[0])
-    return UserError(f"could not write {path}: {reason}; any existing {os.path.basename(path)} is unchanged")
+    return UserError(f"could not write {path}: {write_reason(path, e)}; any existing {os.path.basename(path)} is"
+                     " unchanged")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def require_replaceable(path: str, what: str = "output") -> None:
+    """Raises UserError if `path` exists (through a symlink too) as anything but a regular file: an output
+    written by renaming a new file onto it would replace a device, a pipe or a socket (as root, /dev/null)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # not there (or a dangling link): nothing to replace
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{what} {path}: is {_kind(mode)}; an output must be a regular file or not exist yet"
+                        " (it is left untouched)")
 
 
 @contextlib.contextmanager
@@ -86,8 +117,10 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
 
     A crash or an exception leaves any existing `path` untouched (os.replace is atomic on POSIX). The
     new file keeps the mode of the one it replaces (a new one gets the umask's). `suffix` keeps an
-    extension that a writer insists on (Keras wants ".keras").
+    extension that a writer insists on (Keras wants ".keras"). A `path` that is a device, a pipe or a socket
+    is refused (UserError) and left as it is.
     """
+    require_replaceable(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     mode = target_mode(path)
@@ -97,6 +130,7 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
     try:
         yield tmp
         os.chmod(tmp, mode)
+        require_replaceable(path)  # again: it may have appeared while the file was written
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

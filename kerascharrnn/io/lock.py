@@ -32,7 +32,7 @@ def describe_holder(text: str) -> str:
     try:
         info = json.loads(text)
         return f"pid {info['pid']} on {info['host']}, started {info['started']}: {info['command']}"
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return "another process (its lock file names no holder)"
 
 

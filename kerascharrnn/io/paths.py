@@ -14,7 +14,7 @@ from typing import Iterable, Optional, Sequence, Tuple
 from kerascharrnn.errors import UserError
 from kerascharrnn.errors import setting as ref
 from kerascharrnn.io import files
-from kerascharrnn.io.series import Series
+from kerascharrnn.io.series import LOCK_SUFFIX, Series
 
 Named = Tuple[str, str]  # (what the user called it (a flag, or errors.setting(name) in the library), the path)
 
@@ -53,7 +53,7 @@ def check_outputs(inputs: Iterable[Named], outputs: Sequence[Named], directories
 
     Args:
       inputs: (name, path) of every file the command reads; empty paths are skipped.
-      outputs: (name, path) of every file the command writes; each must not be an existing directory.
+      outputs: (name, path) of every file the command writes; each must be a regular file or not exist.
       directories: (name, path) of output directories the command fills (or replaces): no input may lie
         inside one, and no other output either.
     """
@@ -65,6 +65,7 @@ def check_outputs(inputs: Iterable[Named], outputs: Sequence[Named], directories
             raise UserError(f"{name} {path}: names a directory; give a file name")
         if os.path.isdir(path):
             raise UserError(f"{name} {path}: is a directory; give a file name")
+        files.require_replaceable(path, name)
         check_name_length(path, name)
     for i, (name, path) in enumerate(outputs):
         for in_name, in_path in inputs:
@@ -99,6 +100,11 @@ def check_checkpoint_name(checkpoint_name: str, inputs: Iterable[Named]) -> None
             raise UserError(f"{ref('checkpoint_name')} {checkpoint_name} would overwrite {name} {path}"
                             f" ({real(path)}); choose another {ref('checkpoint_name')}")
     check_name_length(Series(checkpoint_name).longest_file_name, ref("checkpoint_name"))
+    directory = os.path.dirname(prefix)
+    if os.path.isdir(directory):  # a series file that is a pipe or a device: refused now, not at a checkpoint
+        for entry in os.scandir(directory):
+            if pattern.match(entry.path) and not entry.name.endswith(LOCK_SUFFIX):  # io/lock.py checks its own
+                files.require_replaceable(entry.path, f"{ref('checkpoint_name')} {checkpoint_name}: its file")
 
 
 def check_output_dir(name: str, directory: str) -> None:

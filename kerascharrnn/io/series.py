@@ -73,3 +73,10 @@ class Series:
         extensions = "|".join(re.escape(ext) for ext in CHECKPOINT_EXTENSIONS)
         return re.compile(re.escape(self.name) + rf"(_(\d+|{BEST})({extensions})|{re.escape(LOSS_PLOT_SUFFIX)}"
                           rf"|{re.escape(LOCK_SUFFIX)})$")
+
+
+def name_of_record(path: str) -> Optional[str]:
+    """The checkpoint name whose series holds a record file, from where the file is and its name (not from
+    what it says): /runs/cv/ck_40.json or /runs/cv/ck_best.json -> /runs/cv/ck; None for another name."""
+    match = re.fullmatch(rf"(.+)_(\d+|{BEST})\.json", os.path.basename(path))
+    return os.path.join(os.path.dirname(os.path.abspath(path)), match.group(1)) if match else None

@@ -125,10 +125,23 @@ def _reader_class():
             last = offset + sum((n - 1) * s for n, s in zip(size, stride))
             if last >= storage.size:
                 raise _Corrupt(f"a tensor of size {size} reaches past its storage of {storage.size} numbers")
+            if _overlaps(size, stride):  # a stride of 0 repeats numbers: copied, such a view could take any memory
+                raise _Corrupt(f"a tensor of size {size}, stride {stride} repeats its storage's numbers")
             return np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
                                                    strides=[s * dtype.itemsize for s in stride], writeable=False)
 
     return Reader, reader_error
+
+
+def _overlaps(size, stride) -> bool:
+    """Whether a strided view reaches one number of its storage twice: ordered by stride, each dimension must
+    step past everything the smaller ones span."""
+    span = 1
+    for n, step in sorted(((n, s) for n, s in zip(size, stride) if n > 1), key=lambda pair: pair[1]):
+        if step < span:
+            return True
+        span = step * n
+    return False
 
 
 def load(path: str):

@@ -1,28 +1,30 @@
-"""bin/serve's web application: torch-rnn-server's API, which rnn-writer calls, plus a JSON API.
+"""bin/serve's web application: the APIs writers' tools speak, over one model.
 
-    GET  /                 {"message": ...}: rnn-writer's "is the server up" check
-    GET  /generate         ?start_text=<percent-encoded>&n=<int>: torch-rnn-server's sentence completions
-    GET  /healthz          liveness and the model's vocabulary size
-    POST /v1/generate      explicit sampling parameters in a JSON body
-    GET  /openapi.json, /docs   the schema, from FastAPI
+    GET  /, /generate          torch-rnn-server's API, which rnn-writer calls (rnn_writer.py)
+    POST /v1/completions       OpenAI's completions API; GET /v1/models (openai_api.py)
+    POST /api/generate         Ollama's; GET /api/tags, /api/version (ollama_api.py)
+    GET  /write                a writing page for a browser (page.py)
+    POST /v1/generate          our JSON API: explicit sampling parameters
+    GET  /healthz              liveness and the model's vocabulary size
+    GET  /openapi.json, /docs  the schema, from FastAPI
 
-Every error reply is JSON with a "message" key (rnn-writer shows it to the writer and silently ignores
-a body without one), 4xx for client mistakes, and a log line with the request; never a traceback.
-
-Model runs happen on one worker thread (batcher.py); torch-rnn-server's rules are in rules.py, the HTTP
-layer in http.py.
+Every error reply is in the shape of the API that was called (errors.py), 4xx for a client's mistake, with a
+log line (bounded: no client can fill the disk through the log); never a traceback. A body larger than
+config.max_body_bytes is refused before it is read, and bodies are parsed off the event loop. With an API
+key, every endpoint but the health check, rnn-writer's GET / and the writing page's files needs
+`Authorization: Bearer KEY` (401 otherwise). The model runs on one worker thread (batcher.py).
 
 (No `from __future__ import annotations` here: FastAPI must see the request model classes, which are
 built per app from the configured caps, as classes rather than strings.)
 """
 
-import logging
-import random
+import hashlib
+import hmac
+import json
 import time
 from typing import List, Literal, Optional
 
-import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,123 +32,75 @@ from starlette.exceptions import HTTPException
 
 from kerascharrnn.config import ServeConfig
 from kerascharrnn.inference.engines import Engine
-from kerascharrnn.serving.batcher import BatchingSampler
-from kerascharrnn.serving.rules import (
-    TEMPERATURES,
-    ClientError,
-    cut_at_stop,
-    cut_completion,
-    decode_component,
-    describe_characters,
-    lowercase_for,
-    normalize_start_text,
-    parse_n,
-    raw_query_value,
-    unknown_in,
-)
-from kerascharrnn.vocab import Vocabulary
+from kerascharrnn.serving import ollama_api, openai_api, page, rnn_writer
+from kerascharrnn.serving.batcher import BatchingSampler, Job
+from kerascharrnn.serving.context import Serving, finished_rows, log, short
+from kerascharrnn.serving.errors import MESSAGE, ClientError, dialect_for, error_reply
+from kerascharrnn.serving.rules import cut_at_stop, describe_characters, lowercase_for, unknown_in
 
-log = logging.getLogger("kerascharrnn.serve")
+# Endpoints open without the API key: liveness, rnn-writer's "is the server up" (it cannot send a key), and
+# the writing page's own files (a browser cannot send the key for a page load; the page sends it itself).
+OPEN_ENDPOINTS = (("GET", "/healthz"), ("GET", "/"), ("GET", page.PAGE))
+_OPEN_PREFIXES = (page.PAGE + "/",)
 
 
 def create_app(engine: Engine, config: ServeConfig, model_name: str = "charrnn",
-               batcher: Optional[BatchingSampler] = None) -> FastAPI:
-    """The FastAPI app over an engine (kerascharrnn.engines: vocab + sample_ids)."""
-    vocab: Vocabulary = engine.vocab
-    batcher = batcher or BatchingSampler(engine, config.max_batch_rows)
-    lowercase = lowercase_for(config.lowercase, vocab)
+               batcher: Optional[BatchingSampler] = None, api_key: Optional[str] = None,
+               parameters: int = 0) -> FastAPI:
+    """The FastAPI app over an engine (kerascharrnn.inference.engines).
+
+    Args:
+      engine: the model.
+      config: the server's settings and limits.
+      model_name: the name the APIs list the model under.
+      batcher: the worker to run requests on (default: a new one).
+      api_key: if given, required from every client (see OPEN_ENDPOINTS).
+      parameters: the model's parameter count, for the listings (0: unknown).
+    """
+    vocab = engine.vocab
+    batcher = batcher or BatchingSampler(engine, config.max_batch_rows, config.max_waiting)
+    digest = hashlib.sha256((model_name + "\n" + vocab.to_json()).encode("utf-8")).hexdigest()
+    ctx = Serving(engine, config, batcher, model_name, lowercase_for(config.lowercase, vocab), parameters,
+                  f"sha256:{digest}")
     app = FastAPI(title="kerascharrnn", version="1",
-                  description="Character-level RNN text generation; torch-rnn-server compatible at GET /generate.")
+                  description="Character-level RNN text generation: torch-rnn-server's GET /generate, OpenAI's"
+                              " /v1/completions, Ollama's /api/generate, and a writing page at /write.")
+    app.add_middleware(Guard, max_body_bytes=config.max_body_bytes, api_key=api_key)
 
-    def encode(text: str, field: str, unknown_chars: str = "error") -> np.ndarray:
-        """The prompt's ids; characters the vocabulary lacks are refused (400) or left out ("skip")."""
-        ids, _ = vocab.encode_known(text)
-        unknown = unknown_in(text, vocab)
-        if unknown and unknown_chars == "error":
-            raise ClientError(400, f"{field}: characters not in the model's vocabulary: {describe_characters(unknown)}"
-                              " (send unknown_chars: \"skip\" to leave them out)")
-        return ids
-
-    def check_start_text(text: str) -> None:
-        if len(text) > config.max_start_text:
-            raise ClientError(413, f"start_text is {len(text)} characters; the limit is {config.max_start_text}")
-
-    async def sentences(prompt: np.ndarray, n: int) -> List[str]:
-        """torch-rnn-server's completions: n sentences of acceptable length, redrawn a bounded number of times."""
-        accepted, rejected = [], 0
-        for _ in range(config.max_redraw_rounds):
-            rows = 2 * (n - len(accepted))  # oversample: a trained model passes about half its draws
-            sequences = await batcher.sample_ids([prompt] * rows, config.completion_chars,
-                                                 [random.choice(TEMPERATURES) for _ in range(rows)])
-            for ids in sequences:
-                text = cut_completion(vocab.decode(ids[len(prompt):]), config.completion_chars)
-                if len(accepted) < n and config.word_limit_short <= len(text.split()) <= config.word_limit_long:
-                    accepted.append(text)
-                else:
-                    rejected += 1
-            if len(accepted) == n:
-                break
-        else:
-            log.warning("only %d of %d completions passed the word limits after %d rounds (%d rejected)",
-                        len(accepted), n, config.max_redraw_rounds, rejected)
-        return accepted
+    def answer(request: Request, error: ClientError) -> JSONResponse:
+        dialect = dialect_for(request.url.path)
+        log.warning("%s %s -> %d: %s", request.method, short(str(request.url)), error.status, short(error.message))
+        reply = error_reply(dialect, error)
+        return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
 
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError):
-        log.warning("%s %s -> %d: %s", request.method, request.url, exc.status, exc.message)
-        return JSONResponse({"message": exc.message}, status_code=exc.status)
+        return answer(request, exc)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
-        log.warning("%s %s -> %d: %s", request.method, request.url, exc.status_code, exc.detail)
-        return JSONResponse({"message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        return answer(request, ClientError(exc.status_code, str(exc.detail), headers=exc.headers))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
                              for e in exc.errors())
-        log.warning("%s %s -> 422: %s", request.method, request.url, problems)
-        return JSONResponse({"message": problems[:500]}, status_code=422)
+        status = 422 if dialect_for(request.url.path) == MESSAGE else 400
+        return answer(request, ClientError(status, problems[:500]))
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception):
-        log.error("%s %s -> 500", request.method, request.url, exc_info=exc)
-        return JSONResponse({"message": "internal server error (logged on the server)"}, status_code=500)
-
-    @app.get("/")
-    async def root():
-        return {"message": f"kerascharrnn is serving {model_name}: GET /generate?start_text=...&n=3"}
+        log.error("%s %s -> 500", request.method, short(str(request.url)), exc_info=exc)
+        reply = error_reply(dialect_for(request.url.path), ClientError(500, "internal server error (logged on the"
+                                                                            " server)"))
+        return JSONResponse(reply.body, status_code=500)
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "model": model_name, "vocab_size": vocab.size}
-
-    @app.get("/generate")
-    async def generate_completions(
-        request: Request,
-        start_text: Optional[str] = Query(None, description="Percent-encoded text to complete (may be empty)."),
-        n: Optional[str] = Query(None, description=f"Completions wanted (default 1, at most {config.max_n})."),
-    ):
-        """torch-rnn-server's endpoint: n sentence completions, continuation only."""
-        del start_text, n  # declared for the schema; read raw below, since the reply echoes the raw value
-        started = time.perf_counter()
-        query = request.scope.get("query_string", b"")
-        raw_start_text = raw_query_value(query, "start_text") or ""
-        text = decode_component(raw_start_text, "start_text")
-        check_start_text(text)
-        count = parse_n(raw_query_value(query, "n"), config.max_n)
-        # rnn-writer sends whatever the writer typed: characters the model lacks are left out of the
-        # priming, never refused (an error would show instead of suggestions)
-        prompt, _ = vocab.encode_known(normalize_start_text(text, lowercase))
-        unknown = unknown_in(text, vocab, lowercase)
-        if unknown:
-            log.info("GET /generate: left out of the priming (not in the vocabulary): %s", describe_characters(unknown))
-        completions = await sentences(prompt, count)
-        return {"start_text": raw_start_text, "completions": completions,
-                "time": f"{time.perf_counter() - started:.2f}"}
+        return {"status": "ok", "model": model_name, "vocab_size": vocab.size, "waiting": batcher.waiting}
 
     class GenerateRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = ConfigDict(extra="forbid", strict=True)  # JSON true is not a number, "5" not an int
         start_text: str = Field("", description="Text to continue (not lower-cased here).")
         num_new_chars: int = Field(200, ge=0, le=config.max_num_new_chars)
         temperature: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="0 = argmax.")
@@ -167,16 +121,78 @@ def create_app(engine: Engine, config: ServeConfig, model_name: str = "charrnn",
         time: float
 
     @app.post("/v1/generate", response_model=GenerateReply)
-    async def generate_v1(body: GenerateRequest):
+    async def generate_v1(body: GenerateRequest, request: Request):
         """Continuations of start_text (without it), each cut at the first stop string if any."""
         started = time.perf_counter()
-        check_start_text(body.start_text)
-        prompt = encode(body.start_text, "start_text", body.unknown_chars)
-        sequences = await batcher.sample_ids([prompt] * body.num_samples, body.num_new_chars,
-                                             [body.temperature] * body.num_samples, top_k=body.top_k,
-                                             top_p=body.top_p, seed=body.seed)
-        cut = [cut_at_stop(vocab.decode(ids[len(prompt):]), body.stop) for ids in sequences]
+        ctx.check_prompt_length(body.start_text, "start_text")
+        unknown = unknown_in(body.start_text, vocab)
+        if unknown and body.unknown_chars == "error":
+            raise ClientError(400, f"start_text: characters not in the model's vocabulary:"
+                                   f" {describe_characters(unknown)} (send unknown_chars: \"skip\" to leave them out)")
+        prompt = ctx.prompt_ids(body.start_text, "POST /v1/generate")
+        job = ctx.submit(Job([prompt] * body.num_samples, body.num_new_chars, [body.temperature] * body.num_samples,
+                             top_k=body.top_k, top_p=body.top_p, seed=body.seed))
+        cut = [cut_at_stop(vocab.decode(ids), body.stop) for ids, _ in await finished_rows(job, request)]
         return GenerateReply(start_text=body.start_text, completions=[c for c, _ in cut],
                              finish_reasons=[r for _, r in cut], time=round(time.perf_counter() - started, 4))
 
+    for api in (rnn_writer, openai_api, ollama_api, page):
+        app.include_router(api.routes(ctx))
     return app
+
+
+class Guard:
+    """ASGI middleware in front of every request: the API key (when set) and the body's size, checked before a
+    byte of the body is read. Answers in the shape of the API the path belongs to."""
+
+    def __init__(self, app, max_body_bytes: int, api_key: Optional[str]):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.api_key = api_key.encode("utf-8") if api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, method = scope.get("path", ""), scope.get("method", "")
+        headers = dict(scope.get("headers") or [])
+        if self.api_key and not _open(method, path) and not self._authorized(headers.get(b"authorization", b"")):
+            return await self._refuse(scope, send, ClientError(
+                401, "Incorrect API key provided: send Authorization: Bearer <the server's --api_key>",
+                code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return await self._refuse(scope, send, self._too_large())
+        received = 0
+
+        async def bounded_receive():
+            nonlocal received
+            message = await receive()
+            if message.get("type") == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise self._too_large()
+            return message
+
+        return await self.app(scope, bounded_receive, send)
+
+    def _authorized(self, header: bytes) -> bool:
+        scheme, _, key = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(key.strip(), self.api_key)
+
+    def _too_large(self) -> ClientError:
+        return ClientError(413, f"the request body is larger than the server's limit of {self.max_body_bytes}"
+                                " bytes (--max_body_bytes)")
+
+    @staticmethod
+    async def _refuse(scope, send, error: ClientError) -> None:
+        log.warning("%s %s -> %d: %s", scope.get("method"), short(scope.get("path", "")), error.status, error.message)
+        reply = error_reply(dialect_for(scope.get("path", "")), error)
+        body = json.dumps(reply.body).encode("utf-8")
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")] + [(k.lower().encode(), v.encode()) for k, v in reply.headers.items()]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _open(method: str, path: str) -> bool:
+    return (method, path) in OPEN_ENDPOINTS or (method == "GET" and path.startswith(_OPEN_PREFIXES))

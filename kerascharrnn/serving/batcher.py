@@ -1,108 +1,294 @@
-"""The model's one worker thread: requests queued at the same moment run as one batch.
+"""The model's one worker thread: every request's rows run in one shared batch, a chunk of characters at a time.
 
-Model runs happen on one thread, so the event loop never blocks, and the jobs waiting at the same moment
-(same length and filters, no fixed seed) merge into one batched run, so concurrent clients share the
-model's batch dimension instead of queueing for it.
+Model runs happen on one thread, so the event loop never blocks. The thread keeps one batch going (a
+sampling.Generation) and between chunks lets the next waiting requests join it (continuous batching: a new
+request does not wait for the others to finish), takes out the rows of requests whose clients went away or
+whose time ran out, and sends each request the characters its rows made, as they are made (streaming).
+Requests that cannot share a batch (another top-k or top-p, log-probabilities, or a fixed seed, which runs
+alone so that the same request gives the same text) wait until the batch drains, in arrival order. The
+queue of waiting requests is bounded: a full queue refuses at once (Overloaded), never queues forever.
 """
 
 import asyncio
 import collections
 import dataclasses
-import queue
+import logging
+import math
 import threading
-from typing import List, Optional
+import time
+from typing import AsyncIterator, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from kerascharrnn.inference.engines import Engine
-from kerascharrnn.serving.rules import bucket
+from kerascharrnn.inference.sampling import Generation, Piece
+
+log = logging.getLogger("kerascharrnn.serve")
+STREAM_CHUNK = 16  # characters per model call while a reply streams or a request waits to join the batch
+BULK_CHUNK = 128  # otherwise (replies sent whole, nobody waiting): fewer calls, less overhead per character
+FIRST_PIECE = 4  # a streamed reply's first piece: a new row reads its prompt and makes this many in one call
+_GRACE_SECONDS = 5.0  # past a job's time limit, its wait ends even if the worker never answers
 
 
-@dataclasses.dataclass
-class _Job:
+class Overloaded(Exception):
+    """The queue of waiting requests is full."""
+
+
+class Expired(Exception):
+    """The request's time limit passed before its text was made."""
+
+
+@dataclasses.dataclass(eq=False)
+class Job:
+    """One request's rows and what they share: the filters, a seed, the log-probabilities wanted.
+
+    Attributes:
+      prompts: one array of 0-based ids per row.
+      num_new: ids to make after each prompt (one number, or one per row).
+      temperatures: one per row (below sampling.ARGMAX_BELOW: argmax).
+      top_k, top_p: filters (0 / 1 = off).
+      seed: fixes the draws (the job then runs alone); None = random.
+      logprobs: how many most likely alternatives to report with each id (0 = none).
+      include_prompt: also report the prompt's ids (OpenAI's echo).
+      time_limit: seconds from submission within which the job must be done (Expired otherwise).
+      stream: its text is sent as it is made (the batch then runs in short chunks).
+    """
+
     prompts: List[np.ndarray]
-    temperatures: List[float]
-    num_new: int
-    top_k: int
-    top_p: float
-    seed: Optional[int]
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
+    num_new: object
+    temperatures: Sequence[float]
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: Optional[int] = None
+    logprobs: int = 0
+    include_prompt: bool = False
+    time_limit: float = math.inf
+    stream: bool = False
+
+    def __post_init__(self):
+        self.deadline = math.inf
+        self.cancelled = False
+        self.started = False  # its first piece was sent
+        self.rows_done: set = set()  # rows the request needs no more of (cut at a stop string)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._queue: Optional[asyncio.Queue] = None
 
     @property
-    def key(self):
-        return (self.num_new, self.top_k, self.top_p)
+    def key(self) -> Tuple:
+        """Jobs of one key can share a batch."""
+        return self.top_k, self.top_p, self.logprobs, self.seed
+
+    def cancel(self) -> None:
+        """The client went away: the job's rows leave the batch at the next chunk."""
+        self.cancelled = True
+
+    def cancel_row(self, row: int) -> None:
+        """The request needs no more of this row (its text met a stop string): it leaves the batch, unless the
+        job is seeded (a row leaving changes the draws of the others, and the same seeded request must give the
+        same text, streamed or not)."""
+        if self.seed is None:
+            self.rows_done.add(row)
+
+    def _send(self, item) -> None:  # from the worker thread
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    async def pieces(self) -> AsyncIterator[Tuple[int, Piece]]:
+        """(row, piece) as the rows' characters are made; ends when every row is done (or the job was
+        cancelled), raises Expired (or the model's error) if it failed. A worker that stops sending (it never
+        should) still ends the wait: Expired after the time limit and a grace period."""
+        while True:
+            try:
+                item = await asyncio.wait_for(self._queue.get(), timeout=self.time_limit + _GRACE_SECONDS)
+            except asyncio.TimeoutError:
+                self.cancel()
+                raise Expired(f"not done within its time limit of {self.time_limit:g} s") from None
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def rows(self) -> List[Tuple[np.ndarray, Optional[Tuple[np.ndarray, ...]]]]:
+        """Every row's ids (and their log-probabilities), once all are made."""
+        ids = [[] for _ in self.prompts]
+        reported = [[] for _ in self.prompts]
+        async for row, piece in self.pieces():
+            ids[row].append(piece.ids)
+            if piece.logprobs is not None:
+                reported[row].append(piece.logprobs)
+        return [(np.concatenate(parts) if parts else np.zeros(0, np.int32),
+                 tuple(np.concatenate(p) for p in zip(*logs)) if logs else None)
+                for parts, logs in zip(ids, reported)]
 
 
 class BatchingSampler:
-    """Runs generation on one worker thread; jobs queued together run as one batch."""
+    """Runs every job on one worker thread, rows of compatible jobs in one continuous batch.
 
-    def __init__(self, engine: Engine, max_rows: int = 64):
+    Args:
+      engine: the model.
+      max_rows: rows the batch may hold at once.
+      max_waiting: jobs that may wait for the batch; beyond, submit raises Overloaded.
+      clock: seconds (time.monotonic); the jobs' time limits are read from it.
+    """
+
+    def __init__(self, engine: Engine, max_rows: int = 64, max_waiting: int = 256,
+                 clock: Callable[[], float] = time.monotonic):
         self._engine = engine
         self._max_rows = max_rows
-        self._queue = queue.Queue()
+        self._max_waiting = max_waiting
+        self._clock = clock
+        self._waiting: collections.deque = collections.deque()
+        self._ready = threading.Condition()
         threading.Thread(target=self._work, name="kerascharrnn-sampler", daemon=True).start()
 
-    def warm_up(self) -> None:
-        """Traces the batch shapes a server uses, so no client pays for it."""
-        rows = 1
-        while rows <= self._max_rows:
-            self._engine.sample_ids([np.zeros(0, np.int32)] * rows, 2, temperature=1.0)
-            rows *= 2
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
 
-    async def sample_ids(self, prompts: List[np.ndarray], num_new: int, temperatures: List[float], top_k: int = 0,
-                       top_p: float = 1.0, seed: Optional[int] = None) -> List[np.ndarray]:
-        loop = asyncio.get_running_loop()
-        job = _Job(list(prompts), list(temperatures), num_new, top_k, top_p, seed, loop.create_future(), loop)
-        self._queue.put(job)
-        return await job.future
+    @property
+    def max_rows(self) -> int:
+        return self._max_rows
+
+    def warm_up(self) -> None:
+        """Traces the loops a server uses (the sampling loop is traced once for every batch size), so that no
+        client pays for it."""
+        for logprobs in (0, 1):
+            run = self._engine.sampler.generate([np.zeros(1, np.int32)] * 2, 2, chunk_size=2, logprobs=logprobs)
+            while not run.done:
+                run.advance()
+
+    def submit(self, job: Job) -> Job:
+        """Queues a job (on the event loop's thread); its pieces arrive through job.pieces()."""
+        if len(job.prompts) > self._max_rows:
+            raise ValueError(f"a job of {len(job.prompts)} rows; the batch holds {self._max_rows}")
+        job._loop = asyncio.get_running_loop()
+        job._queue = asyncio.Queue()
+        job.deadline = self._clock() + job.time_limit
+        with self._ready:
+            if len(self._waiting) >= self._max_waiting:
+                raise Overloaded(f"{len(self._waiting)} requests are waiting")
+            self._waiting.append(job)
+            self._ready.notify()
+        return job
+
+    # --- the worker thread ----------------------------------------------------------------------------
 
     def _work(self) -> None:
-        backlog = collections.deque()
+        run: Optional[Generation] = None
+        members: Dict[int, Tuple[Job, int]] = {}  # the batch's row -> (job, the job's own row)
+        key = None
         while True:
-            job = backlog.popleft() if backlog else self._queue.get()
-            batch, rows = [job], len(job.prompts)
-            if job.seed is None:  # a fixed seed runs alone, so the same request gives the same text
-                waiting = list(backlog)
-                backlog.clear()
-                while True:
-                    try:
-                        waiting.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                for other in waiting:
-                    if other.seed is None and other.key == job.key and rows + len(other.prompts) <= self._max_rows:
-                        batch.append(other)
-                        rows += len(other.prompts)
-                    else:
-                        backlog.append(other)
-            self._run(batch)
+            with self._ready:
+                while run is None and not self._waiting:
+                    self._ready.wait()
+                joining = self._admit(key if run is not None else None, len(members))
+            try:
+                run, key = self._step(run, members, key, joining)
+            except Exception as e:  # noqa: BLE001 - the worker must live on: the error goes to the requests
+                log.exception("the model failed; the requests in its batch get the error")
+                for job in {job for job, _ in members.values()} | set(joining):
+                    job._send(e)
+                run, members, key = None, {}, None
 
-    def _run(self, batch: List[_Job]) -> None:
-        prompts = [p for job in batch for p in job.prompts]
-        temperatures = [t for job in batch for t in job.temperatures]
-        padding = bucket(len(prompts)) - len(prompts)
-        job = batch[0]
-        try:
-            sequences = self._engine.sample_ids(
-                prompts + [np.zeros(0, np.int32)] * padding, job.num_new,
-                temperature=np.array(temperatures + [1.0] * padding, np.float32), top_k=job.top_k, top_p=job.top_p,
-                seed=job.seed)
-        except Exception as e:  # noqa: BLE001 - not caught here: relayed to the waiting requests (their 500)
-            for job in batch:
-                job.loop.call_soon_threadsafe(_settle, job.future, None, e)
-            return
-        start = 0
-        for job in batch:
-            rows = sequences[start:start + len(job.prompts)]
-            start += len(job.prompts)
-            job.loop.call_soon_threadsafe(_settle, job.future, rows, None)
+    def _step(self, run: Optional[Generation], members: Dict[int, Tuple[Job, int]], key, joining: List[Job]):
+        """Lets the joining jobs in, takes the gone ones out, runs a chunk and sends its pieces; returns the
+        batch (None once it drained) and its key."""
+        if joining:
+            if run is None:
+                first = joining[0]
+                key = first.key
+                run = self._engine.sampler.generate(
+                    [], 0, top_k=first.top_k, top_p=first.top_p, seed=first.seed, chunk_size=STREAM_CHUNK,
+                    logprobs=first.logprobs, include_prompt=True, drop_finished=True)
+            for job in joining:
+                rows = run.add(job.prompts, job.num_new, job.temperatures)
+                members.update((row, (job, own)) for own, row in enumerate(rows))
+            joining.clear()  # in: from here on, an error reaches them through members
+        self._drop_gone(run, members)
+        if run is None or run.done:  # (a row with no id to make is done at once)
+            for job in {job for job, _ in members.values()}:
+                job._send(None)
+            members.clear()
+            return None, None
+        pieces = run.advance(self._chunk(run, members))
+        for row, piece in pieces.items():
+            job, own = members[row]
+            if job.cancelled:
+                continue
+            if not job.include_prompt:
+                piece = _without_prompt(piece, len(job.prompts[own]))
+            if len(piece.ids):
+                job.started = True
+                job._send((own, piece))
+        done = [row for row, piece in pieces.items() if piece.done]
+        finished = {members[row][0] for row in done}
+        for row in done:
+            del members[row]
+        self._finish(members, finished)
+        return run, key
+
+    def _chunk(self, run: Generation, members: Dict[int, Tuple[Job, int]]) -> int:
+        """Steps of the next call: a streamed reply that has sent nothing yet gets its first characters as soon
+        as its prompt is read (in one call); otherwise short chunks while anything streams or waits to join,
+        long ones when every reply goes whole."""
+        fresh = [row for row, (job, _) in members.items() if job.stream and not job.started]
+        if fresh:
+            return min(run.steps_to_new(fresh) + FIRST_PIECE, 4 * STREAM_CHUNK)
+        streaming = self._waiting or any(job.stream for job, _ in members.values())
+        return STREAM_CHUNK if streaming else BULK_CHUNK
+
+    def _admit(self, key, rows_in_batch: int) -> List[Job]:
+        """The waiting jobs that join the batch now, in arrival order: any job when there is no batch (and then
+        those that can share it), else those of the batch's key; a seeded job only into a batch of its own."""
+        joining = []
+        while self._waiting:
+            job = self._waiting[0]
+            starts = key is None and not joining
+            shares = job.key == (key if key is not None else joining[0].key if joining else None)
+            if not (starts or (shares and job.seed is None)):
+                break  # an incompatible job waits for the batch to drain; later ones wait behind it
+            if not starts and rows_in_batch + len(job.prompts) > self._max_rows:
+                break
+            joining.append(self._waiting.popleft())
+            rows_in_batch += len(job.prompts)
+            if job.seed is not None:
+                break
+        return joining
+
+    def _drop_gone(self, run: Optional[Generation], members: Dict[int, Tuple[Job, int]]) -> None:
+        """Takes out the rows of jobs whose client went away or whose time ran out; expires waiting jobs too."""
+        now = self._clock()
+        gone = {job for job, _ in members.values() if job.cancelled or now > job.deadline}
+        with self._ready:
+            late = [job for job in self._waiting if job.cancelled or now > job.deadline]
+            for job in late:
+                self._waiting.remove(job)
+        for job in gone | set(late):  # a cancelled job's wait ends too (its handler may still be waiting)
+            job._send(None if job.cancelled else Expired(f"not done within its time limit of {job.time_limit:g} s"))
+        rows = [row for row, (job, own) in members.items() if job in gone or own in job.rows_done]
+        if rows and run is not None:
+            left = sum(1 for row in rows if members[row][0].cancelled)
+            if left:
+                log.info("clients left: %d rows out of the batch, %d stay", left, len(members) - len(rows))
+            run.drop(rows)
+            cut = {members[row][0] for row in rows} - gone
+            for row in rows:
+                del members[row]
+            self._finish(members, cut)
+
+    @staticmethod
+    def _finish(members: Dict[int, Tuple[Job, int]], jobs) -> None:
+        """Tells each job with no row left in the batch that it is done."""
+        still = {job for job, _ in members.values()}
+        for job in set(jobs) - still:
+            job._send(None)
 
 
-def _settle(future: asyncio.Future, result, error) -> None:
-    if future.done():  # the client went away
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+def _without_prompt(piece: Piece, prompt_length: int) -> Piece:
+    """The part of a piece after the row's prompt."""
+    skip = min(max(prompt_length - piece.position, 0), len(piece.ids))
+    if not skip:
+        return piece
+    return Piece(piece.ids[skip:], piece.position + skip,
+                 tuple(r[skip:] for r in piece.logprobs) if piece.logprobs is not None else None, piece.done)

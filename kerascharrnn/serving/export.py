@@ -6,7 +6,7 @@ exported there would not load on a CPU-only server. The cells are plain matmuls 
 
 SavedModel signatures (see export/README.md):
   generate (= serving_default): start_text string [N], num_new_chars int32 [], temperature float32 [N]
-      (or [1] for all rows; <= 0 means argmax), top_k int32 [] (0 = off), seed int64 [] (0 = random)
+      (or [1] for all rows; below 1e-6 means argmax), top_k int32 [] (0 = off), seed int64 [] (0 = random)
       -> text string [N] = start_text + continuation. One tf.while_loop, no XLA (TF Serving does not
       compile it by default). Characters the vocabulary lacks are left out of the priming and kept in
       the returned text.
@@ -22,7 +22,7 @@ SavedModel signatures (see export/README.md):
       callers never share state.
 
 The TFLite file has `step` and `steps`: logits float32 [N, V], prompt int32 [N, S], in_prompt bool
-[N, S], noise float32 [N, S, V] (Gumbel), temperature float32 [N] (<= 0: argmax), state_0..state_K ->
+[N, S], noise float32 [N, S, V] (Gumbel), temperature float32 [N] (below 1e-6: argmax), state_0..state_K ->
 ids int32 [N, S], logits, state_0..state_K: S = TFLITE_STEPS characters per interpreter call, each the
 prompt's where in_prompt is set, else argmax(logits / temperature + noise).
 """
@@ -168,8 +168,8 @@ def _loop_for_request(filters, temperature, top_k, top_p, run_loop):
     is greedy; the ids are the same as with every filter in. Each variant is traced (and, under XLA,
     compiled per batch size) on its own."""
     def unfiltered():
-        return tf.cond(tf.reduce_all(temperature <= 0), lambda: run_loop(sampling.Filters(greedy=True)),
-                       lambda: run_loop(sampling.Filters()))
+        return tf.cond(tf.reduce_all(temperature < sampling.ARGMAX_BELOW),
+                       lambda: run_loop(sampling.Filters(greedy=True)), lambda: run_loop(sampling.Filters()))
 
     return tf.cond((top_k > 0) | (top_p < 1.0), lambda: run_loop(filters), unfiltered)
 

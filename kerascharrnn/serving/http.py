@@ -12,11 +12,26 @@ MAX_REQUEST_HEAD_BYTES = 4 * 2**20
 _LINGER_SECONDS = 2.0
 
 
-def http_protocol_class():
+def server_config(application, host: str, port: int, config, log_level: str = "info"):
+    """The uvicorn configuration bin/serve runs with (and the tests' servers): the h11 protocol below, bounded
+    request heads, connections and log lines."""
+    import uvicorn
+
+    # uvicorn's access log would write every request line whole (a client could fill the disk): ours is bounded
+    return uvicorn.Config(application, host=host, port=port, log_level=log_level, access_log=False,
+                          http=http_protocol_class(config.head_timeout),
+                          h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
+                          limit_concurrency=config.max_connections)
+
+
+def http_protocol_class(head_timeout: float = 10.0):
     """uvicorn's h11 protocol (upstream.h11_protocol_class), with its plain-text "Invalid HTTP request
-    received." 400 replaced by a JSON body with a "message" (rnn-writer shows `{}` for a body without one).
-    h11 is chosen explicitly: uvicorn's "auto" would take httptools where installed, whose limits and
-    replies differ."""
+    received." 400 replaced by a JSON body with a "message" (rnn-writer shows `{}` for a body without one),
+    and a connection closed when a request's line and headers take longer than `head_timeout` seconds to arrive
+    (counted from the connection, or from the end of the previous response): uvicorn waits for them forever,
+    so a slow or stalled client (slowloris) could hold a connection, and up to 4 MiB of buffered head, for as
+    long as it liked. h11 is chosen explicitly: uvicorn's "auto" would take httptools where installed, whose
+    limits and replies differ."""
     import h11
 
     class JsonErrorH11Protocol(upstream.h11_protocol_class()):
@@ -24,7 +39,32 @@ def http_protocol_class():
             super().__init__(*args, **kwargs)
             self._reason = ""
             self._discarding = False
+            self._head_timer = None
             upstream.keep_h11_error_reason(self.conn, self._keep_reason)
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._await_head()
+
+        def connection_lost(self, exc) -> None:
+            self._stop_head_timer()
+            super().connection_lost(exc)
+
+        def _await_head(self) -> None:
+            if self._head_timer is None and self.conn.their_state is h11.IDLE:
+                self._head_timer = self.loop.call_later(head_timeout, self._head_too_slow)
+
+        def _stop_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_too_slow(self) -> None:
+            self._head_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                log.warning("closed a connection from %s: no whole request head within %g s",
+                            (self.client or ("?",))[0], head_timeout)
+                self.transport.close()
 
         def _keep_reason(self, error: Exception) -> None:  # the client should see why
             self._reason = str(error)
@@ -49,8 +89,12 @@ def http_protocol_class():
             self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
         def data_received(self, data: bytes) -> None:
-            if not self._discarding:
-                super().data_received(data)
+            if self._discarding:
+                return
+            self._await_head()  # bytes of a new request (after a response on a kept-alive connection)
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:  # its head arrived
+                self._stop_head_timer()
 
         def eof_received(self):
             if self._discarding:

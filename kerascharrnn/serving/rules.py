@@ -1,10 +1,11 @@
 """torch-rnn-server's rules as pure functions: how GET /generate reads its query, primes the model and
-cuts its completions, and the error every API answers a client's mistake with."""
+cuts its completions; and the stop strings every API cuts completions at."""
 
 import re
 import urllib.parse
 from typing import List, Optional, Sequence
 
+from kerascharrnn.serving.errors import ClientError
 from kerascharrnn.vocab import Vocabulary
 
 TEMPERATURES = (0.5, 0.6, 0.7, 0.8, 0.9)  # torch-rnn-server draws one per completion
@@ -12,13 +13,6 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _SENTENCE_END = re.compile(r"[.!?]")
 _INTEGER = re.compile(r"[+-]?\d{1,18}")
 _N_LIMIT = 2**31 - 1  # beyond this an n is a client bug, not a request for "as many as allowed"
-
-
-class ClientError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def raw_query_value(query_string: bytes, name: str) -> Optional[str]:
@@ -105,10 +99,35 @@ def cut_completion(text: str, max_chars: int, min_words: int = 3) -> str:
 
 def cut_at_stop(text: str, stops: Sequence[str]):
     """(text before the first stop string, "stop") or (text, "length")."""
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return (text[:min(hits)], "stop") if hits else (text, "length")
+    cut = StopCut(stops)
+    kept = cut.feed(text) + cut.flush()
+    return kept, "stop" if cut.stopped else "length"
 
 
-def bucket(rows: int) -> int:
-    """Rows rounded up to a power of two: a handful of batch shapes, each traced once."""
-    return 1 << max(rows - 1, 0).bit_length()
+class StopCut:
+    """Cuts a text that arrives in pieces before the first of some stop strings.
+
+    feed() gives back what can be sent now, holding back an end that could still grow into a stop string;
+    flush() gives what is held once the text is complete. After a stop string, nothing more.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self._stops = [s for s in stops if s]
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        text = self._held + piece
+        hits = [i for i in (text.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            self.stopped, self._held = True, ""
+            return text[:min(hits)]
+        keep = max((n for s in self._stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+        self._held = text[len(text) - keep:]
+        return text[:len(text) - keep]
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return "" if self.stopped else held

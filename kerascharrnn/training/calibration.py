@@ -59,7 +59,7 @@ def load(path: Optional[str] = None) -> Dict[str, List[dict]]:
             for row in rows:
                 _ = (str(row["kind"]), str(row["fused_path"]), int(row["num_layers"]), int(row["rnn_size"]),
                      float(row["fused_ms"]), float(row["keras_ms"]))
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
         raise UserError(f"{path}: not a kerascharrnn calibration file ({type(e).__name__}); delete it or run"
                         " bin/benchmark --what calibrate again") from None
     return table

@@ -19,12 +19,13 @@ from typing import Callable, Dict, List, Optional
 
 import tensorflow as tf
 
-from kerascharrnn import devices
+from kerascharrnn import devices, resources, upstream
 from kerascharrnn.config import TrainConfig
 from kerascharrnn.data import batches
 from kerascharrnn.errors import UserError
 from kerascharrnn.errors import setting as ref
 from kerascharrnn.io import checkpoint as ckpt
+from kerascharrnn.io import files
 from kerascharrnn.io.series import BEST, Series
 from kerascharrnn.models.charrnn import CharRNN
 from kerascharrnn.training import plots
@@ -145,11 +146,14 @@ class Progress:
       history: the loss histories and benchmark records (ckpt.HISTORY_KEYS).
       best_val: the lowest val loss so far (inf: none yet).
       spent_before: the training time of the runs this one continues.
+      data_digest: SHA-256 of the training data (--input_h5), which the checkpoints record: a resume
+        checks it is continuing on the same data.
     """
 
     history: Dict[str, list]
     best_val: float = math.inf
     spent_before: float = 0.0
+    data_digest: str = ""
 
     @classmethod
     def new(cls) -> "Progress":
@@ -174,7 +178,8 @@ def write_checkpoint(trainer: TrainerProtocol, charrnn: CharRNN, progress: Progr
     record = ckpt.CheckpointRecord(
         path="", iteration=iteration, model_file="", state_file="", model_config=charrnn.config,
         train_config=config, vocab=charrnn.vocab, history=progress.history,
-        best_val_loss=best if math.isfinite(best) else None, elapsed_seconds=elapsed_s)
+        best_val_loss=best if math.isfinite(best) else None, elapsed_seconds=elapsed_s,
+        digests={"data": progress.data_digest} if progress.data_digest else {})
     state = trainer.state_arrays()  # every worker: the carried state is gathered from all of them
     series = Series(config.checkpoint_name)
     paths = series.checkpoint(iteration)
@@ -191,8 +196,8 @@ def write_checkpoint(trainer: TrainerProtocol, charrnn: CharRNN, progress: Progr
             plots.write_loss_plot(series.loss_plot, history["train_loss_history"], history["val_loss_history"],
                                   history["val_loss_history_it"], history["learning_rate_history"],
                                   title=os.path.basename(config.checkpoint_name))
-    except OSError as e:
-        raise UserError(f"could not write checkpoint {paths.model}: {e.strerror or e};"
+    except upstream.h5py_write_errors() as e:
+        raise UserError(f"could not write checkpoint {paths.model}: {files.write_reason(paths.model, e)};"
                         " the previous checkpoint is intact") from None
     return paths.json
 
@@ -252,11 +257,19 @@ def train_and_evaluate(
     trainer = make_trainer(config, charrnn, layouts, strategy)
     progress = Progress.new()
     if resume is not None:
-        trainer.restore_state(ckpt.load_state(resume.state_path), resume.path)
+        state = ckpt.load_state(resume.state_path,
+                                max_bytes=resources.training_state_bytes(charrnn.config, config.batch_size))
+        trainer.restore_state(state, resume.path)
+        if trainer.iteration != resume.iteration:  # a record written before v0.3 has no digests to say so
+            raise UserError(f"{resume.state_path} holds the optimizer of iteration {trainer.iteration}, and"
+                            f" {resume.path} records iteration {resume.iteration}: the checkpoint's files"
+                            " disagree, so it cannot be resumed")
+        log(f"Resuming {resume.path} at iteration {resume.iteration}")
         progress = Progress.resumed(resume)
     elif start_iteration:
         trainer.start_at(start_iteration)
 
+    progress.data_digest = ckpt.file_digest(config.input_h5)
     num_train = layouts["train"].num_batches
     last_iteration = config.max_epochs * num_train
     if config.max_iters:

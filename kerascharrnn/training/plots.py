@@ -25,7 +25,8 @@ def smoothed(values: Sequence[float], window: int) -> np.ndarray:
     sums = np.cumsum(np.concatenate([[0.0], values]))
     ends = np.arange(1, values.size + 1)
     starts = np.maximum(ends - window, 0)
-    return (sums[ends] - sums[starts]) / (ends - starts)
+    with np.errstate(invalid="ignore"):  # a diverged run's Infinity: inf - inf is NaN, left off the plot
+        return (sums[ends] - sums[starts]) / (ends - starts)
 
 
 def write_loss_plot(path: str, train_loss: Sequence[float], val_loss: Sequence[float], val_iterations: Sequence[int],
@@ -45,9 +46,14 @@ def write_loss_plot(path: str, train_loss: Sequence[float], val_loss: Sequence[f
     if len(val_loss):
         ax.plot(val_iterations, val_loss, "o-", color="tab:orange", label="validation")
     ax.set(xlabel="iteration", ylabel="loss (nats per character)", title=title)
-    if len(train_loss):
-        top = max(np.percentile(train_loss, 99), max(val_loss, default=0.0))
-        ax.set_ylim(min(min(train_loss), min(val_loss, default=np.inf)) * 0.95, top * 1.02)
+    # the limits from the finite losses: a diverging run's NaN or Infinity is left off the scale, not fatal
+    finite_train = np.asarray(train_loss, float)[np.isfinite(np.asarray(train_loss, float))]
+    finite_val = np.asarray(val_loss, float)[np.isfinite(np.asarray(val_loss, float))]
+    if finite_train.size:
+        top = max(np.percentile(finite_train, 99), finite_val.max(initial=0.0))
+        bottom = min(finite_train.min(), finite_val.min(initial=np.inf))
+        if top > bottom:
+            ax.set_ylim(bottom * 0.95, top * 1.02)
     rate_axis = ax.twinx()
     if len(learning_rates):
         rate_axis.plot(np.arange(1, len(learning_rates) + 1), learning_rates, color="gray", lw=0.8, ls="--",

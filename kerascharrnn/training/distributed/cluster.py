@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import socket
 from typing import List, Optional
 
 from kerascharrnn.config import MULTI_WORKER
@@ -86,6 +87,20 @@ def parse_tf_config(text: Optional[str]) -> ClusterSpec:
 
 def cluster_from_env() -> ClusterSpec:
     return parse_tf_config(os.environ.get("TF_CONFIG"))
+
+
+def check_own_port_free(spec: ClusterSpec) -> None:
+    """TensorFlow's server for this task listens on its TF_CONFIG port, on every interface; a port another
+    process holds would fail deep inside TensorFlow. Checked by binding it (and letting it go) first."""
+    address = spec.workers[spec.task_index + (int(spec.has_chief) if spec.task_type == "worker" else 0)]
+    port = int(address.rpartition(":")[2])
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free to take
+        try:
+            probe.bind(("", port))
+        except OSError as e:
+            raise UserError(f"TF_CONFIG: port {port} of this task ({spec.name}, {address}) cannot be listened on:"
+                            f" {e.strerror or e} (another process holds it?)") from None
 
 
 def is_chief(strategy_name: str) -> bool:

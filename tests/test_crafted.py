@@ -1,0 +1,165 @@
+"""Hostile files and surroundings (reliability round 3): crafted checkpoints whose declared sizes would exhaust
+memory or disk before any check, files that disagree with each other, JSON nested beyond reason, and a process
+whose surroundings are wrong (a deleted directory, a file name that is not UTF-8, another Keras backend or
+floatx, a file-size limit). Each is one line on stderr and exit 1, never an internal error, never a long wait."""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import REPO, run_cli, run_process
+
+from kerascharrnn.errors import UserError
+from kerascharrnn.io import checkpoint as ckpt
+
+
+def _rezipped(source: str, target, replace=None, add=None, compress=zipfile.ZIP_DEFLATED) -> str:
+    """A copy of a .keras with members replaced or added (bytes), deflated: small on disk, large declared."""
+    replace, add = replace or {}, add or {}
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w", compress) as out:
+        for info in original.infolist():
+            out.writestr(info.filename, replace.get(info.filename, original.read(info.filename)))
+        for name, data in add.items():
+            out.writestr(name, data)
+    return str(target)
+
+
+def _one_line_error(result, *fragments):
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "internal error" not in lines[0], result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def _config(path) -> dict:
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read("config.json"))
+
+
+def test_crafted_keras_members_are_refused_before_they_are_read(trained, tmp_path):
+    source = trained["keras"]
+    wide = _config(source)
+    next(layer for layer in wide["config"]["layers"] if layer["class_name"] == "Embedding")["config"]["output_dim"] = \
+        5_000_000
+    model_config = json.loads(zipfile.ZipFile(source).read("model_config.json"))
+    cases = {
+        "a 70 MB vocabulary": (dict(replace={"vocab.json": b" " * (70 << 20)}), "its vocab.json declares"),
+        "a member no checkpoint has": (dict(add={"padding.bin": bytes(50 << 20)}), "holds a member 'padding.bin'"),
+        "weights larger than the config allows": (dict(replace={"model.weights.h5": bytes(60 << 20)}),
+                                                 "its weights declare"),
+        "a 5,000,000-wide embedding in config.json alone": (
+            dict(replace={"config.json": json.dumps(wide).encode()}),
+            "config.json and model_config.json disagree: a Embedding layer's output_dim is 5000000"),
+        "model_config.json of another vocabulary": (
+            dict(replace={"model_config.json": json.dumps({**model_config, "vocab_size": 7}).encode()}),
+            "says vocab_size 7"),
+        "config.json nested 200,000 deep": (dict(replace={"config.json": b"[" * 200_000 + b"]" * 200_000}),
+                                            "config.json entry is not JSON"),
+    }
+    for name, (change, message) in cases.items():
+        path = _rezipped(source, tmp_path / "crafted.keras", **change)
+        assert os.path.getsize(path) < 2 << 20, name  # small on disk: only what it declares is large
+        with pytest.raises(UserError, match=message):
+            ckpt.read_keras_file(path)
+        _one_line_error(run_cli("sample", "--checkpoint", path, "--length", 5), message)
+
+
+def test_a_state_that_declares_more_than_the_model_holds_is_refused_unread(trained, tmp_path):
+    name = tmp_path / "ck"
+    assert run_cli("train", "--input_h5", trained["h5"], "--batch_size", 4, "--seq_length", 16, "--rnn_size", 16,
+                   "--wordvec_size", 8, "--num_layers", 1, "--max_iters", 2, "--checkpoint_every", 2,
+                   "--checkpoint_name", name).returncode == 0
+    state = dict(np.load(f"{name}_2.state.npz"))
+    np.savez_compressed(f"{name}_2.state.npz", **state, extra=np.zeros(1 << 28, np.uint8))  # 256 MB, ~250 KB
+    record = json.loads(open(f"{name}_2.json").read())
+    record.pop("digests")  # as v0.2 wrote it, so that the size check itself is what refuses
+    open(f"{name}_2.json", "w").write(json.dumps(record))
+    assert os.path.getsize(f"{name}_2.state.npz") < 2 << 20
+    result = run_cli("train", "--resume_from", f"{name}_2.json", "--max_iters", 4)
+    assert result.returncode == 1 and "the training state declares" in result.stderr
+    assert "refused unread" in result.stderr
+
+
+@pytest.mark.parametrize("what", ["vocabulary", "checkpoint record"])
+def test_json_nested_beyond_reason_is_one_line(trained, tmp_path, what):
+    deep = "[" * 200_000 + "]" * 200_000
+    if what == "vocabulary":
+        (tmp_path / "v.json").write_text(deep)
+        result = run_cli("train", "--input_h5", trained["h5"], "--input_json", tmp_path / "v.json",
+                         "--checkpoint_name", tmp_path / "ck", "--max_iters", 1)
+        _one_line_error(result, "not a JSON file")
+    else:
+        (tmp_path / "ck_1.json").write_text(deep)
+        _one_line_error(run_cli("train", "--resume_from", tmp_path / "ck_1.json"), "not JSON")
+
+
+def test_an_export_whose_vocabulary_does_not_fit_it_is_refused(trained, tmp_path):
+    assert run_cli("export", "--checkpoint", trained["keras"], "--export_dir", tmp_path, "--model_name", "m",
+                   "--tflite").returncode == 0
+    version = tmp_path / "m" / "1"
+    for vocab_file in (version / "assets.extra" / "vocab.json", version / "tflite" / "vocab.json"):
+        vocab = json.loads(vocab_file.read_text())
+        extra = str(len(vocab["idx_to_token"]) + 1)
+        vocab["idx_to_token"][extra] = "\u2603"
+        vocab["token_to_idx"]["\u2603"] = int(extra)
+        vocab_file.write_text(json.dumps(vocab))
+    _one_line_error(run_cli("sample", "--saved_model", version, "--length", 5), "its vocabulary has")
+    _one_line_error(run_cli("sample", "--tflite", version / "tflite" / "model.tflite", "--length", 5),
+                    "its vocabulary has")
+
+
+# --- the process's surroundings --------------------------------------------------------------------------------
+
+
+def test_a_deleted_current_directory_is_named(trained, tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = (f"import os, sys; sys.path.insert(0, {REPO!r}); os.chdir({str(gone)!r}); os.rmdir({str(gone)!r});"
+              f"from kerascharrnn.cli.sample import main; sys.exit(main(['sample', '--checkpoint',"
+              f" {trained['keras']!r}]))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    _one_line_error(result, "the current directory no longer exists")
+
+
+def test_a_file_name_that_is_not_utf8_is_named(trained, tmp_path):
+    name = os.fsdecode(os.fsencode(str(tmp_path)) + b"/ck\xff")
+    result = run_process("train", "--input_h5", trained["h5"], "--checkpoint_name", name, "--max_iters", 1)
+    _one_line_error(result, "--checkpoint_name", "is not UTF-8 text")
+    assert not os.listdir(tmp_path)
+
+
+def test_another_keras_backend_or_floatx_is_named(trained, tmp_path):
+    result = run_process("sample", "--checkpoint", trained["keras"], env={"KERAS_BACKEND": "jax"})
+    _one_line_error(result, "KERAS_BACKEND=jax", "TensorFlow backend")
+    home = tmp_path / "keras"
+    home.mkdir()
+    (home / "keras.json").write_text(json.dumps({"floatx": "float16", "backend": "tensorflow",
+                                                 "epsilon": 1e-7, "image_data_format": "channels_last"}))
+    result = run_process("sample", "--checkpoint", trained["keras"], env={"KERAS_HOME": str(home)})
+    _one_line_error(result, "floatx is float16", "keras.json")
+    (home / "keras.json").write_text(json.dumps({"floatx": "float32", "backend": "jax"}))  # the tools run on TF
+    assert run_process("sample", "--checkpoint", trained["keras"], "--length", 5,
+                       env={"KERAS_HOME": str(home)}).returncode == 0
+
+
+def test_a_file_size_limit_is_a_write_error_not_a_kill(trained, tmp_path):
+    """`ulimit -f` (RLIMIT_FSIZE): past it a write would kill the process with SIGXFSZ; it is an error naming the
+    file instead, and the previous file stays whole."""
+    (tmp_path / "in.txt").write_text("some text to read " * 20_000)
+    (tmp_path / "o.h5").write_bytes(b"previous")
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    result = subprocess.run([sys.executable, os.path.join(REPO, "bin", "preprocess"), "--input_txt",
+                             str(tmp_path / "in.txt"), "--output_h5", str(tmp_path / "o.h5"), "--output_json",
+                             str(tmp_path / "o.json"), "--quiet"], capture_output=True, text=True, timeout=300,
+                            preexec_fn=limit)
+    _one_line_error(result, "o.h5", "File too large")
+    assert (tmp_path / "o.h5").read_bytes() == b"previous"
