@@ -23,10 +23,11 @@ python -c "import kerascharrnn, sys; assert '$repo' not in kerascharrnn.__file__
 # every tool in one interpreter, each called through its main()
 python -c "
 import importlib
-tools = ['benchmark', 'convert', 'eval', 'export', 'novelty', 'preprocess', 'sample', 'serve', 'train']
-mains = [importlib.import_module('kerascharrnn.cli.' + t).main for t in tools]
-assert all(main([t, '--help']) == 0 for t, main in zip(tools, mains))
+from kerascharrnn.cli.__main__ import TOOLS
+mains = [importlib.import_module('kerascharrnn.cli.' + t).main for t in TOOLS]
+assert all(main([t, '--help']) == 0 for t, main in zip(TOOLS, mains))
 " > /dev/null
+kerascharrnn --help && kerascharrnn preprocess --help > /dev/null  # the one command (the container's)
 kerascharrnn-preprocess --input_txt small.txt --output_h5 d.h5 --output_json d.json
 kerascharrnn-train --input_h5 d.h5 --batch_size 8 --seq_length 32 --rnn_size 32 --wordvec_size 16 \
   --max_iters 20 --checkpoint_every 10 --print_every 10 --seed 1 --checkpoint_name cv/c
@@ -40,6 +41,14 @@ kerascharrnn-serve --checkpoint cv/c_20.keras --port "$port" > serve.log 2>&1 &
 server=$!
 for _ in $(seq 120); do python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/healthz')" 2>/dev/null && break; sleep 1; done
 python -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$port/generate?start_text=the&n=2').read().decode())"
+# the writing page's files come with the wheel
+python -c "import urllib.request; assert b'write.js' in urllib.request.urlopen('http://127.0.0.1:$port/write').read()"
+python -c "import urllib.request; assert b'fetchMore' in urllib.request.urlopen('http://127.0.0.1:$port/write/write.js').read()"
+python -c "
+import json, urllib.request
+body = json.dumps({'model': 'c', 'prompt': 'the', 'max_tokens': 5}).encode()
+request = urllib.request.Request('http://127.0.0.1:$port/v1/completions', body, {'Content-Type': 'application/json'})
+print(json.load(urllib.request.urlopen(request))['choices'][0])"
 kill "$server"
 kerascharrnn-sample --checkpoint cv/c_20.keras --length 2000 --seed 2 > sample.txt
 kerascharrnn-novelty --input_txt small.txt sample.txt

@@ -139,3 +139,24 @@ def test_a_tflite_file_without_steps_samples_as_before():
     assert engine.sampler.multi_step is None
     assert engines.sample_texts(engine, SampleConfig(length=120, start_text="ROMEO:", sample=False)) == [expected["greedy"]]
     assert engines.sample_texts(engine, SampleConfig(length=120, seed=7, temperature=0.9)) == [expected["seeded"]]
+
+
+V03 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "v0.3")
+
+
+def test_a_v03_record_with_digests_resumes_and_its_digests_still_guard_it(tmp_path):
+    """tests/fixtures/v0.3 (see its README): a record with the digests of its files and data resumes in the
+    series it belongs to; a swapped state file is refused by its digest."""
+    for name in os.listdir(V03):
+        shutil.copy(os.path.join(V03, name), tmp_path / name)
+    record = ckpt.read_record(str(tmp_path / "lstm_50.json"))
+    assert set(record.digests) == {"model", "state", "data"}
+    record.check_files()
+    corpus = os.path.join(FIXTURES, "corpus.h5")
+    assert ckpt.file_digest(corpus) == record.digests["data"]  # the data it names, wherever it now lies
+    resumed = run_cli("train", "--resume_from", tmp_path / "lstm_50.json", "--input_h5", corpus, "--max_iters", 60)
+    assert resumed.returncode == 0 and "iteration 60" in resumed.stdout, resumed.stderr
+    assert ckpt.read_record(str(tmp_path / "lstm_60.json")).iteration == 60
+    shutil.copy(tmp_path / "lstm_60.state.npz", tmp_path / "lstm_50.state.npz")
+    refused = run_cli("train", "--resume_from", tmp_path / "lstm_50.json", "--input_h5", corpus, "--max_iters", 70)
+    assert refused.returncode == 1 and "lstm_50.state.npz is not the file" in refused.stderr
