@@ -308,8 +308,9 @@ class ServeConfig:
                                      " and answered 503.", above=0.0, upper=86400.0)
     max_body_bytes: int = setting(1 << 20, "Largest request body read, in bytes (larger: 413 before parsing).",
                                   lower=1024, upper=1 << 30)
-    max_connections: int = setting(512, "Connections (and requests) served at once; beyond, a new request gets 503"
-                                   " at once.", lower=1, upper=1 << 20)
+    max_idle_connections: int = setting(512, "Connections still sending a request head at once; beyond, the oldest"
+                                        " of them is closed (stalled clients cannot crowd out real ones).", lower=1,
+                                        upper=1 << 20)
     head_timeout: float = setting(10.0, "Seconds a connection may take to send a request's line and headers (a"
                                   " slow or stalled client is then disconnected).", above=0.0, upper=3600.0)
 

@@ -32,6 +32,9 @@ def parameter_count(config: ModelConfig) -> int:
         total += g * H * (inputs + H) + biases
         if config.batchnorm:
             total += 4 * H  # gamma, beta, moving mean, moving variance
+    if config.copy_memory:  # copy_attention.py: query and key (H, W), value embeddings (V, W), output (W, H)
+        width = config.copy_heads * config.copy_head_size
+        total += 3 * H * width + V * width
     return total + H * V + V
 
 

@@ -163,3 +163,39 @@ def test_a_file_size_limit_is_a_write_error_not_a_kill(trained, tmp_path):
                             preexec_fn=limit)
     _one_line_error(result, "o.h5", "File too large")
     assert (tmp_path / "o.h5").read_bytes() == b"previous"
+
+
+def test_zip_members_that_lie_about_their_size_and_models_that_declare_too_much(trained, tmp_path):
+    """A member whose header claims a small size over a large compressed body; an input of 20,000,000 streams
+    (Keras would allocate every stateful layer's state for them); a layer kind no checkpoint has."""
+    source = trained["keras"]
+    for body, message in ((b"\0" * (20 << 20), "its sizes are false"),  # 20 MB claiming 5,000 bytes: refused unread
+                          (b" " * (4 << 20), "Bad CRC-32")):  # compresses below the claim: read up to it, no further
+        lying = tmp_path / "lying.keras"
+        _rezipped(source, lying, replace={"config.json": body})
+        data = bytearray(lying.read_bytes())
+        with zipfile.ZipFile(lying) as archive:
+            local = archive.getinfo("config.json").header_offset
+        for offset in (local + 22, _central_offset(data, "config.json") + 24):  # the uncompressed-size fields
+            data[offset:offset + 4] = (5000).to_bytes(4, "little")
+        lying.write_bytes(bytes(data))
+        with pytest.raises(UserError, match=message):
+            ckpt.read_keras_file(str(lying))
+    big_batch, other_kind = _config(source), _config(source)
+    big_batch["config"]["layers"][0]["config"]["batch_shape"] = [20_000_000, None]
+    other_kind["config"]["layers"][2]["class_name"] = "Conv1D"
+    for config, message in ((big_batch, "a checkpoint's batch is at most 65536"),
+                            (other_kind, "holds a Conv1D layer")):
+        path = _rezipped(source, tmp_path / "declares.keras", replace={"config.json": json.dumps(config).encode()})
+        _one_line_error(run_cli("sample", "--checkpoint", path, "--length", 5), message)
+
+
+def _central_offset(data: bytes, name: str) -> int:
+    """Where the central directory entry of `name` starts in a zip's bytes."""
+    position = 0
+    while True:
+        position = data.index(b"PK\x01\x02", position)
+        length = int.from_bytes(data[position + 28:position + 30], "little")
+        if data[position + 46:position + 46 + length] == name.encode():
+            return position
+        position += 4

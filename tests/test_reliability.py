@@ -229,10 +229,11 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_by_every_tool(trained, 
     layer.set_weights(weights)
     path = str(tmp_path / "diverged.keras")
     ckpt.save_keras(model, trained["vocab"], trained["model_config"], path)
+    fine_tune = ["--init_from", path, "--input_h5", trained["h5"], "--checkpoint_name", tmp_path / "c"]
     for tool, args in (("sample", ["--length", 5]), ("eval", ["--input_h5", trained["h5"]]),
                        ("export", ["--export_dir", tmp_path / "export"]), ("serve", ["--port", 1]),
-                       ("train", ["--init_from", path, "--input_h5", trained["h5"], "--checkpoint_name", tmp_path / "c"])):
-        result = run_cli(tool, "--checkpoint" if tool != "train" else "--seed", path if tool != "train" else 1, *args)
+                       ("train", fine_tune)):
+        result = run_cli(tool, *(["--checkpoint", path] if tool != "train" else []), *args)
         assert result.returncode == 1, (tool, result.stderr)
         assert f"weight {layer.weights[0].path} holds 1 NaN or infinite values" in result.stderr, (tool, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
@@ -339,3 +340,33 @@ def test_a_resume_writes_only_in_its_own_series_and_on_its_own_data(series, corp
     assert chosen.returncode == 0, chosen.stderr  # other data, asked for: that is fine
     assert (tmp_path / "copy" / "ck_6.json").exists() and not (series / "ck_6.json").exists()
     assert not list(other.glob("ck*"))
+
+
+def test_a_resume_whose_data_moved_says_so_and_odd_series_names_still_resume(series, corpus, tmp_path):
+    (tmp_path / "moved").mkdir()
+    record = _damaged(series, tmp_path / "moved", lambda d: None)
+    gone = {"input_h5": str(tmp_path / "gone.h5"), "input_json": str(tmp_path / "gone.json")}
+    _edit_record(record, train_config={**json.loads(record.read_text())["train_config"], **gone})
+    result = run_cli("train", "--resume_from", record, "--max_iters", 6)
+    assert result.returncode == 1 and "is no longer there" in result.stderr and "--input_h5" in result.stderr
+    name = f"{tmp_path}/odd dir/"  # a name that is a directory: its files are "odd dir/_2.json", ...
+    assert run_cli("train", "--input_h5", corpus / "in.h5", *TINY, "--max_iters", 2, "--checkpoint_every", 2,
+                   "--checkpoint_name", name).returncode == 0
+    resumed = run_cli("train", "--resume_from", "latest", "--checkpoint_name", name, "--max_iters", 4)
+    assert resumed.returncode == 0 and "iteration 4" in resumed.stdout, resumed.stderr
+
+
+def test_a_state_whose_array_header_declares_a_huge_shape_is_refused_unread(series, tmp_path):
+    import io
+    import zipfile
+
+    def bomb(d):
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+        with zipfile.ZipFile(d / "ck_4.state.npz", "a") as archive:
+            archive.writestr("huge.npy", header.getvalue())
+        _v02_record(d / "ck_4.json")
+
+    record = _damaged(series, tmp_path, bomb)
+    result = run_cli("train", "--resume_from", record, "--max_iters", 6)
+    assert result.returncode == 1 and "the training state declares" in result.stderr, result.stderr

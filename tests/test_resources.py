@@ -16,6 +16,14 @@ def test_parameter_count_is_exactly_what_keras_builds(model_type, batchnorm):
     assert resources.parameter_count(config) == stack.build_model(config, 2).count_params()
 
 
+@pytest.mark.parametrize("vocab_size,heads,head_size", [(6, 2, 3), (5000, 8, 32)])
+def test_parameter_count_with_copy_attention_is_exactly_what_keras_builds(vocab_size, heads, head_size):
+    """A large vocabulary and a small model: the value embeddings (V, heads x head_size) dominate."""
+    config = ModelConfig(vocab_size=vocab_size, wordvec_size=4, rnn_size=8, num_layers=1, copy_memory=16,
+                         copy_heads=heads, copy_head_size=head_size)
+    assert resources.parameter_count(config) == stack.build_model(config, 2).count_params()
+
+
 def test_training_too_large_is_refused_with_the_estimate():
     config = ModelConfig(vocab_size=65, rnn_size=1024, num_layers=3)
     need = resources.training_bytes(config, 50, 50)

@@ -183,7 +183,7 @@ def environment_problem(flag_values: flags.FlagValues) -> Optional[str]:
                     text.encode("utf-8")
                 except UnicodeEncodeError:
                     return f"--{name}: {text.encode('utf-8', 'surrogateescape')!r} is not UTF-8 text; rename the file"
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    backend = os.environ.get("KERAS_BACKEND") or "tensorflow"  # (empty: unset, for Keras too)
     if backend != "tensorflow":
         return (f"KERAS_BACKEND={backend[:40]} is set: kerascharrnn runs on Keras's TensorFlow backend; unset it or"
                 " set KERAS_BACKEND=tensorflow")

@@ -85,6 +85,9 @@ def _check_resumed_data(record: ckpt.CheckpointRecord, train_config: TrainConfig
     data it was trained on (a record's relative path, read from another directory, may name other data)."""
     if data_given or "data" not in record.digests:
         return
+    if not os.path.isfile(train_config.input_h5):
+        raise UserError(f"{train_config.input_h5}: the data {record.path} was trained on is no longer there (moved?);"
+                        " give --input_h5 to name it")
     if ckpt.file_digest(train_config.input_h5) != record.digests["data"]:
         raise UserError(f"{train_config.input_h5} ({paths.real(train_config.input_h5)}) is not the data {record.path}"
                         " was trained on (the file changed, or the record's path now names another file); give"

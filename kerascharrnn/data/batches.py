@@ -124,24 +124,24 @@ def split_lengths(h5_path: str) -> Dict[str, int]:
     except (OSError, ValueError):
         raise UserError(f"{h5_path}: not a readable HDF5 file (truncated or another format?)") from None
     with f:
-        missing = [s for s in SPLITS if s not in f]
+        names = set(f.keys())  # the file's own names: nothing followed yet
+        missing = [s for s in SPLITS if s not in names]
         if missing:
             raise UserError(f"{h5_path}: no {', '.join(missing)} dataset; make it with bin/preprocess")
         lengths = {}
         for split in SPLITS:
-            try:
-                dataset = f[split]
-            except (KeyError, OSError):  # a soft or external link to nothing, or to an unreadable file
-                link = f.get(split, getlink=True)
+            link = f.get(split, getlink=True)
+            if not isinstance(link, h5py.HardLink):  # a soft or external link: followed, it could name any file
                 target = getattr(link, "path", "")
                 if getattr(link, "filename", None):
                     target = f"{link.filename}:{target}"
-                where = f" ({type(link).__name__} to {target})" if target else ""
-                raise UserError(f"{h5_path}: dataset {split!r} cannot be opened{where}; is it a dangling link?") \
-                    from None
+                raise UserError(f"{h5_path}: dataset {split!r} is a {type(link).__name__} to {target}, not data stored"
+                                " here (bin/preprocess writes the splits themselves; copy the data in, or point at"
+                                " the file that holds it; a dangling link cannot be read at all)")
+            dataset = f[split]
             if not hasattr(dataset, "shape") or len(dataset.shape) != 1 or dataset.dtype.kind not in "iu":
                 raise UserError(f"{h5_path}: dataset {split!r} is not a 1-D integer array")
-            _check_storage(h5_path, split, f.get(split, getlink=True), dataset)
+            _check_storage(h5_path, split, dataset)
             lengths[split] = int(dataset.shape[0])
     return lengths
 
@@ -150,16 +150,14 @@ def split_lengths(h5_path: str) -> Dict[str, int]:
 _MAX_DECLARED_PER_FILE_BYTE = 100
 
 
-def _check_storage(h5_path: str, split: str, link, dataset) -> None:
-    """The split's tokens must be stored in this file, all of them: data in another file (an external link,
-    external storage, a virtual dataset) would train on a file the command never named (or hang on a pipe),
+def _check_storage(h5_path: str, split: str, dataset) -> None:
+    """The split's tokens must be stored in this file, all of them: data in another file (external storage, a
+    virtual dataset; links are refused by the caller) would train on a file the command never named (or hang on a pipe),
     and a declared size that the file does not hold (unwritten chunks read as the fill value) would be
     scanned for hours. Reads only metadata."""
     import h5py
 
     where = f"{h5_path}: dataset {split!r}"
-    if isinstance(link, h5py.ExternalLink):
-        raise UserError(f"{where} is a link to another file ({link.filename}); copy the data into this file")
     plist = dataset.id.get_create_plist()
     if dataset.is_virtual or plist.get_external_count() > 0:
         raise UserError(f"{where} is stored outside the file (external or virtual storage); a corpus must be"

@@ -59,8 +59,7 @@ def load_state(path: str, max_bytes: Optional[int] = None) -> Dict[str, np.ndarr
     `max_bytes` (resources.training_state_bytes of the model), a file that declares more is refused unread."""
     try:
         if max_bytes is not None:
-            with zipfile.ZipFile(path) as archive:
-                declared = sum(info.file_size for info in archive.infolist())
+            declared = _declared_state_bytes(path)
             if declared > max_bytes:
                 raise UserError(f"{path}: the training state declares {declared:,} bytes; this model's holds at most"
                                 f" {max_bytes:,}; refused unread")
@@ -68,7 +67,7 @@ def load_state(path: str, max_bytes: Optional[int] = None) -> Dict[str, np.ndarr
             arrays = {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise UserError(f"{path}: no such file (the checkpoint's training state)") from None
-    except (OSError, ValueError, zipfile.BadZipFile):
+    except (OSError, ValueError, zipfile.BadZipFile, MemoryError):
         raise UserError(f"{path}: training state is unreadable (truncated or corrupt)") from None
     for name, value in arrays.items():
         if value.dtype.kind not in "biuf":
@@ -78,6 +77,25 @@ def load_state(path: str, max_bytes: Optional[int] = None) -> Dict[str, np.ndarr
         if value.dtype.kind in "iu" and value.size and value.min() < 0 and name.endswith("iterations"):
             raise UserError(f"{path}: training state {name!r} is below zero")
     return arrays
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _declared_state_bytes(path: str) -> int:
+    """What a .state.npz's arrays take once loaded, from each member's declared size and its .npy header (the
+    shape numpy would allocate), read without loading any array."""
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            total += info.file_size
+            with archive.open(info) as member:
+                read_header = _NPY_HEADERS.get(np.lib.format.read_magic(member))
+                if read_header is None:
+                    raise ValueError(f"{info.filename}: not a .npy array numpy writes")
+                shape, _, dtype = read_header(member)
+            total += math.prod(shape) * dtype.itemsize
+    return total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,10 +164,15 @@ class CheckpointRecord:
 
 
 def file_digest(path: str) -> str:
+    """SHA-256 of a regular file (UserError for a missing file, a directory, a pipe, ...)."""
+    files.require_file(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read: {e.strerror or e}") from None
     return digest.hexdigest()
 
 
@@ -217,13 +240,24 @@ def _check_members(infos: Dict[str, zipfile.ZipInfo], path: str) -> None:
         if name in _MEMBER_LIMITS and info.file_size > _MEMBER_LIMITS[name]:
             raise UserError(f"{path}: its {name} declares {info.file_size:,} bytes, more than a checkpoint's"
                             f" {name} can be ({_MEMBER_LIMITS[name]:,}); refused unread")
+        if info.compress_size > info.file_size + (info.file_size >> 6) + 1024:  # deflate never grows data so much
+            raise UserError(f"{path}: its {name} declares {info.file_size:,} bytes and holds {info.compress_size:,}"
+                            " compressed: its sizes are false; refused unread")
+
+
+def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:
+    """A small member, never more than its limit, whatever its header claims."""
+    with archive.open(name) as member:
+        data = member.read(_MEMBER_LIMITS[name] + 1)
+    if len(data) > _MEMBER_LIMITS[name]:
+        raise UserError(f"{archive.filename}: its {name} holds more than a checkpoint's can ({_MEMBER_LIMITS[name]:,}"
+                        " bytes)")
+    return data
 
 
 def _weights_limit(model_config: ModelConfig) -> int:
     """The most bytes the weights of a model of this config can take, with room for HDF5's own."""
-    H = model_config.rnn_size
-    attention = 4 * H * model_config.copy_heads * model_config.copy_head_size if model_config.copy_memory else 0
-    return 2 * 4 * (resources.parameter_count(model_config) + attention) + (1 << 20)
+    return 2 * 4 * resources.parameter_count(model_config) + (1 << 20)
 
 
 def _read_keras_file(path: str) -> KerasFile:
@@ -235,8 +269,8 @@ def _read_keras_file(path: str) -> KerasFile:
             # the small entries first (each read checks its own CRC), then the weights' declared size against
             # the config, and only then the whole archive's CRCs (which reads the weights)
             try:
-                entries = {name: archive.read(name) for name in ("config.json", VOCAB_ENTRY, MODEL_CONFIG_ENTRY)
-                           if name in names}
+                entries = {name: _read_member(archive, name) for name in ("config.json", VOCAB_ENTRY,
+                                                                          MODEL_CONFIG_ENTRY) if name in names}
             except zipfile.BadZipFile as e:  # a member that fails its CRC
                 raise UserError(f"{path}: corrupt .keras checkpoint ({e})") from None
             model_config = _stored_config(entries, path)
@@ -296,9 +330,25 @@ _LAYER_SIZES = {"Embedding": {"output_dim": "wordvec_size"}, "LSTM": {"units": "
                                   "head_size": "copy_head_size"}}
 
 
+# The layer classes a checkpoint's model is built of (models/stack.py), and the largest batch a saved model
+# may declare (bin/convert's cap): Keras allocates each stateful layer's (batch, H) state as it builds.
+_LAYER_CLASSES = {"InputLayer", "Embedding", "Dropout", "LSTM", "GRU", "SimpleRNN", "BatchNormalization",
+                  "CopyAttention", "Dense"}
+_MAX_SAVED_BATCH = 65536
+
+
 def _check_layers_agree(values: dict, model_config: ModelConfig, path: str) -> None:
     recurrent = 0
     for layer in values["config"]["layers"]:
+        kind = layer.get("class_name") if isinstance(layer, dict) else None
+        if kind not in _LAYER_CLASSES:
+            raise UserError(f"{path}: its config.json holds a {str(kind)[:60]} layer, which no checkpoint has")
+        if kind == "InputLayer":
+            shape = (layer.get("config") or {}).get("batch_shape") or [None]
+            if not isinstance(shape, list) or (shape[0] is not None and not (
+                    isinstance(shape[0], int) and 0 < shape[0] <= _MAX_SAVED_BATCH)):
+                raise UserError(f"{path}: its config.json declares an input of shape {str(shape)[:60]}; a checkpoint's"
+                                f" batch is at most {_MAX_SAVED_BATCH}")
         config = layer.get("config") if isinstance(layer, dict) else None
         sizes = _LAYER_SIZES.get(layer.get("class_name") if isinstance(layer, dict) else None, {})
         for key, field in sizes.items():

@@ -78,5 +78,5 @@ class Series:
 def name_of_record(path: str) -> Optional[str]:
     """The checkpoint name whose series holds a record file, from where the file is and its name (not from
     what it says): /runs/cv/ck_40.json or /runs/cv/ck_best.json -> /runs/cv/ck; None for another name."""
-    match = re.fullmatch(rf"(.+)_(\d+|{BEST})\.json", os.path.basename(path))
+    match = re.fullmatch(rf"(.*)_(\d+|{BEST})\.json", os.path.basename(path), re.DOTALL)  # "cv/" writes cv/_2.json
     return os.path.join(os.path.dirname(os.path.abspath(path)), match.group(1)) if match else None

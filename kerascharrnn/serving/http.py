@@ -1,5 +1,6 @@
 """bin/serve's HTTP layer: uvicorn's h11 protocol, with malformed requests answered in JSON too."""
 
+import collections
 import json
 
 from kerascharrnn import upstream
@@ -19,22 +20,27 @@ def server_config(application, host: str, port: int, config, log_level: str = "i
 
     # uvicorn's access log would write every request line whole (a client could fill the disk): ours is bounded
     return uvicorn.Config(application, host=host, port=port, log_level=log_level, access_log=False,
-                          http=http_protocol_class(config.head_timeout),
-                          h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
-                          limit_concurrency=config.max_connections)
+                          http=http_protocol_class(config.head_timeout, config.max_idle_connections),
+                          h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES)
 
 
-def http_protocol_class(head_timeout: float = 10.0):
+def http_protocol_class(head_timeout: float = 10.0, max_idle: int = 512):
     """uvicorn's h11 protocol (upstream.h11_protocol_class), with its plain-text "Invalid HTTP request
-    received." 400 replaced by a JSON body with a "message" (rnn-writer shows `{}` for a body without one),
-    and a connection closed when a request's line and headers take longer than `head_timeout` seconds to arrive
-    (counted from the connection, or from the end of the previous response): uvicorn waits for them forever,
-    so a slow or stalled client (slowloris) could hold a connection, and up to 4 MiB of buffered head, for as
-    long as it liked. h11 is chosen explicitly: uvicorn's "auto" would take httptools where installed, whose
-    limits and replies differ."""
+    received." 400 replaced by a JSON body with a "message" (rnn-writer shows `{}` for a body without one).
+
+    A connection is closed when a request's line and headers take longer than `head_timeout` seconds to arrive
+    (from the connection, or from the first byte of the next request on a kept-alive one): uvicorn waits for
+    them forever, so a stalled or slowloris client could hold a connection, and up to 4 MiB of buffered head,
+    for as long as it liked. And when more than `max_idle` connections wait for their heads at once, the oldest
+    is closed: stalled clients crowd out each other, never the clients that send a request.
+
+    h11 is chosen explicitly: uvicorn's "auto" would take httptools where installed, whose limits and replies
+    differ."""
     import h11
 
     class JsonErrorH11Protocol(upstream.h11_protocol_class()):
+        awaiting_head: "collections.OrderedDict" = collections.OrderedDict()  # this server's, oldest first
+
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self._reason = ""
@@ -53,14 +59,23 @@ def http_protocol_class(head_timeout: float = 10.0):
         def _await_head(self) -> None:
             if self._head_timer is None and self.conn.their_state is h11.IDLE:
                 self._head_timer = self.loop.call_later(head_timeout, self._head_too_slow)
+                self.awaiting_head[self] = None
+                if len(self.awaiting_head) > max_idle:
+                    oldest = next(iter(self.awaiting_head))
+                    log.warning("closed a connection from %s: more than %d connections were waiting for their"
+                                " request heads", (oldest.client or ("?",))[0], max_idle)
+                    oldest._stop_head_timer()
+                    oldest.transport.close()
 
         def _stop_head_timer(self) -> None:
+            self.awaiting_head.pop(self, None)
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
 
         def _head_too_slow(self) -> None:
             self._head_timer = None
+            self.awaiting_head.pop(self, None)
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
                 log.warning("closed a connection from %s: no whole request head within %g s",
                             (self.client or ("?",))[0], head_timeout)
