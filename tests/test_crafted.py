@@ -18,10 +18,10 @@ from kerascharrnn.errors import UserError
 from kerascharrnn.io import checkpoint as ckpt
 
 
-def _rezipped(source: str, target, replace=None, add=None, compress=zipfile.ZIP_DEFLATED) -> str:
+def _rezipped(source: str, target, replace=None, add=None) -> str:
     """A copy of a .keras with members replaced or added (bytes), deflated: small on disk, large declared."""
     replace, add = replace or {}, add or {}
-    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w", compress) as out:
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out:
         for info in original.infolist():
             out.writestr(info.filename, replace.get(info.filename, original.read(info.filename)))
         for name, data in add.items():
