@@ -429,3 +429,13 @@ def test_stalled_connections_crowd_out_each_other_never_a_real_client(sentence_m
         assert any("more than 4 connections were waiting" in r.getMessage() for r in records)
         for sock in (*held, later):
             sock.close()
+
+
+def test_a_top_p_of_zero_takes_the_most_likely_character_in_both_apis(client, server):
+    greedy = client.completions.create(model=MODEL, prompt="the cat", max_tokens=30, temperature=0).choices[0].text
+    for top_p in (0.0, 1e-45):
+        assert client.completions.create(model=MODEL, prompt="the cat", max_tokens=30, top_p=top_p,
+                                         seed=4).choices[0].text == greedy
+    ollama_client = ollama.Client(host=server["base"])
+    zero = ollama_client.generate(model=MODEL, prompt="the cat", options={"num_predict": 30, "top_p": 0, "seed": 4})
+    assert zero.response == greedy

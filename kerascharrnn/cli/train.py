@@ -80,15 +80,14 @@ def _resumed_series(record: ckpt.CheckpointRecord, given_name: Optional[str]) ->
     return own
 
 
-def _check_resumed_data(record: ckpt.CheckpointRecord, train_config: TrainConfig, data_given: bool) -> None:
-    """A resume that names no data continues on the run's own: the file the record names must still be the
-    data it was trained on (a record's relative path, read from another directory, may name other data)."""
+def _check_resumed_data(record: ckpt.CheckpointRecord, train_config: TrainConfig, data_digest: str,
+                        data_given: bool) -> None:
+    """A resume that names no data continues on the run's own: the file the record names (`data_digest` is its
+    SHA-256) must still be the data it was trained on (a record's relative path, read from another directory,
+    may name other data)."""
     if data_given or "data" not in record.digests:
         return
-    if not os.path.isfile(train_config.input_h5):
-        raise UserError(f"{train_config.input_h5}: the data {record.path} was trained on is no longer there (moved?);"
-                        " give --input_h5 to name it")
-    if ckpt.file_digest(train_config.input_h5) != record.digests["data"]:
+    if data_digest != record.digests["data"]:
         raise UserError(f"{train_config.input_h5} ({paths.real(train_config.input_h5)}) is not the data {record.path}"
                         " was trained on (the file changed, or the record's path now names another file); give"
                         " --input_h5 to continue on other data")
@@ -147,10 +146,14 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> Optional[int]:
         init_vocab = ckpt.read_vocab(init_path)
 
     train_config = _data_files(train_config, flag_values.corpus)
-    if resume:
-        _check_resumed_data(resume, train_config, "input_h5" in common.given(flag_values))
+    if resume and not os.path.isfile(train_config.input_h5) and "input_h5" not in common.given(flag_values):
+        raise UserError(f"{train_config.input_h5}: the data {resume.path} was trained on is no longer there (moved?);"
+                        " give --input_h5 to name it")
     files.require_file(train_config.input_h5, "HDF5 file")
     files.require_file(train_config.input_json, "JSON vocabulary")
+    data_digest = ckpt.file_digest(train_config.input_h5)  # once: checked here, recorded in every checkpoint
+    if resume:
+        _check_resumed_data(resume, train_config, data_digest, "input_h5" in common.given(flag_values))
     lengths = batches.split_lengths(train_config.input_h5)
     vocab = Vocabulary.load(train_config.input_json)
     batches.check_ids_match(train_config.input_h5, vocab, train_config.input_json)
@@ -198,7 +201,7 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> Optional[int]:
             charrnn = CharRNN.from_checkpoint(train_config.init_from, batch_size=train_config.batch_size)
         else:
             charrnn = CharRNN.build(model_config, vocab, train_config.batch_size)
-        result = loop.train_and_evaluate(train_config, charrnn, layouts, resume=resume,
+        result = loop.train_and_evaluate(train_config, charrnn, layouts, resume=resume, data_digest=data_digest,
                                          start_iteration=start_iteration, strategy=strategy)
     if result.interrupted_by is not None:
         prog = argv[0] if argv[0].startswith("kerascharrnn ") else shlex.quote(argv[0])  # the one command's own

@@ -96,9 +96,8 @@ def routes(ctx: Serving) -> APIRouter:
                  for name, default in DEFAULT_OPTIONS.items()}
         num_predict = value["num_predict"] if value["num_predict"] >= 0 else config.max_num_new_chars
         seed = None if options.seed is None else options.seed % (2**62) + 1
-        temperature = value["temperature"] if value["top_p"] > 0 else 0.0  # top_p 0: the argmax
-        job = ctx.submit(Job([ids], num_predict, [temperature], top_k=value["top_k"],
-                             top_p=value["top_p"] if value["top_p"] > 0 else 1.0, seed=seed,
+        job = ctx.submit(Job([ids], num_predict, [value["temperature"]], top_k=value["top_k"],
+                             top_p=value["top_p"], seed=seed,
                              stream=body.stream is not False))
         choice = Choice(0, ctx.vocab, prompt, False, list(options.stop or []), None)
 

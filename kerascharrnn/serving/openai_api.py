@@ -18,7 +18,6 @@ import time
 import uuid
 from typing import AsyncIterator, Dict, List, Optional, Tuple, Union
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -32,7 +31,6 @@ from kerascharrnn.vocab import Vocabulary
 
 MAX_STOPS = 4
 MAX_LOGPROBS = 5
-_FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # a top_p below it is 0 in float32: the argmax
 
 
 class Choice:
@@ -208,9 +206,7 @@ def routes(ctx: Serving) -> APIRouter:
             ctx.check_prompt_length(prompt, "prompt")
         ids = [ctx.prompt_ids(p, "POST /v1/completions") for p in prompts]
         temperature = 1.0 if body.temperature is None else body.temperature
-        top_p = 1.0 if body.top_p is None else body.top_p
-        if top_p < _FLOAT32_TINY:  # no token has less than the smallest float32: the nucleus is the argmax
-            temperature, top_p = 0.0, 1.0
+        top_p = 1.0 if body.top_p is None else body.top_p  # (0, or one float32 makes 0: the most likely token)
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         max_tokens = 16 if body.max_tokens is None else body.max_tokens
         seed = None if body.seed is None else body.seed % (2**62) + 1

@@ -236,6 +236,7 @@ def train_and_evaluate(
     log=print,
     strategy=None,
     clock: Clock = time.perf_counter,
+    data_digest: Optional[str] = None,
 ) -> TrainResult:
     """Trains (or resumes), validating and checkpointing as train.lua does.
 
@@ -249,6 +250,7 @@ def train_and_evaluate(
       log: where progress lines go.
       strategy: a tf.distribute strategy from distributed.strategy.make_strategy, or None for one device.
       clock: seconds (time.perf_counter); the time budget and the speeds are read from it.
+      data_digest: SHA-256 of config.input_h5 where the caller has it (else computed here), for the records.
 
     Returns:
       A TrainResult naming the last checkpoint written.
@@ -269,7 +271,7 @@ def train_and_evaluate(
     elif start_iteration:
         trainer.start_at(start_iteration)
 
-    progress.data_digest = ckpt.file_digest(config.input_h5)
+    progress.data_digest = data_digest or ckpt.file_digest(config.input_h5)
     num_train = layouts["train"].num_batches
     last_iteration = config.max_epochs * num_train
     if config.max_iters:
