@@ -138,6 +138,14 @@ class ModelConfig:
     def __post_init__(self):
         _check_fields(self)
 
+    def canonical(self) -> "ModelConfig":
+        """The same architecture with the settings it does not use at their defaults (the copy attention's,
+        without one), for comparing two configs."""
+        if self.copy_memory:
+            return self
+        return dataclasses.replace(self, copy_heads=ModelConfig.copy_heads, copy_head_size=ModelConfig.copy_head_size,
+                                   copy_reset=ModelConfig.copy_reset)
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -204,6 +212,8 @@ class TrainConfig:
                                   " stopping with an error.", lower=1, upper=86400, resumable=True)
     replicas: int = setting(1, "Replicas the run trained on (resolved and recorded, not a flag).", lower=1,
                             upper=2**31 - 1, flag=False)
+    sized_by: str = setting("", "What a budgeted preset chose and why (sizing.py; recorded, not a flag).",
+                            flag=False)
 
     def __post_init__(self):
         _check_fields(self)

@@ -31,8 +31,13 @@ def configure(gpu: int, seed: Optional[int] = None, sampling: bool = False) -> N
         if gpus:
             tf.config.set_visible_devices(gpus[gpu], "GPU")
     if seed is not None:
-        keras.utils.set_random_seed(seed)
+        seed_everything(seed)
         tf.config.experimental.enable_op_determinism()
+
+
+def seed_everything(value: int) -> None:
+    """Seeds every RNG (Python's, NumPy's, TensorFlow's, Keras's), as at the start of a seeded run."""
+    keras.utils.set_random_seed(value)
 
 
 def check_floatx() -> None:

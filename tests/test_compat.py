@@ -160,3 +160,21 @@ def test_a_v03_record_with_digests_resumes_and_its_digests_still_guard_it(tmp_pa
     shutil.copy(tmp_path / "lstm_60.state.npz", tmp_path / "lstm_50.state.npz")
     refused = run_cli("train", "--resume_from", tmp_path / "lstm_50.json", "--input_h5", corpus, "--max_iters", 70)
     assert refused.returncode == 1 and "lstm_50.state.npz is not the file" in refused.stderr
+
+
+V04 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "v0.4")
+
+
+def test_a_v04_record_of_a_budgeted_preset_resumes_with_its_choice(tmp_path):
+    """tests/fixtures/v0.4 (see its README): a record that says what --preset auto chose resumes that model
+    (a resume is never sized again) and keeps the reason in its next records."""
+    for name in os.listdir(V04):
+        shutil.copy(os.path.join(V04, name), tmp_path / name)
+    record = ckpt.read_record(str(tmp_path / "auto_50.json"))
+    assert record.train_config.sized_by.startswith("2 x 16 ") and record.model_config.dropout == 0.46
+    corpus = os.path.join(FIXTURES, "corpus.h5")
+    resumed = run_cli("train", "--resume_from", tmp_path / "auto_50.json", "--input_h5", corpus, "--max_iters", 60,
+                      "--preset", "auto")
+    assert resumed.returncode == 0 and "iteration 60" in resumed.stdout, resumed.stderr
+    assert "not sized for the budget: the model comes from the checkpoint" in resumed.stdout
+    assert ckpt.read_record(str(tmp_path / "auto_60.json")).train_config.sized_by == record.train_config.sized_by

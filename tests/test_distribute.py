@@ -158,7 +158,7 @@ def test_unreachable_worker_stops_within_the_timeout(small_corpus, tmp_path):
     result = run_process("train", "--input_h5", h5, *SMALL, "--checkpoint_name", tmp_path / "c", "--strategy",
                          "multi_worker", "--worker_timeout", "3", env={"TF_CONFIG": _tf_config(ports, 0)},
                          timeout=TIMEOUT)
-    assert result.returncode != 0
+    assert result.returncode == 1  # a plain failure, not 137, which reads as the kernel's out-of-memory kill
     assert time.monotonic() - start < 120
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "not every worker of TF_CONFIG" in lines[0] and f"127.0.0.1:{ports[1]}" in lines[0]

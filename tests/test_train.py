@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import run_cli, train_in_process
 
+from kerascharrnn.config import ModelConfig
 from kerascharrnn.data import batches
 from kerascharrnn.io import checkpoint as ckpt
 from kerascharrnn.models import stack
@@ -243,6 +244,17 @@ def test_preset_values_apply_and_explicit_flags_win(small_corpus, tmp_path):
     assert record.train_config.lr_schedule == "cosine" and record.train_config.weight_decay == preset["weight_decay"]
     unknown = run_cli("train", "--preset", "tpu_huge")
     assert unknown.returncode != 0 and "--preset" in unknown.stderr
+
+
+def test_a_preset_with_its_copy_attention_turned_off_trains(small_corpus, tmp_path):
+    """--copy_memory 0 leaves the preset's --copy_reset unused, not a model that disagrees with its config."""
+    _, h5, _ = small_corpus
+    result = run_cli("train", "--input_h5", h5, "--preset", "cpu_15min", "--copy_memory", 0, "--rnn_size", 16,
+                     "--batch_size", 4, "--seq_length", 16, "--max_iters", 1, "--checkpoint_name", tmp_path / "p")
+    assert result.returncode == 0, result.stderr
+    assert run_cli("sample", "--checkpoint", tmp_path / "p_1.keras", "--length", 5).returncode == 0
+    assert ModelConfig(copy_reset=0.1).canonical() == ModelConfig()
+    assert ModelConfig(copy_memory=8, copy_reset=0.1).canonical() != ModelConfig(copy_memory=8)
 
 
 def test_a_checkpoint_is_checked_once_per_load(trained, monkeypatch):

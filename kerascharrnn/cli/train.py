@@ -14,18 +14,19 @@ import os
 import shlex
 import signal
 import sys
+import time
 from typing import List, Optional, Sequence
 
 from absl import flags
 
 from kerascharrnn import resources
 from kerascharrnn.cli import common
-from kerascharrnn.config import MULTI_WORKER, ModelConfig, TrainConfig
+from kerascharrnn.config import INT32_MAX, MULTI_WORKER, ONE_DEVICE, ModelConfig, TrainConfig
 from kerascharrnn.data import batches, corpus
 from kerascharrnn.errors import UserError
 from kerascharrnn.io import checkpoint as ckpt
 from kerascharrnn.io import files, lock, paths, series
-from kerascharrnn.presets import PRESETS
+from kerascharrnn.presets import BUDGETED, PRESETS
 from kerascharrnn.training.distributed import cluster
 from kerascharrnn.vocab import Vocabulary
 
@@ -37,9 +38,11 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                       " 'stdlib' (the Python standard library's sources, offline) or 'tiny_shakespeare' (downloaded"
                       " once).", flag_values=flag_values)
     flags.DEFINE_enum("preset", "", ["", *PRESETS], "A named set of flag values (kerascharrnn/presets.py):"
-                      " cpu_15min = the best recipe found for ~1 MB of text in 15 minutes on a 2-core CPU (with"
-                      " --max_minutes 15); gpu_large = a larger model for a GPU. Flags given explicitly override"
-                      " the preset's.", flag_values=flag_values)
+                      " auto = the CPU recipe with the model sized for --max_minutes (required) from this machine's"
+                      " measured speed and the corpus (docs/quality.md); cpu_15min = the same recipe, sized the same"
+                      " way when --max_minutes is given (15 for its name), else a fixed 2 x 384; gpu_large = a"
+                      " larger model for a GPU. Flags given explicitly override the preset's and the sizing's.",
+                      flag_values=flag_values)
     common.define_gpu_flag(flag_values)
     flags.DEFINE_string("gpu_backend", "cuda", "Only 'cuda': TensorFlow has no OpenCL backend.",
                         flag_values=flag_values)
@@ -123,6 +126,26 @@ def _inputs(train_config: TrainConfig):
     return named
 
 
+def _sized_for_budget(flag_values: flags.FlagValues, model_config: ModelConfig, train_config: TrainConfig,
+                      lengths, describe=print):
+    """A budgeted preset's model and recipe for this machine, budget and corpus (training/sizing.py): the
+    configs with what the sizing chose, except where the command line set a value."""
+    from kerascharrnn.training import sizing, step_speed
+
+    given = common.given(flag_values)
+    corpus_sizes = sizing.Corpus(lengths["train"], lengths["val"], model_config.vocab_size)
+    chosen = sizing.choose(model_config, train_config.batch_size, train_config.seq_length,
+                           train_config.max_minutes * 60, corpus_sizes,
+                           lambda model: step_speed.cached(model, train_config, log=describe),
+                           fixed={k: given[k] for k in ("num_layers", "rnn_size") if k in given})
+    kept = {k: v for k, v in chosen.values.items() if k not in given}
+    describe(f"--preset {flag_values.preset} for {train_config.max_minutes:g} minutes: {chosen.why}")
+    model_config = dataclasses.replace(model_config, **{k: v for k, v in kept.items() if hasattr(model_config, k)})
+    train_config = dataclasses.replace(train_config, sized_by=chosen.why,
+                                       **{k: v for k, v in kept.items() if hasattr(train_config, k)})
+    return model_config, train_config
+
+
 def run(flag_values: flags.FlagValues, argv: List[str]) -> Optional[int]:
     if flag_values.gpu_backend != "cuda":
         raise UserError(f"--gpu_backend {flag_values.gpu_backend!r}: TensorFlow has no OpenCL backend; use cuda"
@@ -176,6 +199,15 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> Optional[int]:
         paths.check_output_dir("--tensorboard_dir", train_config.tensorboard_dir)
     if not resume:
         model_config = dataclasses.replace(model_config, vocab_size=vocab.size)
+    if flag_values.preset == "auto" and not train_config.max_minutes:
+        raise UserError("--preset auto sizes the model for a time budget: give --max_minutes")
+    sizing_reason = None  # why a budgeted preset keeps its fixed model
+    if flag_values.preset in BUDGETED and train_config.max_minutes:
+        if resume or train_config.init_from:
+            sizing_reason = "the model comes from the checkpoint"
+        elif train_config.strategy != ONE_DEVICE:
+            sizing_reason = f"--strategy {train_config.strategy} (speeds are measured on one device)"
+    size_model = flag_values.preset in BUDGETED and bool(train_config.max_minutes) and sizing_reason is None
     fit_config = ckpt.stored_model_config(init_path) if train_config.init_from else model_config
     if fit_config is not None:  # a v0.1.0 --init_from file records no architecture
         resources.check_training_fits(fit_config, train_config.batch_size, train_config.seq_length)
@@ -189,10 +221,24 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> Optional[int]:
         common.quiet_tensorflow()
         from kerascharrnn import devices
         from kerascharrnn.models.charrnn import CharRNN
-        from kerascharrnn.training import loop
+        from kerascharrnn.training import loop, path_choice, step_speed
         from kerascharrnn.training.distributed.strategy import make_strategy
 
         devices.configure(flag_values.gpu, train_config.seed)
+        measuring_started = time.perf_counter()
+        if size_model:
+            model_config, train_config = _sized_for_budget(flag_values, model_config, train_config, lengths)
+            resources.check_training_fits(model_config, train_config.batch_size, train_config.seq_length)
+        elif sizing_reason:
+            print(f"--preset {flag_values.preset}: not sized for the budget: {sizing_reason}")
+        planned = min(train_config.max_epochs * layouts["train"].num_batches, train_config.max_iters or INT32_MAX)
+        if (not resume and not train_config.init_from and train_config.strategy == ONE_DEVICE
+                and not devices.on_gpu()
+                and path_choice.worth_measuring(train_config.fused, planned, train_config.max_minutes)):
+            step_speed.measure_paths(model_config, train_config, log=print)
+        measuring_s = time.perf_counter() - measuring_started
+        if train_config.seed is not None:  # measuring builds models, which draw from the seeded generators
+            devices.seed_everything(train_config.seed)
         strategy = make_strategy(train_config.strategy, train_config.cpu_replicas, train_config.worker_timeout,
                                  describe=common.describe)
         if resume:
@@ -202,7 +248,8 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> Optional[int]:
         else:
             charrnn = CharRNN.build(model_config, vocab, train_config.batch_size)
         result = loop.train_and_evaluate(train_config, charrnn, layouts, resume=resume, data_digest=data_digest,
-                                         start_iteration=start_iteration, strategy=strategy)
+                                         start_iteration=start_iteration, strategy=strategy,
+                                         time_spent=measuring_s)
     if result.interrupted_by is not None:
         prog = argv[0] if argv[0].startswith("kerascharrnn ") else shlex.quote(argv[0])  # the one command's own
         command = " ".join([prog, "--resume_from", shlex.quote(result.checkpoint_json)])

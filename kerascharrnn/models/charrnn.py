@@ -28,7 +28,7 @@ class CharRNN:
 
     def __init__(self, model: keras.Model, vocab: Vocabulary, config: ModelConfig, source: str = "model"):
         described = stack.config_of(model)
-        if described != config:
+        if described.canonical() != config.canonical():
             raise UserError(f"{source}: the stored model config does not match the model's layers")
         output_size = model.outputs[0].shape[-1]
         if vocab.size != config.vocab_size or output_size != vocab.size:

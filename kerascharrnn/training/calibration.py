@@ -9,9 +9,12 @@ rule. The choice is stored in the checkpoint, so a resumed run keeps it, and the
 same file gives the same choice, so `--seed` repeats.
 
 The file: $KERASCHARRNN_CALIBRATION, else calibration.json beside Keras's own cache ($KERAS_HOME or
-~/.keras, under kerascharrnn/). No TensorFlow import here.
+~/.keras, under kerascharrnn/). Beside it, step_speeds.json keeps the training speeds a budgeted preset
+measured (step_speed.py, sizing.py), under the same machine key, so that a machine measures each model once
+and a seeded run chooses the same model every time. No TensorFlow import here.
 """
 
+import dataclasses
 import importlib.metadata
 import json
 import math
@@ -30,6 +33,10 @@ def default_path() -> str:
         return explicit
     keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return os.path.join(keras_home, "kerascharrnn", "calibration.json")
+
+
+def speeds_path() -> str:
+    return os.path.join(os.path.dirname(default_path()), "step_speeds.json")
 
 
 def machine_key() -> str:
@@ -87,3 +94,39 @@ def measured_choice(kind: str, num_layers: int, rnn_size: int, fused_path: str,
     if not rows:
         return None
     return min(rows, key=lambda r: (abs(math.log(r["rnn_size"] / rnn_size)), abs(r["num_layers"] - num_layers)))
+
+
+def _speeds() -> Dict[str, Dict[str, float]]:
+    path = speeds_path()
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            table = json.load(f)
+        for speeds in table.values():
+            for value in speeds.values():
+                if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                    raise ValueError(value)
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError) as e:
+        raise UserError(f"{path}: not a kerascharrnn speeds file ({type(e).__name__}); delete it, and the next"
+                        " budgeted run measures again") from None
+    return table
+
+
+def config_key(model_config, train_config) -> str:
+    """What a training step's speed depends on besides the machine (a ModelConfig and a TrainConfig)."""
+    train = {k: getattr(train_config, k) for k in ("batch_size", "seq_length", "fused", "weight_decay")}
+    return json.dumps({**dataclasses.asdict(model_config), **train}, sort_keys=True)
+
+
+def measured_speed(config_key: str) -> Optional[float]:
+    """Training tokens per second this machine measured for a configuration (config_key), or None."""
+    return _speeds().get(machine_key(), {}).get(config_key)
+
+
+def record_speed(config_key: str, tokens_per_s: float) -> None:
+    table = _speeds()
+    table.setdefault(machine_key(), {})[config_key] = float(tokens_per_s)
+    path = speeds_path()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    files.write_text_atomic(path, json.dumps(table, indent=1, sort_keys=True) + "\n")

@@ -28,7 +28,7 @@ from kerascharrnn.io import checkpoint as ckpt
 from kerascharrnn.io import files
 from kerascharrnn.io.series import BEST, Series
 from kerascharrnn.models.charrnn import CharRNN
-from kerascharrnn.training import plots
+from kerascharrnn.training import path_choice, plots
 from kerascharrnn.training.distributed.trainer import DistributedTrainer
 from kerascharrnn.training.trainer import Trainer, TrainerProtocol
 
@@ -237,6 +237,7 @@ def train_and_evaluate(
     strategy=None,
     clock: Clock = time.perf_counter,
     data_digest: Optional[str] = None,
+    time_spent: float = 0.0,
 ) -> TrainResult:
     """Trains (or resumes), validating and checkpointing as train.lua does.
 
@@ -251,6 +252,7 @@ def train_and_evaluate(
       strategy: a tf.distribute strategy from distributed.strategy.make_strategy, or None for one device.
       clock: seconds (time.perf_counter); the time budget and the speeds are read from it.
       data_digest: SHA-256 of config.input_h5 where the caller has it (else computed here), for the records.
+      time_spent: seconds of the budget the caller already spent for this run (measuring speeds to size it).
 
     Returns:
       A TrainResult naming the last checkpoint written.
@@ -272,6 +274,7 @@ def train_and_evaluate(
         trainer.start_at(start_iteration)
 
     progress.data_digest = data_digest or ckpt.file_digest(config.input_h5)
+    progress.spent_before += time_spent
     num_train = layouts["train"].num_batches
     last_iteration = config.max_epochs * num_train
     if config.max_iters:
@@ -288,7 +291,7 @@ def train_and_evaluate(
     model_config = charrnn.config
     log(f"Model: {model_config.model_type} {model_config.num_layers} x {model_config.rnn_size};"
         f" {parameter_advice(charrnn.count_params(), layouts['train'].tokens_covered)}")
-    path_name = {"split": "fused (split)", "on": "fused", "off": "Keras"}[trainer.path_choice.path]
+    path_name = path_choice.PATH_NAMES[trainer.path_choice.path]
     log(f"{num_train} minibatches per epoch; {path_name} training path ({trainer.path_choice.why});"
         f" learning rate: {config.lr_schedule}" + (f", time budget {config.max_minutes:g} minutes"
                                                    if config.max_minutes else ""))

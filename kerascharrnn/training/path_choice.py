@@ -1,20 +1,41 @@
 """How a model trains on this machine: through the fused XLA path of fused.py, in one piece or with the
 batch split in two halves (one per core), or through the plain Keras layers; the one decision, and why.
 
-`--fused auto` takes the path this machine measured faster for the nearest configuration
-(calibration.py, written by bin/benchmark --what calibrate), else a static rule measured on a 2-core
-CPU. The choice is recorded in the checkpoint, so a resumed run keeps it.
+`--fused auto` takes the path this machine measured faster: for this very model and batch where a long
+run measured both before it started (step_speed.measure_paths, kept per machine), else for the nearest
+configuration bin/benchmark --what calibrate measured (calibration.py), else a static rule measured on a
+2-core CPU (short runs, where measuring would cost more than it saves). The choice is recorded in the
+checkpoint, so a resumed run keeps it.
 """
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
 import keras
 
+from kerascharrnn import resources
 from kerascharrnn.errors import UserError
 from kerascharrnn.errors import setting as ref
 from kerascharrnn.models import stack
 from kerascharrnn.training import calibration
+
+PATH_NAMES = {"split": "fused (split)", "on": "fused", "off": "Keras"}
+# A run this long (or budgeted this long) measures its own paths before it starts: ~10-30 s once per machine
+# and model, against the 10-40% a wrong path costs.
+MEASURE_FROM_ITERATIONS = 2000
+MEASURE_FROM_MINUTES = 10.0
+
+
+def worth_measuring(fused: str, planned_iterations: int, budget_minutes: float) -> bool:
+    return fused == "auto" and (planned_iterations >= MEASURE_FROM_ITERATIONS
+                                or budget_minutes >= MEASURE_FROM_MINUTES)
+
+
+def candidate_paths(model_config, batch_size: int, cpu_cores: Optional[int] = None) -> Tuple[str, str]:
+    """The fused form a freshly built model of this config would take under auto, and the Keras layers."""
+    cores = resources.cpu_cores() if cpu_cores is None else cpu_cores
+    split = batch_size >= 2 and not model_config.batchnorm and cores >= 2
+    return ("split" if split else "on"), "off"
 
 
 def unsupported_reason(model: keras.Model):
@@ -75,7 +96,8 @@ def split_unsupported_reason(model: keras.Model) -> Optional[str]:
     return None
 
 
-def choose(model: keras.Model, setting: str, on_gpu: bool, cpu_cores: int = 1) -> PathChoice:
+def choose(model: keras.Model, setting: str, on_gpu: bool, cpu_cores: int = 1,
+           speeds: Optional[Callable[[str], Optional[float]]] = None) -> PathChoice:
     """The one place that decides how training runs: "split" (fused.split_loss_and_grads), "on"
     (fused.forward) or "off" (the Keras layers).
 
@@ -87,6 +109,8 @@ def choose(model: keras.Model, setting: str, on_gpu: bool, cpu_cores: int = 1) -
         A fused auto choice splits the batch where the model allows it and the machine has two cores.
       on_gpu: a GPU is visible; the Keras layers then run cuDNN, which auto always prefers.
       cpu_cores: the cores this process may use.
+      speeds: tokens per second this machine measured for this model and batch on a path ("split", "on",
+        "off"), or None where it measured none (step_speed.measure_paths; read only, never measured here).
 
     Returns:
       The choice and why; the caller records the path so that a resumed run keeps it.
@@ -106,7 +130,12 @@ def choose(model: keras.Model, setting: str, on_gpu: bool, cpu_cores: int = 1) -
     stage = stack.recurrent_stages(model)[0]
     measured = calibration.measured_choice(stage.kind.name, len(stack.recurrent_stages(model)),
                                            stage.layer.cell.units, path)
-    if measured:
+    own = (speeds(path), speeds("off")) if speeds else (None, None)
+    if None not in own:
+        fused = own[0] > own[1]
+        why = (f"measured on this machine for this model: {PATH_NAMES[path]} {own[0]:,.0f}, Keras {own[1]:,.0f}"
+               " characters/s")
+    elif measured:
         fused = measured["fused_ms"] < measured["keras_ms"]
         why = (f"measured on this machine at {measured['num_layers']}x{measured['rnn_size']}: fused ({path})"
                f" {measured['fused_ms']:.1f} ms, Keras {measured['keras_ms']:.1f} ms per step")

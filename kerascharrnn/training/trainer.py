@@ -17,7 +17,7 @@ from kerascharrnn.data import batches
 from kerascharrnn.errors import UserError
 from kerascharrnn.models import stack
 from kerascharrnn.models.charrnn import CharRNN
-from kerascharrnn.training import evaluate, fused, path_choice, schedule
+from kerascharrnn.training import calibration, evaluate, fused, path_choice, schedule
 
 
 class TrainerProtocol(Protocol):
@@ -84,8 +84,10 @@ class Trainer:
         # On a CPU, recurrent layers may train through fused.py under XLA (hoisted projections, one-matmul
         # weight gradients; "split": two halves of the batch at once, one per core); on a GPU the Keras call
         # runs cuDNN. Same layers and weights either way.
-        self.path_choice = path_choice.choose(model, config.fused, on_gpu=devices.on_gpu(),
-                                              cpu_cores=resources.cpu_cores())
+        self.path_choice = path_choice.choose(
+            model, config.fused, on_gpu=devices.on_gpu(), cpu_cores=resources.cpu_cores(),
+            speeds=lambda path: calibration.measured_speed(
+                calibration.config_key(charrnn.config, dataclasses.replace(config, fused=path))))
         self.config = dataclasses.replace(config, fused=self.path_choice.path)
         self.schedule = schedule.TrainingSchedule(config, layouts["train"].num_batches)
         # torch-rnn clamps every gradient element to [-grad_clip, grad_clip]: that is clipvalue.

@@ -3,9 +3,11 @@ devices and the multi-worker server can only be set up before the runtime starts
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import select
 import signal
+import time
 from typing import Callable
 
 from kerascharrnn import upstream
@@ -13,6 +15,8 @@ from kerascharrnn.config import MIRRORED, ONE_DEVICE
 from kerascharrnn.errors import UserError
 from kerascharrnn.errors import setting as ref
 from kerascharrnn.training.distributed.cluster import ClusterSpec, cluster_from_env
+
+EXIT_GRACE_S = 10  # after the message: how long faulthandler's exit may take before the watchdog SIGKILLs
 
 
 def make_strategy(strategy_name: str, cpu_replicas: int, worker_timeout: int,
@@ -67,10 +71,12 @@ def _configure_heartbeat(cluster: ClusterSpec, timeout_s: int) -> None:
 
 
 def _watchdog(seconds: int, message: str):
-    """Forks a child that, unless the returned cancel() is called within `seconds`, writes `message` on
-    stderr and SIGKILLs this process (it cannot run a line of Python until the strategy's constructor
-    returns, and TensorFlow keeps a SIGTERM from ending it). The child makes system calls only (no
-    TensorFlow)."""
+    """Unless the returned cancel() is called within `seconds`, writes `message` on stderr and ends this
+    process with exit status 1. This process cannot run a line of Python until the strategy's constructor
+    returns (and TensorFlow keeps a SIGTERM from ending it), so the message comes from a forked child (which
+    makes system calls only, no TensorFlow) and the exit from faulthandler's watchdog thread, which needs no
+    GIL: it calls _exit(1) a second later (its traceback goes to /dev/null: the user gets the one line). Were
+    that thread ever not to fire, the child SIGKILLs this process 10 s later."""
     read_end, write_end = os.pipe()
     parent = os.getpid()
     child = os.fork()
@@ -79,11 +85,19 @@ def _watchdog(seconds: int, message: str):
         ready, _, _ = select.select([read_end], [], [], seconds)
         if not ready:
             os.write(2, f"{message}\n".encode())
-            os.kill(parent, signal.SIGKILL)
+            deadline = time.monotonic() + 1 + EXIT_GRACE_S
+            while os.getppid() == parent and time.monotonic() < deadline:  # adopted by another once it has ended
+                time.sleep(0.1)
+            if os.getppid() == parent:
+                os.kill(parent, signal.SIGKILL)
         os._exit(0)
     os.close(read_end)
+    devnull = open(os.devnull, "w")
+    faulthandler.dump_traceback_later(seconds + 1, exit=True, file=devnull)
 
     def cancel():
+        faulthandler.cancel_dump_traceback_later()
+        devnull.close()
         os.close(write_end)  # the child's select returns: it exits quietly
         os.waitpid(child, 0)
 
