@@ -147,7 +147,7 @@ def choose(base: ModelConfig, batch_size: int, seq_length: int, budget_s: float,
         else:
             least = DATA_LIMITED_TOKENS_PER_PARAMETER if data_limited else TOKENS_PER_PARAMETER
             why += (f"; {bigger[0]} x {bigger[1]} would see too few characters per parameter"
-                    f" ({tokens(bigger) / params(bigger):.1f} < {least:g})")
+                    f" ({tokens(bigger) / params(bigger):.2f} < {least:g})")
     if data_limited:
         why += " (the corpus, not the time, limits this run)"
     return Sizing(values, why)
