@@ -104,8 +104,8 @@ def test_a_step_speed_is_measured_from_real_steps_and_kept_per_machine(tmp_path,
 
 def _budgeted_run(h5, prefix, *extra):
     return run_cli("train", "--input_h5", h5, "--preset", "auto", "--max_minutes", 1, "--num_layers", 2,
-                   "--rnn_size", 96, "--batch_size", 4, "--seq_length", 16, "--max_iters", 3, "--lr_schedule", "step", "--seed", 1,
-                   "--checkpoint_name", prefix, *extra)
+                   "--rnn_size", 96, "--batch_size", 4, "--seq_length", 16, "--max_iters", 3, "--lr_schedule", "step",
+                   "--seed", 1, "--checkpoint_name", prefix, *extra)
 
 
 def test_bin_train_sizes_a_budgeted_preset_records_why_and_repeats(small_corpus, tmp_path, monkeypatch):
