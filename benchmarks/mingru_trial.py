@@ -7,15 +7,16 @@ layer is `x + minGRU(LayerNorm(x))` then `x + MLP(LayerNorm(x))`, where minGRU's
 on the layer's input only (z = sigmoid(W_z x), h~ = W_h x, h_t = (1 - z_t) h_{t-1} + z_t h~_t), so training
 runs its matmuls over all B x T positions at once and the recurrence is an elementwise scan (here a
 Hillis-Steele scan, log2(T) rounds). Trained as the budgeted preset trains the LSTM: streams carried across
-windows (truncated BPTT), B 32, T 100, AdamW (decay 0.05), clip 5, dropout 0.1, warm-up 100 then a cosine
-3e-3 -> 1e-4 fitted to the budget from the speed of the first 50 iterations; the best validation is kept
-and scored on the test split as one stream, every position (what bin/eval --split test reports).
+windows (truncated BPTT), B 32, T 100, the preset's AdamW, clipping and schedule (training/schedule.py:
+warm-up 100, then a cosine 3e-3 -> 1e-4 whose end is fitted to the budget from the speed of iterations
+10-60), dropout 0.1; the best validation is kept and scored on the test split as one stream, every
+position (what bin/eval --split test reports).
 
 A trial, not a model kind: docs/quality.md (round 5) records what it measured and why it was not kept.
 """
 
 import argparse
-import math
+import dataclasses
 import sys
 import time
 
@@ -23,6 +24,10 @@ import h5py
 import keras
 import numpy as np
 import tensorflow as tf
+
+from kerascharrnn.config import TrainConfig
+from kerascharrnn.presets import PRESETS
+from kerascharrnn.training.schedule import TrainingSchedule
 
 
 def scan(decay, inputs, state):
@@ -96,15 +101,13 @@ def main():
     zeros = lambda b: tf.zeros((args.layers, b, args.width))  # noqa: E731
     model(tf.zeros((1, 1), tf.int32), zeros(1))
     params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-    schedule = {"total": 10**9}
-
-    def learning_rate(step):
-        if step < 100:
-            return 3e-3 * (step + 1) / 100
-        progress = min(1.0, (step - 100) / max(1, schedule["total"] - 100))
-        return 1e-4 + 0.5 * (3e-3 - 1e-4) * (1 + math.cos(math.pi * progress))
-
-    optimizer = keras.optimizers.AdamW(learning_rate=3e-3, weight_decay=0.05, global_clipnorm=5.0)
+    # the budgeted preset's optimizer and schedule (warm-up, then a cosine whose end is set once the speed is known)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    recipe = TrainConfig(**{k: v for k, v in PRESETS["auto"].items() if k in fields})
+    windows = streams(splits["train"], args.batch_size, args.seq_length)
+    schedule = TrainingSchedule(recipe, len(windows))
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=recipe.weight_decay,
+                                       global_clipnorm=recipe.grad_clip)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     @tf.function(jit_compile=bool(args.xla))
@@ -129,7 +132,6 @@ def main():
             total, count = total + float(loss), count + y.shape[1]
         return total / count
 
-    windows = streams(splits["train"], args.batch_size, args.seq_length)
     budget = args.minutes * 60
     step, states, best, best_weights, tick = 0, zeros(args.batch_size), float("inf"), None, started
     loop_started = time.perf_counter()
@@ -139,18 +141,18 @@ def main():
         x, y = windows[step % len(windows)]
         if step % len(windows) == 0:
             states = zeros(args.batch_size)
-        optimizer.learning_rate.assign(learning_rate(step))
         loss, states = train_step(tf.constant(x), tf.constant(y), states)
         step += 1
         if step == 10:
             tick = time.perf_counter()
         if step == 60:  # the speed of iterations 10-60 fits the cosine to the budget
             per_step = (time.perf_counter() - tick) / 50
-            schedule["total"] = step + int((budget - (time.perf_counter() - started)) / per_step * 0.97)
-            checkpoint_every = max(100, schedule["total"] // args.checkpoints)
+            total = step + int((budget - (time.perf_counter() - started)) / per_step * 0.97)
+            schedule.total.assign(total)
+            checkpoint_every = max(100, total // args.checkpoints)
             print(f"{1 / per_step * args.batch_size * args.seq_length:,.0f} characters/s; "
-                  f"cosine to {schedule['total']} iterations, validating every {checkpoint_every}")
-        ends = step >= schedule["total"] or time.perf_counter() - started >= budget
+                  f"cosine to {total} iterations, validating every {checkpoint_every}")
+        ends = step >= int(schedule.total) > 0 or time.perf_counter() - started >= budget
         if ends or (step > 60 and step % checkpoint_every == 0):
             val = split_loss("val")
             print(f"iteration {step}: train {float(loss):.3f} val {val:.4f} ({time.perf_counter() - started:.0f} s)")
