@@ -1,6 +1,8 @@
 """How fast a writer sees a suggestion: bin/serve's streamed completions at 1 and at 32 writers (not a test).
 
     python3 benchmarks/writers_latency.py --checkpoint cv/default.keras --checkpoint cv/cpu_15min.keras
+    python3 benchmarks/writers_latency.py --checkpoint cv/default.keras --baseline /tmp/before \
+        --extra '{"repetition_penalty": 1.1}'
 
 For each checkpoint, starts `bin/serve` on 127.0.0.1 (a real process), warms it up, then has each number of
 writers (--writers, default 1 and 32) ask at once, --rounds times each, for what the writing page asks for:
@@ -10,7 +12,10 @@ the whole suggestion (p50 and p99 over every request), the errors (any non-200 o
 server's resident memory after the warm-up and after each load (flat memory: the server keeps nothing).
 
 The writers run in this process (asyncio + httpx) on the same machine as the server: at 32 writers they
-share its cores, as they would if a small team's editors and the server shared one machine.
+share its cores, as they would if a small team's editors and the server shared one machine. --baseline runs the
+same loads against another checkout's bin/serve (an earlier commit, say `git worktree add /tmp/before HEAD~1`)
+in the same run, one server after the other; --extra adds fields to every request (a sampler setting, to see
+what it costs).
 """
 
 import argparse
@@ -45,10 +50,10 @@ def resident_mib(pid: int) -> float:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
 
 
-async def suggestion(http: httpx.AsyncClient, base: str, model: str, prompt: str) -> Dict:
+async def suggestion(http: httpx.AsyncClient, base: str, model: str, prompt: str, extra: Dict) -> Dict:
     """One writer's Tab: times to the first streamed character and to the end of the stream."""
     body = {"model": model, "prompt": prompt, "max_tokens": SUGGESTION_LENGTH, "n": SUGGESTIONS,
-            "temperature": 0.8, "stream": True}
+            "temperature": 0.8, "stream": True, **extra}
     started = time.perf_counter()
     first, texts = None, [""] * SUGGESTIONS
     async with http.stream("POST", base + "/v1/completions", json=body) as reply:
@@ -67,10 +72,10 @@ async def suggestion(http: httpx.AsyncClient, base: str, model: str, prompt: str
     return {"first": first, "whole": whole}
 
 
-async def writers(base: str, model: str, count: int, rounds: int) -> List[Dict]:
+async def writers(base: str, model: str, count: int, rounds: int, extra: Dict) -> List[Dict]:
     async def writer(index: int) -> List[Dict]:
         own = prompts(count * rounds)[index::count]
-        return [await suggestion(http, base, model, prompt) for prompt in own]
+        return [await suggestion(http, base, model, prompt, extra) for prompt in own]
 
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=count)) as http:
         results = await asyncio.gather(*(writer(i) for i in range(count)))
@@ -107,17 +112,19 @@ def percentile_ms(values: List[float], q: float) -> float:
     return 1000 * float(np.percentile(values, q))
 
 
-def measure(checkpoint: str, counts: List[int], rounds: int) -> None:
+def measure(checkpoint: str, counts: List[int], rounds: int, repo: str = REPO, extra: Dict = None) -> None:
+    extra = extra or {}
     with tempfile.TemporaryFile("w+") as log:
-        process, base = serve(checkpoint, log)
+        process, base = serve(checkpoint, log, repo)
         try:
             model = httpx.get(base + "/v1/models", timeout=30).json()["data"][0]["id"]
             for count in sorted(set(counts)):  # warm-up: every batch size the loads will use
-                asyncio.run(writers(base, model, count, 1))
+                asyncio.run(writers(base, model, count, 1, extra))
             memory = [resident_mib(process.pid)]
-            print(f"{os.path.basename(checkpoint)}: server resident memory after warm-up {memory[0]:.0f} MiB")
+            print(f"{os.path.basename(checkpoint)} served by {repo}{' with ' + json.dumps(extra) if extra else ''}:"
+                  f" server resident memory after warm-up {memory[0]:.0f} MiB")
             for count in counts:
-                results = asyncio.run(writers(base, model, count, rounds))
+                results = asyncio.run(writers(base, model, count, rounds, extra))
                 memory.append(resident_mib(process.pid))
                 good = [r for r in results if "error" not in r]
                 errors = [r["error"] for r in results if "error" in r]
@@ -139,13 +146,18 @@ def main():
     parser.add_argument("--checkpoint", action="append", required=True, help="A model to serve (repeatable).")
     parser.add_argument("--writers", default="1,32", help="Numbers of concurrent writers, comma-separated.")
     parser.add_argument("--rounds", type=int, default=20, help="Suggestions each writer asks for, one after another.")
+    parser.add_argument("--baseline", default="", help="Another checkout whose bin/serve runs the same loads first.")
+    parser.add_argument("--extra", default="{}", help="JSON object of fields added to every request.")
     args = parser.parse_args()
     counts = [int(c) for c in args.writers.split(",")]
     if args.rounds < 1 or min(counts) < 1:
         parser.error("--rounds and --writers must be at least 1")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    extra = json.loads(args.extra)
     for checkpoint in args.checkpoint:
-        measure(checkpoint, counts, args.rounds)
+        if args.baseline:
+            measure(checkpoint, counts, args.rounds, os.path.abspath(args.baseline), extra)
+        measure(checkpoint, counts, args.rounds, REPO, extra)
 
 
 if __name__ == "__main__":

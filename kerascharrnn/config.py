@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from kerascharrnn.errors import UserError
 from kerascharrnn.errors import setting as ref
+from kerascharrnn.inference.settings import BOUNDS, SEED_MAX
 
 MODEL_TYPES = ("lstm", "gru", "rnn")
 # An integer setting without a bound of its own stops here: past it, the value meets TensorFlow as an
@@ -268,14 +269,14 @@ class SampleConfig:
                            flag_type=int)
     temperature: float = setting(1.0, "Softmax temperature (> 0, at most 1e6: beyond it every character is equally"
                                  " likely anyway, and float32 overflows); lower is more conservative.", above=0.0,
-                                 upper=1e6)
+                                 upper=BOUNDS["temperature"].high)
     top_k: int = setting(0, "Sample only among the k most likely characters (0 = off; a k above the vocabulary"
-                         " size is clamped to it, i.e. off).", lower=0, upper=2**31 - 1)
+                         " size is clamped to it, i.e. off).", lower=0, upper=BOUNDS["top_k"].high)
     top_p: float = setting(1.0, "Nucleus sampling: the smallest set with this much probability (1 = off).",
-                           above=0.0, upper=1.0)
+                           above=0.0, upper=BOUNDS["top_p"].high)
     num_samples: int = setting(1, "Independent samples to generate, as one batched run.", lower=1, upper=100_000)
     seed: Optional[int] = setting(None, "Seed for the draws: the same seed gives the same text.", lower=0,
-                                  upper=2**62, flag_type=int)
+                                  upper=SEED_MAX, flag_type=int)
     beam_size: int = setting(0, "Beam search with this many beams: the most likely text instead of a sample (no"
                              " temperature or draws; 1 = argmax, as --sample 0). 0 = off.", lower=0, upper=1000)
 
@@ -306,11 +307,16 @@ class ServeConfig:
                              " was trained on lower-case text); 1 = always; 0 = never.", choices=LOWERCASE_CHOICES)
     completion_chars: int = setting(140, "GET /generate: a completion stops here if no sentence end came first.",
                                     lower=1, flag=False)
-    max_start_text: int = setting(2000, "Longest start text accepted, in characters (longer: 413).", lower=1)
+    max_start_text: int = setting(2000, "Longest start text, in characters: rnn-writer's and our JSON API answer a"
+                                  " longer one 413; the writers' APIs (OpenAI, Ollama, KoboldCpp, llama.cpp) read a"
+                                  " longer prompt from its end, as those servers keep what fits their context.",
+                                  lower=1)
     max_redraw_rounds: int = setting(8, "GET /generate: batched redraw rounds before answering with the completions"
                                      " that passed (torch-rnn-server redrew without limit).", lower=1)
-    max_num_new_chars: int = setting(2000, "POST /v1/generate: cap on num_new_chars.", lower=1)
-    max_num_samples: int = setting(32, "POST /v1/generate: cap on num_samples.", lower=1)
+    max_num_new_chars: int = setting(2000, "Most characters one completion makes, in every API (a request for more, or"
+                                     " for -1 or no limit, gets this many; POST /v1/generate refuses more).",
+                                     lower=1)
+    max_num_samples: int = setting(32, "Most completions one request asks for, in every API (prompts x n).", lower=1)
     max_batch_rows: int = setting(64, "Rows one model run may hold from concurrent requests.", lower=1, flag=False)
     max_waiting: int = setting(256, "Requests that may wait for the model; beyond, a request gets 429 with"
                                " Retry-After at once.", lower=1)
@@ -323,6 +329,11 @@ class ServeConfig:
                                         upper=1 << 20)
     head_timeout: float = setting(10.0, "Seconds a connection may take to send a request's line and headers (a"
                                   " slow or stalled client is then disconnected).", above=0.0, upper=3600.0)
+    cors_origins: str = setting("local", "Web pages (origins) that may use the model, comma-separated: local = pages"
+                                " on this machine's loopback addresses and local apps, and pages opened from a file"
+                                " when --api_key is set; null = pages opened from a file (and sandboxed frames on"
+                                " any site); * = every page; none; or origins such as https://writer.example or"
+                                " http://192.168.1.20:* (any port).")
 
     def __post_init__(self):
         _check_fields(self)

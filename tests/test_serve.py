@@ -65,8 +65,20 @@ def test_start_text_normalisation_and_completion_cuts():
     assert rules.cut_completion(" no. it is. the end of it. more", 140) == " no. it is. the end of it."
     assert rules.cut_completion(" one two three four five! six", 140) == " one two three four five!"
     assert rules.cut_completion("x" * 300, 140) == "x" * 140
-    assert rules.cut_at_stop("abc\ndef", ["\n", "c"]) == ("ab", "stop")
-    assert rules.cut_at_stop("abc", ["z"]) == ("abc", "length")
+
+
+def test_stop_strings_cut_a_text_that_arrives_in_pieces():
+    from kerascharrnn.serving.completion import StopCut, cut_at_stop
+
+    assert cut_at_stop("abc\ndef", ["\n", "c"]) == ("ab", "stop")
+    assert cut_at_stop("abc", ["z"]) == ("abc", "length")
+    cut = StopCut(["\nUser:", "ab"])
+    assert [cut.feed(p) for p in ("hello\nU", "se", "r sat")] == ["hello", "", "\nUser sat"]  # held, then let go
+    cut = StopCut(["\nUser:", "ab"])
+    assert cut.feed("x\nUs") == "x" and cut.feed("er: hi") == "" and cut.matched == "\nUser:" and cut.flush() == ""
+    cut = StopCut(["aab"])
+    assert cut.feed("xaa") == "x" and cut.feed("a") == "a" and cut.flush() == "aa"  # "aa" could still begin "aab"
+
 
 
 # --- the real server ------------------------------------------------------------------------------
@@ -167,10 +179,11 @@ def test_json_api(server):
     ({"num_samples": 1000}, "num_samples"),
     ({"num_samples": 0}, "num_samples"),
     ({"temperature": -1}, "temperature"),
-    ({"top_p": 0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
     ({"start_text": "☃"}, "'☃'"),
     ({"start_text": "a" * 600}, "limit is 500"),
-    ({"surprise": 1}, "surprise"),
+    ({"stop": [str(i) for i in range(65)]}, "stop"),
+    ({"temperature": True}, "temperature"),
     ([1, 2], "body"),
 ])
 def test_json_api_bad_input(server, body, message):
@@ -252,16 +265,36 @@ def test_openapi_schema_fuzzing_finds_no_server_error(server):
             response = case.call(base_url=server["base"], timeout=60)
             assert response.status_code < 500, (case.path, case.query, case.body, response.text)
             if response.status_code >= 400:  # in the error shape of the API called
-                body = response.json()
-                if case.path.startswith("/api/"):
-                    assert isinstance(body["error"], str) and body["error"]
-                elif case.path.startswith(("/v1/completions", "/v1/models")):
-                    assert body["error"]["message"] and body["error"]["type"]
-                else:
-                    assert body["message"]
+                assert_error_shape(case.path, response.json())
 
         check()
-    assert {"/generate", "/v1/generate", "/", "/healthz", "/v1/completions", "/api/generate"} <= paths
+    assert {"/generate", "/v1/generate", "/", "/healthz", "/v1/completions", "/v1/chat/completions", "/api/generate",
+            "/api/chat", "/api/v1/generate", "/api/extra/generate/stream", "/completion", "/infill"} <= paths
+
+
+def assert_error_shape(path: str, body: dict) -> None:
+    """An error reply is in the shape of the API its path belongs to."""
+    from kerascharrnn.serving import errors
+
+    dialect = errors.dialect_for(path)
+    if dialect == errors.OLLAMA:
+        assert isinstance(body["error"], str) and body["error"]
+    elif dialect == errors.OPENAI:
+        assert body["error"]["message"] and body["error"]["type"]
+    elif dialect == errors.KOBOLD:
+        assert body["detail"]["msg"] and body["detail"]["type"]
+    elif dialect == errors.LLAMACPP:
+        assert body["error"]["message"] and body["error"]["type"] and body["error"]["code"] >= 400
+    else:
+        assert body["message"]
+
+
+def test_a_field_our_api_does_not_know_is_ignored_and_named_once(server):
+    first = post(server, {"start_text": "the", "num_new_chars": 5, "surprise": 1})
+    second = post(server, {"start_text": "the", "num_new_chars": 5, "surprise": 2})
+    assert first.status_code == second.status_code == 200
+    time.sleep(0.5)
+    assert server["log"].read_text().count("POST /v1/generate: ignored (no effect on this model): surprise") == 1
 
 
 def test_serve_flag_errors(sentence_model):

@@ -1,5 +1,6 @@
-"""bin/serve: an HTTP server for writers' tools: torch-rnn-server's API (rnn-writer), OpenAI's completions API,
-Ollama's generate API, a writing page at /write, and a JSON API."""
+"""bin/serve: an HTTP server for writers' tools: torch-rnn-server's API (rnn-writer), the APIs of the local model
+servers writing frontends are built for (OpenAI-compatible, Ollama, KoboldCpp, llama.cpp), a writing page at
+/write, and a JSON API."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from kerascharrnn.config import ServeConfig
 from kerascharrnn.errors import UserError
 from kerascharrnn.io import artifacts, files
 from kerascharrnn.io import checkpoint as ckpt
+from kerascharrnn.serving import cors
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
@@ -71,6 +73,7 @@ def _loopback(host: str) -> bool:
 def run(flag_values: flags.FlagValues, argv: List[str]) -> None:
     config = common.config_from_flags(flag_values, ServeConfig)
     api_key = _api_key(flag_values)
+    pages = cors.OriginPolicy.parse(config.cors_origins, keyed=bool(api_key))
     # the largest request the caps allow must not exhaust the machine's memory
     resources.check_sampling_fits(config.max_num_samples, config.max_num_new_chars + config.max_start_text,
                                   flags=("--max_num_samples", "--max_num_new_chars (+ --max_start_text)"))
@@ -113,8 +116,10 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> None:
     context.log.addHandler(handler)  # absl owns the root logger (at ERROR); this log stands apart from it
     context.log.setLevel(logging.INFO)
     context.log.propagate = False
-    print(f"Serving {path} as {name} on http://{host}:{port}: write at /write; APIs GET /generate (rnn-writer),"
-          " POST /v1/completions (OpenAI), POST /api/generate (Ollama), POST /v1/generate; /docs", flush=True)
+    print(f"Serving {path} as {name} on http://{host}:{port}: write at /write; APIs for rnn-writer (GET /generate),"
+          " OpenAI (/v1/completions, /v1/chat/completions), Ollama (/api/generate, /api/chat), KoboldCpp"
+          " (/api/v1/generate), llama.cpp (/completion), /v1/generate; /docs", flush=True)
+    print(f"Web pages that may use it: {pages.describe()} (--cors_origins)", flush=True)
     uvicorn.Server(http.server_config(application, host, port, config)).run()
 
 

@@ -1,47 +1,57 @@
 """bin/serve's web application: the APIs writers' tools speak, over one model.
 
-    GET  /, /generate          torch-rnn-server's API, which rnn-writer calls (rnn_writer.py)
-    POST /v1/completions       OpenAI's completions API; GET /v1/models (openai_api.py)
-    POST /api/generate         Ollama's; GET /api/tags, /api/version (ollama_api.py)
-    GET  /write                a writing page for a browser (page.py)
-    POST /v1/generate          our JSON API: explicit sampling parameters
-    GET  /healthz              liveness and the model's vocabulary size
-    GET  /openapi.json, /docs  the schema, from FastAPI
+    GET  /, /generate                   torch-rnn-server's API, which rnn-writer calls (rnn_writer.py)
+    POST /v1/completions, /v1/chat/completions, GET /v1/models   OpenAI's, as local servers speak it (openai_api.py)
+    POST /api/generate, /api/chat; GET /api/tags, ...            Ollama's (ollama_api.py)
+    POST /api/v1/generate, /api/extra/generate/stream, ...       KoboldCpp's (koboldcpp_api.py)
+    POST /completion, /infill, /tokenize; GET /props, /health    llama.cpp server's (llamacpp_api.py)
+    POST /v1/generate                   our JSON API: explicit sampling parameters (json_api.py)
+    GET  /write                         a writing page for a browser (page.py)
+    GET  /healthz                       liveness and the model's vocabulary size
+    GET  /openapi.json, /docs           the schema, from FastAPI
 
-Every error reply is in the shape of the API that was called (errors.py), 4xx for a client's mistake, with a
-log line (bounded: no client can fill the disk through the log); never a traceback. A body larger than
-config.max_body_bytes is refused before it is read, and bodies are parsed off the event loop. With an API
-key, every endpoint but the health check, rnn-writer's GET / and the writing page's files needs
+Every API is a translation of its wire format into one SamplingRequest (request.py) and of the result back
+(completion.py). Every error reply is in the shape of the API that was called (errors.py), 4xx for a client's
+mistake, with a log line (bounded: no client can fill the disk through the log); never a traceback. In front of
+every request (Guard): the page it comes from (cors.py: a page the server does not answer gets 403 before any
+work), the API key, and the body's size (refused before it is read); bodies are parsed off the event loop. With
+an API key, every endpoint but the health checks, rnn-writer's GET / and the writing page's files needs
 `Authorization: Bearer KEY` (401 otherwise). The model runs on one worker thread (batcher.py).
-
-(No `from __future__ import annotations` here: FastAPI must see the request model classes, which are
-built per app from the configured caps, as classes rather than strings.)
 """
 
 import hashlib
 import hmac
 import json
-import time
-from typing import List, Literal, Optional
+from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from kerascharrnn.config import ServeConfig
 from kerascharrnn.inference.engines import Engine
-from kerascharrnn.serving import ollama_api, openai_api, page, rnn_writer
-from kerascharrnn.serving.batcher import BatchingSampler, Job
-from kerascharrnn.serving.context import Serving, finished_rows, log, short
+from kerascharrnn.serving import (
+    json_api,
+    koboldcpp_api,
+    llamacpp_api,
+    ollama_api,
+    openai_api,
+    page,
+    rnn_writer,
+)
+from kerascharrnn.serving.batcher import BatchingSampler
+from kerascharrnn.serving.context import Serving, log, short
+from kerascharrnn.serving.cors import OriginPolicy, same_origin
 from kerascharrnn.serving.errors import MESSAGE, ClientError, dialect_for, error_reply
-from kerascharrnn.serving.rules import cut_at_stop, describe_characters, lowercase_for, unknown_in
+from kerascharrnn.serving.rules import lowercase_for
 
-# Endpoints open without the API key: liveness, rnn-writer's "is the server up" (it cannot send a key), and
-# the writing page's own files (a browser cannot send the key for a page load; the page sends it itself).
-OPEN_ENDPOINTS = (("GET", "/healthz"), ("GET", "/"), ("GET", page.PAGE))
+# Endpoints open without the API key: liveness (ours and llama.cpp's), rnn-writer's "is the server up" (it cannot
+# send a key), and the writing page's own files (a browser cannot send the key for a page load; the page sends it
+# itself).
+OPEN_ENDPOINTS = (("GET", "/healthz"), ("GET", "/health"), ("GET", "/"), ("GET", page.PAGE))
 _OPEN_PREFIXES = (page.PAGE + "/",)
+_PREFLIGHT_SECONDS = "600"  # how long a browser may keep a preflight's answer
 
 
 def create_app(engine: Engine, config: ServeConfig, model_name: str = "charrnn",
@@ -51,7 +61,7 @@ def create_app(engine: Engine, config: ServeConfig, model_name: str = "charrnn",
 
     Args:
       engine: the model.
-      config: the server's settings and limits.
+      config: the server's settings and limits (its pages: config.cors_origins, cors.py).
       model_name: the name the APIs list the model under.
       batcher: the worker to run requests on (default: a new one).
       api_key: if given, required from every client (see OPEN_ENDPOINTS).
@@ -61,11 +71,13 @@ def create_app(engine: Engine, config: ServeConfig, model_name: str = "charrnn",
     batcher = batcher or BatchingSampler(engine, config.max_batch_rows, config.max_waiting)
     digest = hashlib.sha256((model_name + "\n" + vocab.to_json()).encode("utf-8")).hexdigest()
     ctx = Serving(engine, config, batcher, model_name, lowercase_for(config.lowercase, vocab), parameters,
-                  f"sha256:{digest}")
+                  f"sha256:{digest}", protected=bool(api_key))
     app = FastAPI(title="kerascharrnn", version="1",
-                  description="Character-level RNN text generation: torch-rnn-server's GET /generate, OpenAI's"
-                              " /v1/completions, Ollama's /api/generate, and a writing page at /write.")
-    app.add_middleware(Guard, max_body_bytes=config.max_body_bytes, api_key=api_key)
+                  description="Character-level RNN text generation for writers' tools: torch-rnn-server's GET"
+                              " /generate, OpenAI's, Ollama's, KoboldCpp's and llama.cpp's APIs, and a writing page"
+                              " at /write.")
+    app.add_middleware(Guard, max_body_bytes=config.max_body_bytes, api_key=api_key,
+                       pages=OriginPolicy.parse(config.cors_origins, keyed=bool(api_key)))
 
     def answer(request: Request, error: ClientError) -> JSONResponse:
         dialect = dialect_for(request.url.path)
@@ -99,62 +111,37 @@ def create_app(engine: Engine, config: ServeConfig, model_name: str = "charrnn",
     async def healthz():
         return {"status": "ok", "model": model_name, "vocab_size": vocab.size, "waiting": batcher.waiting}
 
-    class GenerateRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", strict=True)  # JSON true is not a number, "5" not an int
-        start_text: str = Field("", description="Text to continue (not lower-cased here).")
-        num_new_chars: int = Field(200, ge=0, le=config.max_num_new_chars)
-        temperature: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="0 = argmax.")
-        top_k: int = Field(0, ge=0, le=1_000_000, description="0 = off.")
-        top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False, description="1 = off.")
-        num_samples: int = Field(1, ge=1, le=config.max_num_samples)
-        seed: Optional[int] = Field(None, ge=1, le=2**62, description="Same seed, same text; omit for random.")
-        stop: List[str] = Field(default_factory=list, max_length=16,
-                                description="Cut each completion before the first of these strings.")
-        unknown_chars: Literal["error", "skip"] = Field(
-            "error", description="Characters of start_text the model lacks: error (400) or skip (left out of the"
-                                 " priming, kept in nothing else).")
-
-    class GenerateReply(BaseModel):
-        start_text: str
-        completions: List[str]
-        finish_reasons: List[str]
-        time: float
-
-    @app.post("/v1/generate", response_model=GenerateReply)
-    async def generate_v1(body: GenerateRequest, request: Request):
-        """Continuations of start_text (without it), each cut at the first stop string if any."""
-        started = time.perf_counter()
-        ctx.check_prompt_length(body.start_text, "start_text")
-        unknown = unknown_in(body.start_text, vocab)
-        if unknown and body.unknown_chars == "error":
-            raise ClientError(400, f"start_text: characters not in the model's vocabulary:"
-                                   f" {describe_characters(unknown)} (send unknown_chars: \"skip\" to leave them out)")
-        prompt = ctx.prompt_ids(body.start_text, "POST /v1/generate")
-        job = ctx.submit(Job([prompt] * body.num_samples, body.num_new_chars, [body.temperature] * body.num_samples,
-                             top_k=body.top_k, top_p=body.top_p, seed=body.seed))
-        cut = [cut_at_stop(vocab.decode(ids), body.stop) for ids, _ in await finished_rows(job, request)]
-        return GenerateReply(start_text=body.start_text, completions=[c for c, _ in cut],
-                             finish_reasons=[r for _, r in cut], time=round(time.perf_counter() - started, 4))
-
-    for api in (rnn_writer, openai_api, ollama_api, page):
+    for api in (rnn_writer, openai_api, ollama_api, koboldcpp_api, llamacpp_api, json_api, page):
         app.include_router(api.routes(ctx))
     return app
 
 
 class Guard:
-    """ASGI middleware in front of every request: the API key (when set) and the body's size, checked before a
-    byte of the body is read. Answers in the shape of the API the path belongs to."""
+    """ASGI middleware in front of every request, before a byte of its body is read: the page it comes from
+    (cors.py), the API key (when set) and the body's size. Answers in the shape of the API the path belongs to;
+    every answer to a page it allows, refusals included, carries Access-Control-Allow-Origin (a frontend can read
+    why it was refused)."""
 
-    def __init__(self, app, max_body_bytes: int, api_key: Optional[str]):
+    def __init__(self, app, max_body_bytes: int, api_key: Optional[str], pages: OriginPolicy = OriginPolicy()):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.api_key = api_key.encode("utf-8") if api_key else None
+        self.pages = pages
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, method = scope.get("path", ""), scope.get("method", "")
         headers = dict(scope.get("headers") or [])
+        origin = headers.get(b"origin")
+        if origin is not None:
+            page = origin.decode("latin-1")
+            if not (same_origin(page, headers.get(b"host", b"").decode("latin-1")) or self.pages.allows(page)):
+                return await self._refuse(scope, send, self._foreign(page))
+            send = _with_headers(send, [(b"access-control-allow-origin", origin), (b"vary", b"Origin"),
+                                        (b"access-control-expose-headers", b"Retry-After")])
+        if method == "OPTIONS":  # a preflight (or a plain OPTIONS): no key needed, nothing to run
+            return await self._preflight(send, headers)
         if self.api_key and not _open(method, path) and not self._authorized(headers.get(b"authorization", b"")):
             return await self._refuse(scope, send, ClientError(
                 401, "Incorrect API key provided: send Authorization: Bearer <the server's --api_key>",
@@ -175,6 +162,29 @@ class Guard:
 
         return await self.app(scope, bounded_receive, send)
 
+    def _foreign(self, page: str) -> ClientError:
+        if page.strip().lower() == "null" and self.pages.local:
+            why = ("a page opened from a file (Origin: null) cannot be told from a sandboxed frame on any website:"
+                   " start bin/serve with --api_key and give the page the key, or --cors_origins local,null to let"
+                   " every such page use the model")
+        else:
+            why = f"start bin/serve with --cors_origins naming it (now: {self.pages.describe()})"
+        return ClientError(403, f"this server does not answer pages from {short(page, 100)}: {why}")
+
+    @staticmethod
+    async def _preflight(send, headers) -> None:
+        reply = [(b"allow", b"GET, POST, OPTIONS"), (b"content-length", b"0")]
+        if b"access-control-request-method" in headers:
+            reply += [(b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                      (b"access-control-allow-headers",
+                       headers.get(b"access-control-request-headers") or b"Content-Type, Authorization"),
+                      (b"access-control-max-age", _PREFLIGHT_SECONDS.encode()),
+                      (b"vary", b"Access-Control-Request-Method, Access-Control-Request-Headers")]
+            if headers.get(b"access-control-request-private-network", b"").lower() == b"true":
+                reply.append((b"access-control-allow-private-network", b"true"))
+        await send({"type": "http.response.start", "status": 204, "headers": reply})
+        await send({"type": "http.response.body", "body": b""})
+
     def _authorized(self, header: bytes) -> bool:
         scheme, _, key = header.partition(b" ")
         return scheme.lower() == b"bearer" and hmac.compare_digest(key.strip(), self.api_key)
@@ -192,6 +202,16 @@ class Guard:
                    (b"connection", b"close")] + [(k.lower().encode(), v.encode()) for k, v in reply.headers.items()]
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _with_headers(send, extra):
+    """`send` with headers added to the reply's start."""
+    async def sending(message):
+        if message.get("type") == "http.response.start":
+            message = dict(message, headers=list(message.get("headers") or []) + extra)
+        await send(message)
+
+    return sending
 
 
 def _open(method: str, path: str) -> bool:

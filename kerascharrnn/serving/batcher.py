@@ -4,9 +4,10 @@ Model runs happen on one thread, so the event loop never blocks. The thread keep
 sampling.Generation) and between chunks lets the next waiting requests join it (continuous batching: a new
 request does not wait for the others to finish), takes out the rows of requests whose clients went away or
 whose time ran out, and sends each request the characters its rows made, as they are made (streaming).
-Requests that cannot share a batch (another top-k or top-p, log-probabilities, or a fixed seed, which runs
-alone so that the same request gives the same text) wait until the batch drains, in arrival order. The
-queue of waiting requests is bounded: a full queue refuses at once (Overloaded), never queues forever.
+Each row draws with its own settings (filters, penalties, log-probabilities), so requests of any settings share
+the batch; only a request with a fixed seed runs alone (so that the same request gives the same text), and the
+requests behind it wait until the batch drains, in arrival order. The queue of waiting requests is bounded: a
+full queue refuses at once (Overloaded), never queues forever.
 """
 
 import asyncio
@@ -16,18 +17,25 @@ import logging
 import math
 import threading
 import time
-from typing import AsyncIterator, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import AsyncIterator, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from kerascharrnn.inference.engines import Engine
 from kerascharrnn.inference.sampling import Generation, Piece
+from kerascharrnn.inference.settings import SamplingSettings
 
 log = logging.getLogger("kerascharrnn.serve")
 STREAM_CHUNK = 16  # characters per model call while a reply streams or a request waits to join the batch
 BULK_CHUNK = 128  # otherwise (replies sent whole, nobody waiting): fewer calls, less overhead per character
 FIRST_PIECE = 4  # a streamed reply's first piece: a new row reads its prompt and makes this many in one call
 _GRACE_SECONDS = 5.0  # past a job's time limit, its wait ends even if the worker never answers
+# The loops traced before the first client (each set of filters is a loop of its own): plain sampling (the writing
+# page, rnn-writer, most clients), with log-probabilities, and with the filters and penalty that writing frontends
+# send (llama.cpp's defaults top-k 40, top-p 0.95, min-p 0.05; KoboldAI Lite's repetition penalty 1.07)
+WARM_UP = ((SamplingSettings(), 0), (SamplingSettings(), 1),
+           (SamplingSettings(top_k=40, top_p=0.95, min_p=0.05), 0),
+           (SamplingSettings(top_k=100, top_p=0.92, repetition_penalty=1.07, penalty_range=360), 0))
 
 
 class Overloaded(Exception):
@@ -40,13 +48,12 @@ class Expired(Exception):
 
 @dataclasses.dataclass(eq=False)
 class Job:
-    """One request's rows and what they share: the filters, a seed, the log-probabilities wanted.
+    """One request's rows and how they are drawn.
 
     Attributes:
       prompts: one array of 0-based ids per row.
       num_new: ids to make after each prompt (one number, or one per row).
-      temperatures: one per row (below sampling.ARGMAX_BELOW: argmax).
-      top_k, top_p: filters (0 / 1 = off).
+      settings: how the rows draw (one SamplingSettings, or one per row).
       seed: fixes the draws (the job then runs alone); None = random.
       logprobs: how many most likely alternatives to report with each id (0 = none).
       include_prompt: also report the prompt's ids (OpenAI's echo).
@@ -56,9 +63,7 @@ class Job:
 
     prompts: List[np.ndarray]
     num_new: object
-    temperatures: Sequence[float]
-    top_k: int = 0
-    top_p: float = 1.0
+    settings: object = SamplingSettings()
     seed: Optional[int] = None
     logprobs: int = 0
     include_prompt: bool = False
@@ -72,11 +77,6 @@ class Job:
         self.rows_done: set = set()  # rows the request needs no more of (cut at a stop string)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._queue: Optional[asyncio.Queue] = None
-
-    @property
-    def key(self) -> Tuple:
-        """Jobs of one key can share a batch."""
-        return self.top_k, self.top_p, self.logprobs, self.seed
 
     def cancel(self) -> None:
         """The client went away: the job's rows leave the batch at the next chunk."""
@@ -153,8 +153,9 @@ class BatchingSampler:
     def warm_up(self) -> None:
         """Traces the loops a server uses (the sampling loop is traced once for every batch size), so that no
         client pays for it."""
-        for logprobs in (0, 1):
-            run = self._engine.sampler.generate([np.zeros(1, np.int32)] * 2, 2, chunk_size=2, logprobs=logprobs)
+        for settings, logprobs in WARM_UP:
+            run = self._engine.sampler.generate([np.zeros(1, np.int32)] * 2, 2, settings, chunk_size=2,
+                                                logprobs=logprobs, drop_finished=True)
             while not run.done:
                 run.advance()
 
@@ -177,32 +178,31 @@ class BatchingSampler:
     def _work(self) -> None:
         run: Optional[Generation] = None
         members: Dict[int, Tuple[Job, int]] = {}  # the batch's row -> (job, the job's own row)
-        key = None
+        seeded = False  # the batch is a seeded job's own
         while True:
             with self._ready:
                 while run is None and not self._waiting:
                     self._ready.wait()
-                joining = self._admit(key if run is not None else None, len(members))
+                joining = self._admit(None if run is None else seeded, len(members))
             try:
-                run, key = self._step(run, members, key, joining)
+                if run is None and joining:
+                    seeded = joining[0].seed is not None
+                run = self._step(run, members, joining)
             except Exception as e:  # noqa: BLE001 - the worker must live on: the error goes to the requests
                 log.exception("the model failed; the requests in its batch get the error")
                 for job in {job for job, _ in members.values()} | set(joining):
                     job._send(e)
-                run, members, key = None, {}, None
+                run, members = None, {}
 
-    def _step(self, run: Optional[Generation], members: Dict[int, Tuple[Job, int]], key, joining: List[Job]):
+    def _step(self, run: Optional[Generation], members: Dict[int, Tuple[Job, int]], joining: List[Job]):
         """Lets the joining jobs in, takes the gone ones out, runs a chunk and sends its pieces; returns the
-        batch (None once it drained) and its key."""
+        batch (None once it drained)."""
         if joining:
             if run is None:
-                first = joining[0]
-                key = first.key
-                run = self._engine.sampler.generate(
-                    [], 0, top_k=first.top_k, top_p=first.top_p, seed=first.seed, chunk_size=STREAM_CHUNK,
-                    logprobs=first.logprobs, include_prompt=True, drop_finished=True)
+                run = self._engine.sampler.generate([], 0, seed=joining[0].seed, chunk_size=STREAM_CHUNK,
+                                                    include_prompt=True, drop_finished=True)
             for job in joining:
-                rows = run.add(job.prompts, job.num_new, job.temperatures)
+                rows = run.add(job.prompts, job.num_new, job.settings, job.logprobs)
                 members.update((row, (job, own)) for own, row in enumerate(rows))
             joining.clear()  # in: from here on, an error reaches them through members
         self._drop_gone(run, members)
@@ -210,7 +210,7 @@ class BatchingSampler:
             for job in {job for job, _ in members.values()}:
                 job._send(None)
             members.clear()
-            return None, None
+            return None
         pieces = run.advance(self._chunk(run, members))
         for row, piece in pieces.items():
             job, own = members[row]
@@ -226,7 +226,7 @@ class BatchingSampler:
         for row in done:
             del members[row]
         self._finish(members, finished)
-        return run, key
+        return run
 
     def _chunk(self, run: Generation, members: Dict[int, Tuple[Job, int]]) -> int:
         """Steps of the next call: a streamed reply that has sent nothing yet gets its first characters as soon
@@ -238,16 +238,16 @@ class BatchingSampler:
         streaming = self._waiting or any(job.stream for job, _ in members.values())
         return STREAM_CHUNK if streaming else BULK_CHUNK
 
-    def _admit(self, key, rows_in_batch: int) -> List[Job]:
-        """The waiting jobs that join the batch now, in arrival order: any job when there is no batch (and then
-        those that can share it), else those of the batch's key; a seeded job only into a batch of its own."""
+    def _admit(self, seeded: Optional[bool], rows_in_batch: int) -> List[Job]:
+        """The waiting jobs that join the batch now, in arrival order: a seeded job only into a batch of its own
+        (it waits for the batch to drain, and later jobs wait behind it); any other job into any batch but a
+        seeded one's (`seeded`: None when there is no batch)."""
         joining = []
         while self._waiting:
             job = self._waiting[0]
-            starts = key is None and not joining
-            shares = job.key == (key if key is not None else joining[0].key if joining else None)
-            if not (starts or (shares and job.seed is None)):
-                break  # an incompatible job waits for the batch to drain; later ones wait behind it
+            starts = seeded is None and not joining
+            if not starts and (job.seed is not None or seeded):
+                break
             if not starts and rows_in_batch + len(job.prompts) > self._max_rows:
                 break
             joining.append(self._waiting.popleft())

@@ -1,16 +1,17 @@
 """What every API of bin/serve shares: the model, its settings and the batch worker (`Serving`), and the steps
-each request takes: its body parsed off the event loop, its prompt turned into ids, its job run while the
-client is still there.
+each request takes: its body parsed off the event loop (fields the API does not use named once in the log), its
+prompt turned into ids, its job run while the client is still there.
 """
 
 import asyncio
 import dataclasses
 import json
 import logging
+import re
 from typing import AsyncIterator, List, Optional, Tuple, Type
 
 import numpy as np
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
@@ -24,6 +25,8 @@ from kerascharrnn.vocab import Vocabulary
 
 log = logging.getLogger("kerascharrnn.serve")
 LOGGED_CHARACTERS = 300  # of any one thing a client sent: the log stays bounded whatever the request
+_NAMED_FIELDS = 200  # ignored fields named in the log, per endpoint (each once): clients cannot fill the log
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")  # names a client's code would use
 
 
 def short(text: str, limit: int = LOGGED_CHARACTERS) -> str:
@@ -42,6 +45,7 @@ class Serving:
       model_name: the name the APIs list the model under.
       lowercase: whether torch-rnn-server's GET /generate lower-cases the start text.
       parameters: the model's parameter count (0: unknown); digest: a name for this model and vocabulary.
+      protected: the server asks for an API key.
     """
 
     engine: Engine
@@ -51,6 +55,8 @@ class Serving:
     lowercase: bool
     parameters: int = 0
     digest: str = ""
+    protected: bool = False
+    ignored: dict = dataclasses.field(default_factory=dict)  # endpoint -> the fields already named in the log
 
     @property
     def vocab(self) -> Vocabulary:
@@ -65,10 +71,37 @@ class Serving:
             log.info("%s: left out of the priming (not in the vocabulary): %s", where, describe_characters(unknown))
         return ids
 
+    def decode_ids(self, ids: List[int], field: str) -> str:
+        """The text of token ids a client sent (a prompt as ids); ids the vocabulary lacks are a 400."""
+        bad = [i for i in ids if not 0 <= i < self.vocab.size]
+        if bad:
+            raise ClientError(400, f"{field}: token id {bad[0]} is not in the vocabulary (0 to {self.vocab.size - 1})",
+                              param=field)
+        return self.vocab.decode(np.asarray(ids, np.int32))
+
     def check_prompt_length(self, text: str, field: str) -> None:
         if len(text) > self.config.max_start_text:
             raise ClientError(413, f"{field} is {len(text)} characters; the limit is {self.config.max_start_text}",
                               param=field)
+
+    def note_ignored(self, where: str, fields) -> None:
+        """Names, once per endpoint and field, the fields of a request that have no effect here (up to
+        _NAMED_FIELDS per endpoint; names no program would use are counted, not written)."""
+        fields = [str(f) for f in fields]
+        named = self.ignored.setdefault(where, set())
+        new = sorted(f for f in fields if _FIELD_NAME.fullmatch(f) and f not in named)[:_NAMED_FIELDS - len(named)]
+        odd = sum(1 for f in fields if not _FIELD_NAME.fullmatch(f))
+        named.update(new)
+        if new or odd:
+            log.info("%s: ignored (no effect on this model): %s", where,
+                     short(", ".join(new + ([f"{odd} field(s) with names no client uses"] if odd else []))))
+
+    async def parse(self, request: Request, model: Type[BaseModel]) -> BaseModel:
+        """The request's JSON body as `model` (parse_body), with the fields it does not declare named once in
+        the log."""
+        body = await parse_body(request, model)
+        self.note_ignored(f"{request.method} {request.url.path}", undeclared_fields(body))
+        return body
 
     def submit(self, job: Job, time_limit: Optional[float] = None) -> Job:
         """Queues a job (with the request's time limit, or what is left of it), or answers 429 when the queue
@@ -105,6 +138,28 @@ async def parse_body(request: Request, model: Type[BaseModel]) -> BaseModel:
                 from None
 
     return await run_in_threadpool(parse)
+
+
+class WireModel(BaseModel):
+    """A request body in a wire format: fields it declares are type-checked strictly (JSON true is not a number,
+    "5" not an int); fields it does not declare are allowed, and named once in the log (Serving.parse)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+def request_schema(model: Type[BaseModel]) -> dict:
+    """FastAPI's openapi_extra for an endpoint that parses its body itself (Serving.parse) with `model`."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+def undeclared_fields(body: BaseModel, prefix: str = "") -> List[str]:
+    """The fields a client sent that `body`'s model does not declare (extra="allow"), nested ones dotted."""
+    names = [prefix + str(name) for name in (body.model_extra or {})]
+    for name, value in body:
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, BaseModel):
+                names += undeclared_fields(item, f"{prefix}{name}.")
+    return names
 
 
 def _refuse_lone_surrogates(value) -> None:

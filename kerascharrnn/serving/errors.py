@@ -2,9 +2,11 @@
 
 bin/serve speaks several APIs, each with its clients' expectations of an error reply:
 
-  torch-rnn-server's and our JSON API   {"message": "..."}            (rnn-writer shows the message)
-  OpenAI's (/v1/completions, /v1/models) {"error": {"message", "type", "param", "code"}}
-  Ollama's (/api/...)                    {"error": "..."}
+  torch-rnn-server's and our JSON API    {"message": "..."}            (rnn-writer shows the message)
+  OpenAI's (/v1/...)                      {"error": {"message", "type", "param", "code"}}
+  Ollama's (/api/...)                     {"error": "..."}
+  KoboldCpp's (/api/v1/..., /api/extra/...) {"detail": {"msg", "type"}}
+  llama.cpp server's (/completion, ...)   {"error": {"code", "message", "type"}}
 
 A request's path says which it called (`dialect_for`); every error reply, whatever raised it, is built here.
 """
@@ -12,8 +14,9 @@ A request's path says which it called (`dialect_for`); every error reply, whatev
 import dataclasses
 from typing import Dict, Optional
 
-OPENAI, OLLAMA, MESSAGE = "openai", "ollama", "message"
-_OPENAI_PATHS = ("/v1/completions", "/v1/models", "/v1/chat/", "/v1/embeddings")
+OPENAI, OLLAMA, KOBOLD, LLAMACPP, MESSAGE = "openai", "ollama", "koboldcpp", "llamacpp", "message"
+_KOBOLD_PREFIXES = ("/api/v1/", "/api/extra/", "/api/latest/")
+LLAMACPP_PATHS = ("/completion", "/tokenize", "/detokenize", "/props", "/health", "/infill", "/apply-template")
 
 
 class ClientError(Exception):
@@ -39,10 +42,14 @@ class ClientError(Exception):
 
 def dialect_for(path: str) -> str:
     """Which API a request path belongs to."""
+    if path.startswith(_KOBOLD_PREFIXES):
+        return KOBOLD
     if path.startswith("/api/") or path == "/api":
         return OLLAMA
-    if path.startswith(_OPENAI_PATHS) or path == "/v1/completions":
+    if path.startswith("/v1/") and path != "/v1/generate":
         return OPENAI
+    if path in LLAMACPP_PATHS:
+        return LLAMACPP
     return MESSAGE
 
 
@@ -50,6 +57,13 @@ def _openai_type(status: int) -> str:
     if status == 429:
         return "requests"
     return "server_error" if status >= 500 else "invalid_request_error"
+
+
+# llama.cpp server's error types by status (its format_error_response)
+_LLAMACPP_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 501: "not_supported_error", 503: "unavailable_error"}
+# KoboldCpp's
+_KOBOLD_TYPES = {401: "unauthorized", 503: "service_unavailable", 429: "service_unavailable"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +80,11 @@ def error_reply(dialect: str, error: ClientError) -> ErrorReply:
                           "code": error.code}}
     elif dialect == OLLAMA:
         body = {"error": error.message}
+    elif dialect == KOBOLD:
+        body = {"detail": {"msg": error.message, "type": _KOBOLD_TYPES.get(error.status, "bad_input")}}
+    elif dialect == LLAMACPP:
+        kind = _LLAMACPP_TYPES.get(error.status, "server_error" if error.status >= 500 else "invalid_request_error")
+        body = {"error": {"code": error.status, "message": error.message, "type": kind}}
     else:
         body = {"message": error.message}
     return ErrorReply(error.status, body, error.headers)

@@ -43,6 +43,8 @@ from kerascharrnn import upstream
 from kerascharrnn.errors import UserError
 from kerascharrnn.errors import setting as ref
 from kerascharrnn.inference import sampling
+from kerascharrnn.inference.logits import Filters, Knobs, graph_knob_table, next_ids
+from kerascharrnn.inference.settings import SEED_MAX
 from kerascharrnn.io import artifacts, files
 from kerascharrnn.models.charrnn import CharRNN
 from kerascharrnn.serving import warmup
@@ -106,7 +108,7 @@ class CharRNNModule(tf.Module):
 
     def _generate_text(self, start_text, num_new_chars, temperature, top_k, seed, top_p=None):
         # the filters are inputs, so they are in the graph (top_k = 0 and top_p = 1 switch them off at run time)
-        filters = sampling.Filters(top_k=True, top_p=top_p is not None)
+        filters = Filters(top_k=True, top_p=top_p is not None)
         num_rows = tf.shape(start_text)[0]
         ids = tf.ragged.map_flat_values(self.token_ids.lookup, self._split_units(start_text))
         ids = tf.ragged.boolean_mask(ids, ids >= 0)  # unknown characters: left out of the priming
@@ -117,7 +119,7 @@ class CharRNNModule(tf.Module):
         prompt = tf.pad(prompt, [[0, 0], [0, width - tf.shape(prompt)[1]]])
         in_prompt = tf.sequence_mask(lengths, width)
         temperature = tf.broadcast_to(temperature, [num_rows])
-        seed = tf.where(seed == 0, tf.random.uniform([], 1, 2**62, dtype=tf.int64), seed)
+        seed = tf.where(seed == 0, tf.random.uniform([], 1, SEED_MAX, dtype=tf.int64), seed)
         logits = tf.zeros([num_rows, self._vocab_size])  # uniform: an empty prompt starts anywhere
         states = tuple(tf.zeros([num_rows, size]) for size in self._state_sizes)
         top_p = tf.constant(1.0) if top_p is None else top_p
@@ -137,14 +139,16 @@ class CharRNNModule(tf.Module):
 
     def _run_graph_loop(self, filters, prompt, in_prompt, logits, states, temperature, top_k, top_p, seed, width):
         """The sequence (N, width) from one graph loop over the whole width."""
-        return sampling.chunk_loop(self._step_fn, filters)(prompt, in_prompt, logits, states, temperature, top_k,
-                                                           top_p, seed, tf.constant(0), width)[0]
+        knobs = (graph_knob_table(temperature, top_k, top_p), None)
+        return sampling.chunk_loop(self._step_fn, filters)(prompt, in_prompt, logits, states, knobs, (), (), seed,
+                                                           tf.constant(0), width)[0]
 
     def _run_compiled_chunks(self, filters, prompt, in_prompt, logits, states, temperature, top_k, top_p, seed,
                              width):
         """The sequence (N, width) as bin/sample makes it: a graph loop over fixed-width chunks, each one
         call of an XLA-compiled chunk loop (compiled once per batch size, whatever the request's length)."""
         run_chunk = sampling.make_chunk_fn(self._step_fn, filters, jit_compile=True)
+        knobs = (graph_knob_table(temperature, top_k, top_p), None)
         chunk = sampling.STREAM_CHUNK
         num_chunks = (width + chunk - 1) // chunk
         padding = [[0, 0], [0, num_chunks * chunk - width]]
@@ -153,9 +157,9 @@ class CharRNNModule(tf.Module):
 
         def body(k, logits, states, pieces):
             start = k * chunk
-            ids, logits, states = run_chunk(prompt[:, start:start + chunk], in_prompt[:, start:start + chunk],
-                                            logits, states, temperature, top_k, top_p, seed, start,
-                                            tf.minimum(chunk, width - start))
+            ids, logits, states, _ = run_chunk(prompt[:, start:start + chunk], in_prompt[:, start:start + chunk],
+                                               logits, states, knobs, (), (), seed, start,
+                                               tf.minimum(chunk, width - start))
             return k + 1, logits, tuple(states), pieces.write(k, ids)
 
         _, _, _, pieces = tf.while_loop(lambda k, *_: k < num_chunks, body, (0, logits, tuple(states), pieces))
@@ -169,7 +173,7 @@ def _loop_for_request(filters, temperature, top_k, top_p, run_loop):
     compiled per batch size) on its own."""
     def unfiltered():
         return tf.cond(tf.reduce_all(temperature < sampling.ARGMAX_BELOW),
-                       lambda: run_loop(sampling.Filters(greedy=True)), lambda: run_loop(sampling.Filters()))
+                       lambda: run_loop(Filters(greedy=True)), lambda: run_loop(Filters()))
 
     return tf.cond((top_k > 0) | (top_p < 1.0), lambda: run_loop(filters), unfiltered)
 
@@ -263,7 +267,7 @@ def _tflite_steps(run_step, logits, prompt, in_prompt, noise, temperature, state
     num_rows = tf.shape(prompt)[0]
 
     def body(t, logits, states, ids):
-        sampled = sampling.next_ids(logits, temperature, None, None, noise[:, t], sampling.Filters())
+        sampled = next_ids(logits, Knobs.unpacked(graph_knob_table(temperature)), noise[:, t], Filters())
         chosen = tf.where(in_prompt[:, t], prompt[:, t], sampled)
         logits, states = run_step(chosen, states)
         # the ids as a (N, S) tensor updated in place: TFLite has no TensorArray

@@ -13,6 +13,7 @@ from typing import List, Optional
 import numpy as np
 from fastapi import APIRouter, Query, Request
 
+from kerascharrnn.inference.settings import SamplingSettings
 from kerascharrnn.serving.batcher import Job
 from kerascharrnn.serving.context import Serving, finished_rows, log
 from kerascharrnn.serving.rules import (
@@ -39,8 +40,8 @@ def routes(ctx: Serving) -> APIRouter:
             # oversample: a trained model passes about half its draws
             rows = min(2 * (n - len(accepted)), ctx.batcher.max_rows)
             left = config.request_timeout - (time.monotonic() - started)
-            job = ctx.submit(Job([prompt] * rows, config.completion_chars,
-                                 [random.choice(TEMPERATURES) for _ in range(rows)]), time_limit=max(left, 0.0))
+            settings = [SamplingSettings(temperature=random.choice(TEMPERATURES)) for _ in range(rows)]
+            job = ctx.submit(Job([prompt] * rows, config.completion_chars, settings), time_limit=max(left, 0.0))
             for ids, _ in await finished_rows(job, request):
                 text = cut_completion(vocab.decode(ids), config.completion_chars)
                 if len(accepted) < n and config.word_limit_short <= len(text.split()) <= config.word_limit_long:

@@ -1,5 +1,5 @@
 """torch-rnn-server's rules as pure functions: how GET /generate reads its query, primes the model and
-cuts its completions; and the stop strings every API cuts completions at."""
+cuts its completions."""
 
 import re
 import urllib.parse
@@ -95,39 +95,3 @@ def cut_completion(text: str, max_chars: int, min_words: int = 3) -> str:
         if len(text[:match.end()].split()) > min_words:
             return text[:match.end()]
     return text
-
-
-def cut_at_stop(text: str, stops: Sequence[str]):
-    """(text before the first stop string, "stop") or (text, "length")."""
-    cut = StopCut(stops)
-    kept = cut.feed(text) + cut.flush()
-    return kept, "stop" if cut.stopped else "length"
-
-
-class StopCut:
-    """Cuts a text that arrives in pieces before the first of some stop strings.
-
-    feed() gives back what can be sent now, holding back an end that could still grow into a stop string;
-    flush() gives what is held once the text is complete. After a stop string, nothing more.
-    """
-
-    def __init__(self, stops: Sequence[str]):
-        self._stops = [s for s in stops if s]
-        self._held = ""
-        self.stopped = False
-
-    def feed(self, piece: str) -> str:
-        if self.stopped:
-            return ""
-        text = self._held + piece
-        hits = [i for i in (text.find(s) for s in self._stops) if i >= 0]
-        if hits:
-            self.stopped, self._held = True, ""
-            return text[:min(hits)]
-        keep = max((n for s in self._stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
-        self._held = text[len(text) - keep:]
-        return text[:len(text) - keep]
-
-    def flush(self) -> str:
-        held, self._held = self._held, ""
-        return "" if self.stopped else held
