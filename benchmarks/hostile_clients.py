@@ -7,10 +7,14 @@ Starts `bin/serve` (of --repo, default this checkout) on 127.0.0.1, then:
   1. quiet: a normal client's requests one after another (GET /generate n=3, POST /v1/generate 60 chars x 3);
   2. slow clients: --slow sockets that each send most of a 4 MB request head and stall, and as many that send
      a header byte now and then (slowloris), while the normal client goes on; then whether the server dropped them;
-  3. mixed load: --clients concurrent clients x --requests mixed requests (the two endpoints above).
-Prints p50/p99 of the normal client in 1 and 2, the load's p50/p99, requests/s, non-200 and 5xx counts, and the
-server's resident memory before, during and after the slow clients. Uses only endpoints v0.2 also has, so the
-same run measures an older checkout.
+  3. mixed load: --clients concurrent clients x --requests mixed requests: the two endpoints above (--mix v02,
+     which v0.2 also has, so that the same run measures an older checkout), or the writers' APIs as frontends
+     call them, streams included (--mix writers: OpenAI completions streamed and chat, Ollama chat, KoboldCpp's
+     stream, llama.cpp's /completion streamed, and the two above).
+Prints p50/p99 of the normal client in 1 and 2, the load's p50/p99 (a stream's time: until its last byte),
+requests/s, non-200 and 5xx counts, and the server's resident memory before, during and after the slow clients.
+
+    python3 benchmarks/hostile_clients.py --checkpoint cv/small.keras --mix writers
 """
 
 import argparse
@@ -44,14 +48,46 @@ async def request(http: httpx.AsyncClient, base: str, kind: int):
     return time.perf_counter() - started, status
 
 
+# The writers' mix: (method, path, body); streamed ones are read to their end.
+WRITERS = [
+    ("POST", "/v1/completions", {"prompt": "ROMEO:", "max_tokens": 60, "n": 3, "temperature": 0.8, "stream": True}),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "ROMEO:"}], "max_tokens": 60,
+                                      "stream": True}),
+    ("POST", "/api/chat", {"messages": [{"role": "user", "content": "ROMEO:"}], "options": {"num_predict": 60}}),
+    ("POST", "/api/extra/generate/stream", {"prompt": "ROMEO:", "max_length": 60, "rep_pen": 1.05,
+                                            "rep_pen_range": 360, "top_k": 100, "top_p": 0.92}),
+    ("POST", "/completion", {"prompt": "ROMEO:", "n_predict": 60, "stream": True, "n_probs": 10,
+                             "repeat_penalty": 1.1}),
+    ("GET", "/generate?start_text=the%20ship%20drifted&n=3", None),
+    ("POST", "/v1/generate", {"start_text": "ROMEO:", "num_new_chars": 60, "num_samples": 3}),
+]
+
+
+async def writers_request(http: httpx.AsyncClient, base: str, kind: int, model: str):
+    method, path, body = WRITERS[kind % len(WRITERS)]
+    if body is not None and "/api/" in path and "extra" not in path or path.startswith("/v1/c"):
+        body = dict(body, model=model)
+    started = time.perf_counter()
+    try:
+        async with http.stream(method, base + path, json=body) as reply:
+            async for _ in reply.aiter_bytes():
+                pass
+            status = reply.status_code
+    except httpx.HTTPError as e:
+        status = type(e).__name__
+    return time.perf_counter() - started, status
+
+
 async def normal_client(base: str, count: int) -> List[tuple]:
     async with httpx.AsyncClient(timeout=120) as http:
         return [await request(http, base, i) for i in range(count)]
 
 
-async def load(base: str, clients: int, requests: int) -> tuple:
+async def load(base: str, clients: int, requests: int, mix: str = "v02", model: str = "") -> tuple:
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=clients)) as http:
         async def client(c):
+            if mix == "writers":
+                return [await writers_request(http, base, c + i, model) for i in range(requests)]
             return [await request(http, base, c + i) for i in range(requests)]
 
         started = time.perf_counter()
@@ -119,6 +155,7 @@ def main():
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--wait", type=float, default=15.0, help="Seconds the slow clients are given.")
+    parser.add_argument("--mix", choices=("v02", "writers"), default="v02", help="The mixed load's requests.")
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     with tempfile.NamedTemporaryFile("w+", suffix=".log") as log:
@@ -140,8 +177,9 @@ def main():
             stop.set()
             for sock in sockets:
                 sock.close()
-            results, seconds = asyncio.run(load(base, args.clients, args.requests))
-            print(f"  mixed load, {args.clients} clients x {args.requests}: {summary(results)},"
+            model = httpx.get(base + "/v1/models", timeout=30).json()["data"][0]["id"]
+            results, seconds = asyncio.run(load(base, args.clients, args.requests, args.mix, model))
+            print(f"  mixed load ({args.mix}), {args.clients} clients x {args.requests}: {summary(results)},"
                   f" {len(results) / seconds:.1f} requests/s")
             memory["after the load"] = resident_mib(process.pid)
             print("  server memory: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in memory.items()))

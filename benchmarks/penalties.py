@@ -74,7 +74,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from kerascharrnn.inference import engines
-    from kerascharrnn.inference.settings import SamplingSettings
 
     engine = engines.open_engine("checkpoint", args.checkpoint, jit_compile=False)  # bin/serve's loop
     prompt = engine.vocab.encode(args.prompt)

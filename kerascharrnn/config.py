@@ -19,6 +19,7 @@ MODEL_TYPES = ("lstm", "gru", "rnn")
 # An integer setting without a bound of its own stops here: past it, the value meets TensorFlow as an
 # int32 (shapes, steps, k) and fails there, with a traceback, instead of here with one line.
 INT32_MAX = 2**31 - 1
+MINUTES_A_YEAR = 525_960.0  # a time budget beyond it is a typo
 # Each layer is built, traced and compiled in turn: 100,000 would build for many minutes in silence.
 MAX_LAYERS = 128
 FUSED_CHOICES = ("auto", "split", "on", "off")
@@ -160,8 +161,8 @@ class TrainConfig:
     max_iters: int = setting(0, "Stop after this many iterations in all (0 = only --max_epochs limits).", lower=0,
                              resumable=True)
     max_minutes: float = setting(0.0, "Stop after this many minutes of training (validation included), then validate"
-                                 " and checkpoint (0 = no time limit). Counts across resumes.", lower=0.0,
-                                 resumable=True)
+                                 " and checkpoint (0 = no time limit; at most a year). Counts across resumes.",
+                                 lower=0.0, upper=MINUTES_A_YEAR, resumable=True)
     learning_rate: float = setting(2e-3, "Adam learning rate.", above=0.0)
     grad_clip: float = setting(5.0, "Clamp each gradient element to [-grad_clip, grad_clip] (0 = off).", lower=0.0)
     lr_decay_every: int = setting(5, "Multiply the learning rate by --lr_decay_factor every this many epochs.",
@@ -329,6 +330,14 @@ class ServeConfig:
                                         upper=1 << 20)
     head_timeout: float = setting(10.0, "Seconds a connection may take to send a request's line and headers (a"
                                   " slow or stalled client is then disconnected).", above=0.0, upper=3600.0)
+    body_timeout: float = setting(10.0, "Seconds a request's body may take to arrive once its head did (longer: 408,"
+                                  " the connection closed).", above=0.0, upper=3600.0)
+    allowed_hosts: str = setting("", "Names a request may be sent to (its Host header), comma-separated, beside this"
+                                 " machine's own names and loopback addresses, which are always answered: a proxy's"
+                                 " public name, say; local = no more. Checked on a loopback --host, and on any --host"
+                                 " once given; * = any name.")
+    docs: bool = setting(False, "Serve FastAPI's /docs page (it loads its script from a CDN); /openapi.json is"
+                         " always served.", flag_type=int)
     cors_origins: str = setting("local", "Web pages (origins) that may use the model, comma-separated: local = pages"
                                 " on this machine's loopback addresses and local apps, and pages opened from a file"
                                 " when --api_key is set; null = pages opened from a file (and sandboxed frames on"

@@ -10,9 +10,11 @@
 # Settings from the environment: ENGINE (podman or docker; default: whichever is installed), BASE (the base
 # image; default: python:3.12-slim if it can be had, else one made from Debian's archive with debootstrap, as
 # ../shared/CONTAINERS-NOTES.md says for a machine without an image registry), KEEP=1 keeps the work directory.
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
+# Any command that fails outside a step says where, and what it was: the script never stops without a line.
+trap 'echo "check_containers: FAILED at line $LINENO (exit $?): $BASH_COMMAND" >&2' ERR
 
 ENGINE=${ENGINE:-$(command -v podman >/dev/null 2>&1 && echo podman || echo docker)}
 command -v "$ENGINE" >/dev/null || { echo "check_containers: error: neither podman nor docker is installed" >&2; exit 1; }
@@ -49,10 +51,10 @@ if [ -z "${BASE:-}" ]; then
     BASE=python:3.12-slim
   else
     command -v debootstrap >/dev/null || fail "no base image: python:3.12-slim cannot be pulled and debootstrap is missing"
-    mirror=$(grep -rhoE '^(deb |URIs: )[^ ]*http[^ ]*' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-             | head -1 | awk '{print $NF}')
+    # the archive apt uses here (its sources read as apt reads them: scripts/apt_mirror.py)
+    mirror=$(python3 scripts/apt_mirror.py) || fail "no Debian archive to make a base image from (see the line above)"
     step "base image (debootstrap)" bash -c "debootstrap --variant=minbase \
-        --include=python3,python3-venv,python3-pip,ca-certificates bookworm '$WORK/rootfs' '${mirror:-http://deb.debian.org/debian}' \
+        --include=python3,python3-venv,python3-pip,ca-certificates bookworm '$WORK/rootfs' '$mirror' \
         >'$WORK/debootstrap.log' && tar -C '$WORK/rootfs' -c . | $ENGINE import - localhost/debian-python:bookworm"
     rm -rf "$WORK/rootfs"
     BASE=localhost/debian-python:bookworm

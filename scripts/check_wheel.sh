@@ -3,7 +3,9 @@
 # and runs every console script from an empty directory with no checkout in it, offline, and imports every tool
 # in one interpreter.
 #   bash scripts/check_wheel.sh [path/to/tiny-shakespeare.txt]
-set -euo pipefail
+set -Eeuo pipefail
+# a step that fails says which, and where: the script never stops without a line
+trap 'echo "check_wheel: FAILED at line $LINENO (exit $?): $BASH_COMMAND" >&2' ERR
 repo=$(cd "$(dirname "$0")/.." && pwd)
 shakespeare=${1:-$repo/../shared/data/tiny-shakespeare.txt}
 t7=$(dirname "$shakespeare")/torch-rnn-shakespeare-2x128.t7

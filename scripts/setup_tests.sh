@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Everything the test suite needs on a fresh Debian/Ubuntu machine: the package with its test extras, and
 # from the system's packages the browser the writing page is tested in (Chromium and its driver) and the
-# Node.js that runs rnn-writer's client code. apt-get runs only for what is missing (with sudo unless root).
-set -euo pipefail
+# Node.js that runs rnn-writer's client code, and make. apt-get runs only for what is missing (with sudo unless
+# root).
+set -Eeuo pipefail
+# a step that fails says which, and where: the script never stops without a line
+trap 'echo "setup_tests: FAILED at line $LINENO (exit $?): $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v make >/dev/null 2>&1 || missing+=(make)  # the container workflow's Makefile is tested (no engine needed)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=$([ "$(id -u)" -eq 0 ] && echo "" || echo "sudo")
   $sudo apt-get update -qq

@@ -145,7 +145,8 @@ def run_process(tool, *args, env=None, input=None, timeout=300):
     full_env = dict(os.environ, PYTHONUNBUFFERED="1")
     full_env.update(env or {})
     return subprocess.run([sys.executable, os.path.join(REPO, "bin", tool), *map(str, args)],
-                          capture_output=True, text=True, env=full_env, input=input, timeout=timeout)
+                          capture_output=True, text=True, errors="backslashreplace", env=full_env, input=input,
+                          timeout=timeout)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -224,10 +225,11 @@ def server(sentence_model, tmp_path_factory):
 
 
 @contextlib.contextmanager
-def serving_in_thread(checkpoint: str, api_key=None, clock=None, **settings):
+def serving_in_thread(checkpoint: str, api_key=None, clock=None, engine=None, bound_to=None, **settings):
     """The app over `checkpoint` behind a real uvicorn on 127.0.0.1, in a thread of this process (no second
     TensorFlow start-up): for servers with other settings than the session's bin/serve (and `clock`, the batch
-    worker's, for time limits). Yields the base URL and the app's log records."""
+    worker's, for time limits; `engine`, one prepared by the test; `bound_to`, the address bin/serve would say it
+    listens on). Yields the base URL and the app's log records."""
     import logging
 
     import uvicorn
@@ -237,10 +239,10 @@ def serving_in_thread(checkpoint: str, api_key=None, clock=None, **settings):
     from kerascharrnn.serving import app, batcher, http
 
     config = ServeConfig(**settings)
-    engine = engines.open_engine("checkpoint", checkpoint, jit_compile=False)
+    engine = engine or engines.open_engine("checkpoint", checkpoint, jit_compile=False)
     worker = batcher.BatchingSampler(engine, config.max_batch_rows, config.max_waiting,
                                      **({"clock": clock} if clock else {}))
-    application = app.create_app(engine, config, model_name="s", batcher=worker, api_key=api_key)
+    application = app.create_app(engine, config, model_name="s", batcher=worker, api_key=api_key, bound_to=bound_to)
     port = free_port()
     server = uvicorn.Server(http.server_config(application, "127.0.0.1", port, config, log_level="error"))
     records = []

@@ -308,15 +308,15 @@ def raw_request(base: str, request: bytes, timeout: float = 60):
 
 RAW_CASES = [
     ("malformed-request-line", b"GARBAGE\r\n\r\n", 400, "malformed HTTP request"),
-    ("request-line-with-spaces", b"GET /generate?start_text=a b c&n=1 HTTP/1.1\r\nHost: x\r\n\r\n", 400,
+    ("request-line-with-spaces", b"GET /generate?start_text=a b c&n=1 HTTP/1.1\r\nHost: localhost\r\n\r\n", 400,
      "malformed HTTP request"),
-    ("header-without-colon", b"GET / HTTP/1.1\r\nHost: x\r\nnot a header\r\n\r\n", 400, "malformed HTTP request"),
-    ("non-ascii-bytes-in-query", b"GET /generate?start_text=\xff HTTP/1.1\r\nHost: x\r\n\r\n", 400,
+    ("header-without-colon", b"GET / HTTP/1.1\r\nHost: localhost\r\nnot a header\r\n\r\n", 400, "malformed HTTP request"),
+    ("non-ascii-bytes-in-query", b"GET /generate?start_text=\xff HTTP/1.1\r\nHost: localhost\r\n\r\n", 400,
      "illegal request line"),
     ("missing-host-header", b"GET / HTTP/1.1\r\n\r\n", 400, "Host"),
-    ("bad-chunk-header", b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n", 400,
+    ("bad-chunk-header", b"POST /v1/generate HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n", 400,
      "chunk"),
-    ("query-string-1mb", b"GET /generate?start_text=" + b"a" * 1_000_000 + b"&n=1 HTTP/1.1\r\nHost: x\r\n"
+    ("query-string-1mb", b"GET /generate?start_text=" + b"a" * 1_000_000 + b"&n=1 HTTP/1.1\r\nHost: localhost\r\n"
      b"Connection: close\r\n\r\n", 413, "start_text is 1000000 characters"),
     ("request-head-beyond-limit", b"GET /generate?start_text=" + b"a" * (5 * 2**20) + b" HTTP/1.1\r\n\r\n", 400,
      "at most 4 MiB"),

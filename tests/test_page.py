@@ -5,8 +5,11 @@ A writer types, presses Tab, watches the suggestion stream in, moves through sug
 takes one with Tab or Enter or leaves it with Left / Escape / any other key; the text survives a reload and
 downloads; everything comes from the server itself; the page works by keyboard alone and on a phone."""
 
+import http.server
 import json
 import shutil
+import threading
+import time
 
 import httpx
 import pytest
@@ -254,3 +257,72 @@ def test_a_server_with_an_api_key_takes_it_from_the_settings(browser, sentence_m
         assert page.text() == "the" + taken
         stored = json.loads(page.js("return localStorage.getItem('kerascharrnn.write.settings')"))
         assert stored["length"] == "10"
+
+
+class _FaultyServer(http.server.BaseHTTPRequestHandler):
+    """Serves the page's own files and a model's name, and answers its completions badly (`fault`): never, a
+    stream that stalls after its first piece, or a stream that ends before its suggestions do."""
+
+    fault = "silent"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, body: bytes, kind: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        from importlib import resources
+
+        if self.path == "/v1/models":
+            return self._send(json.dumps({"data": [{"id": "faulty"}]}).encode(), "application/json")
+        name = {"/write": "write.html", "/write/write.js": "write.js", "/write/write.css": "write.css"}[self.path]
+        kind = {"html": "text/html", "js": "text/javascript", "css": "text/css"}[name.rsplit(".", 1)[1]]
+        self._send(resources.files("kerascharrnn.serving").joinpath("static", name).read_bytes(), kind)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if self.fault == "silent":
+            time.sleep(60)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        chunk = {"choices": [{"index": 0, "text": "the start", "finish_reason": None}]}
+        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        self.wfile.flush()
+        if self.fault == "stall":
+            time.sleep(60)
+        self.close_connection = True
+
+
+@pytest.mark.parametrize("fault,message", [
+    ("silent", "No suggestion: the server sent nothing for 1.5 s"),
+    ("stall", "No suggestion: the server sent nothing for 1.5 s"),
+    ("short", "The server ended the reply early"),
+])
+def test_a_server_that_never_answers_or_stops_midway_gets_a_message_not_coming_for_ever(browser, fault, message):
+    handler = type("Faulty", (_FaultyServer,), {"fault": fault})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{httpd.server_address[1]}"
+        browser.get(base + "/write")
+        browser.execute_script("localStorage.clear(); localStorage.setItem('kerascharrnn.write.quiet_ms', '1500')")
+        page = Page(browser, base)
+        browser.execute_script("localStorage.setItem('kerascharrnn.write.quiet_ms', '1500')")
+        browser.get(base + "/write")
+        page.wait(lambda: page.driver.find_element(By.ID, "model").text.startswith("with "))
+        page.keys("the cat")
+        page.keys(Keys.TAB)
+        page.wait(lambda: message in page.status(), f"status: {page.status()!r}")
+        assert "(coming)" not in page.status()
+    finally:
+        httpd.shutdown()

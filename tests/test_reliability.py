@@ -291,7 +291,7 @@ def _v02_record(path, **changes):  # a record as v0.2 wrote it: no digests
         _v02_record(d / "ck_4.json")), "holds NaN or infinite values"),
     ("best_val_loss of -Infinity", lambda d: _edit_record(d / "ck_4.json", best_val_loss=float("-inf")),
      "'best_val_loss' must be a number >= 0"),
-    ("a negative iteration", lambda d: _edit_record(d / "ck_4.json", iteration=-1), "'iteration' must be >= 0"),
+    ("a negative iteration", lambda d: _edit_record(d / "ck_4.json", iteration=-1), "'iteration' is -1: no run gets there"),
     ("histories of mismatched lengths", lambda d: _edit_record(d / "ck_4.json", val_loss_history_it=[2]),
      "differ in length"),
     ("a validation after the record's iteration", lambda d: _edit_record(d / "ck_4.json", val_loss_history_it=[2, 40]),

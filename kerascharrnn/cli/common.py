@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -37,6 +38,36 @@ def flag_name(setting: str) -> str:
 
 def _prog(argv: Sequence[str]) -> str:
     return os.path.basename(argv[0]) if argv else "kerascharrnn"
+
+
+class Stopped(BaseException):
+    """A SIGTERM or SIGHUP: raised where the process is, so that what it holds (a temporary directory, a lock)
+    is given back on the way out, as for Ctrl-C. (bin/train stops its own way: at the next step, with a
+    checkpoint.)"""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum, frame) -> None:
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def _stopped_by_signals():
+    """SIGTERM and SIGHUP raise Stopped for the block (on the main thread; the handlers before it come back)."""
+    previous = {}
+    try:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, _stop)
+    except ValueError:  # not the main thread: the default (the process ends)
+        pass
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _fail(prog: str, message: str, code: int = USER_ERROR_EXIT) -> int:
@@ -124,6 +155,7 @@ def main(argv: Optional[Sequence[str]], define_flags: Callable[[flags.FlagValues
         take a value after a space, so `--quiet 0` must not pass silently).
     """
     argv = list(sys.argv if argv is None else argv)
+    utf8_stdio()
     prog = _prog(argv)
     flag_values = flags.FlagValues()
     define_flags(flag_values)
@@ -145,13 +177,18 @@ def main(argv: Optional[Sequence[str]], define_flags: Callable[[flags.FlagValues
     if problem:
         return _fail(prog, problem)
     try:
-        code = run(flag_values, rest)
+        with _stopped_by_signals():
+            code = run(flag_values, rest)
         return 0 if code is None else code
     except UserError as e:
         return _fail(prog, e.render(flag_name))
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
+    except Stopped as e:
+        print(f"{prog}: stopped by {signal.Signals(e.signum).name} (what it was writing is removed)",
+              file=sys.stderr)
+        return 128 + e.signum
     except BrokenPipeError:  # e.g. `bin/sample ... | head`
         _stdout_gone()
         return 0
@@ -162,37 +199,82 @@ def main(argv: Optional[Sequence[str]], define_flags: Callable[[flags.FlagValues
         return report_internal_error(prog, argv, e)
 
 
+# Flags that name files or directories: their values are paths as the OS has them (any bytes; a name that is not
+# UTF-8 reaches Python as surrogates, and goes back to the OS unchanged). Every other text flag is text.
+PATH_FLAGS = frozenset({"input_txt", "output_h5", "output_json", "input_h5", "input_json", "checkpoint_name",
+                        "init_from", "resume_from", "checkpoint", "saved_model", "tflite", "export_dir",
+                        "api_key_file", "output", "output_md", "output_png", "tensorboard_dir"})
+_NOT_PATHS = {"resume_from": ("latest", "auto")}
+
+
 def environment_problem(flag_values: flags.FlagValues) -> Optional[str]:
     """What in the process's surroundings would otherwise end in an internal error, as one line (or None); and
     the process set up for the tools: Keras on TensorFlow, and a file-size limit an error instead of a kill.
 
-    - a current directory that was deleted (every relative path would fail);
-    - a flag value that is not UTF-8 (a file name in another encoding: it could be neither printed nor stored);
+    - a current directory that was deleted: the tool runs with absolute paths (from the root), and a relative
+      one is named (it would resolve nowhere);
+    - a text flag whose bytes are not UTF-8 (a locale that is not UTF-8 decodes every argument byte by byte:
+      its UTF-8 is read back; paths are the OS's, any bytes);
     - KERAS_BACKEND naming another backend (the tools are TensorFlow programs; keras.json's backend is
-      overridden by the environment, which is set here).
+      overridden by the environment, which is set here, and said so).
     """
+    for name in flag_values:
+        flag = flag_values[name]
+        if name in PATH_FLAGS or not isinstance(flag.value, str):
+            continue
+        try:
+            flag.value.encode("utf-8")
+        except UnicodeEncodeError:
+            try:
+                flag.value = os.fsencode(flag.value).decode("utf-8")
+            except UnicodeDecodeError:
+                return f"--{name}: {os.fsencode(flag.value)!r} is not UTF-8 text"
     try:
         os.getcwd()
     except FileNotFoundError:
-        return "the current directory no longer exists (deleted?); change to one that does"
-    for name in flag_values:
-        value = flag_values[name].value
-        for text in (value if isinstance(value, list) else [value]):
-            if isinstance(text, str):
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError:
-                    return f"--{name}: {text.encode('utf-8', 'surrogateescape')!r} is not UTF-8 text; rename the file"
+        relative = [f"--{name} {flag_values[name].value}" for name in sorted(PATH_FLAGS & set(flag_values))
+                    if isinstance(flag_values[name].value, str) and flag_values[name].value
+                    and flag_values[name].value not in _NOT_PATHS.get(name, ())
+                    and not os.path.isabs(flag_values[name].value)]
+        if relative:
+            return (f"the current directory no longer exists (deleted?), and {', '.join(relative)} is relative to it;"
+                    " give absolute paths, or change to a directory that exists")
+        os.chdir("/")  # every path is absolute: nothing is looked up in the directory that is gone
     backend = os.environ.get("KERAS_BACKEND") or "tensorflow"  # (empty: unset, for Keras too)
     if backend != "tensorflow":
         return (f"KERAS_BACKEND={backend[:40]} is set: kerascharrnn runs on Keras's TensorFlow backend; unset it or"
                 " set KERAS_BACKEND=tensorflow")
+    configured = configured_backend()
+    if configured not in (None, "tensorflow"):
+        print(f"note: keras.json names the {configured[:40]} backend; kerascharrnn runs on TensorFlow (set for this"
+              " run only)", file=sys.stderr)
     os.environ["KERAS_BACKEND"] = "tensorflow"
     try:  # past `ulimit -f`, a write fails with EFBIG (an error naming the file) instead of SIGXFSZ killing us
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     except (ValueError, AttributeError):  # not the main thread, or no such signal here
         pass
     return None
+
+
+def configured_backend() -> Optional[str]:
+    """The backend keras.json names (under $KERAS_HOME, else ~/.keras, as Keras reads it), if it names one."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json"), "rb") as f:
+            backend = json.loads(f.read(1 << 16).decode("utf-8")).get("backend")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None  # (Keras itself says what is wrong with a keras.json it cannot read)
+    return backend if isinstance(backend, str) else None
+
+
+def utf8_stdio() -> None:
+    """Standard output and error in UTF-8 whatever the locale (LC_ALL=C without Python's UTF-8 mode would make
+    them ASCII: a sample's first non-ASCII character would end the run), and file names that are not UTF-8
+    written as their bytes."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "utf-8").lower().replace("-", "").replace("_", "")
+        if encoding != "utf8" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(encoding="utf-8", errors="surrogateescape")
 
 
 @contextlib.contextmanager

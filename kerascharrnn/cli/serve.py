@@ -110,7 +110,7 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> None:
         sampler.warm_up()
     parameters = resources.parameter_count(model_config) if model_config else 0
     application = serving_app.create_app(engine, config, model_name=name, batcher=sampler, api_key=api_key or None,
-                                         parameters=parameters)
+                                         parameters=parameters, bound_to=host)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     context.log.addHandler(handler)  # absl owns the root logger (at ERROR); this log stands apart from it
@@ -118,7 +118,7 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> None:
     context.log.propagate = False
     print(f"Serving {path} as {name} on http://{host}:{port}: write at /write; APIs for rnn-writer (GET /generate),"
           " OpenAI (/v1/completions, /v1/chat/completions), Ollama (/api/generate, /api/chat), KoboldCpp"
-          " (/api/v1/generate), llama.cpp (/completion), /v1/generate; /docs", flush=True)
+          " (/api/v1/generate), llama.cpp (/completion), /v1/generate", flush=True)
     print(f"Web pages that may use it: {pages.describe()} (--cors_origins)", flush=True)
     uvicorn.Server(http.server_config(application, host, port, config)).run()
 

@@ -335,6 +335,7 @@ _LAYER_SIZES = {"Embedding": {"output_dim": "wordvec_size"}, "LSTM": {"units": "
 _LAYER_CLASSES = {"InputLayer", "Embedding", "Dropout", "LSTM", "GRU", "SimpleRNN", "BatchNormalization",
                   "CopyAttention", "Dense"}
 _MAX_SAVED_BATCH = 65536
+MAX_ITERATION = 2**53  # far past any run (a billion years at a step a millisecond), and exact in a float64
 
 
 def _check_layers_agree(values: dict, model_config: ModelConfig, path: str) -> None:
@@ -488,6 +489,11 @@ def read_record(path: str) -> CheckpointRecord:
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in series):
             raise UserError(f"{path}: checkpoint JSON field {key!r} must be a list of numbers")
         history[key] = [float(v) if key != "val_loss_history_it" else int(v) for v in series]
+    losses = history["train_loss_history"]
+    if losses and not any(math.isfinite(v) for v in losses):
+        raise UserError(f"{path}: checkpoint JSON field 'train_loss_history' holds no finite loss ({len(losses)}"
+                        " NaN or infinite values): the run it records diverged, or the record is damaged; resume an"
+                        " earlier checkpoint of the series")
     if len(history["val_loss_history"]) != len(history["val_loss_history_it"]):
         raise UserError(f"{path}: checkpoint JSON fields 'val_loss_history' and 'val_loss_history_it' differ in"
                         f" length ({len(history['val_loss_history'])} and {len(history['val_loss_history_it'])})")
@@ -501,8 +507,9 @@ def read_record(path: str) -> CheckpointRecord:
     if not math.isfinite(elapsed) or elapsed < 0:
         raise UserError(f"{path}: checkpoint JSON field 'elapsed_seconds' must be a number >= 0")
     iteration = _field(values, "iteration", (int,), path)
-    if iteration < 0:
-        raise UserError(f"{path}: checkpoint JSON field 'iteration' must be >= 0")
+    if not 0 <= iteration <= MAX_ITERATION:
+        raise UserError(f"{path}: checkpoint JSON field 'iteration' is {iteration:.3g}: no run gets there (0 to"
+                        f" {MAX_ITERATION:,}); the record is damaged")
     if any(not 0 <= it <= iteration for it in history["val_loss_history_it"]):
         raise UserError(f"{path}: checkpoint JSON field 'val_loss_history_it' holds an iteration outside"
                         f" 0..{iteration}")

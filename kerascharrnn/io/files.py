@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import stat
@@ -18,6 +19,12 @@ from kerascharrnn.errors import setting as ref
 _TEMP_OVERHEAD = 8 + 2
 # Linux's NAME_MAX; os.pathconf tells the real one where the directory exists.
 _DEFAULT_NAME_MAX = 255
+
+
+def shown(path: str) -> str:
+    """A path as text for a person (a plot's title, say): a file name that is not UTF-8 (surrogates in Python)
+    with U+FFFD for its bytes that are not."""
+    return os.fsencode(path).decode("utf-8", errors="replace")
 
 
 def name_max(directory: str) -> int:
@@ -164,6 +171,25 @@ def require_file(path: str, what: str = "file") -> str:
     if os.path.getsize(path) == 0:
         raise UserError(f"{path}: is empty")
     return path
+
+
+def read_small_json(path: str, limit: int, what: str):
+    """The JSON a small file of ours holds (a per-machine table), or None if there is no file. Never opens a
+    pipe or a device (it would wait for a writer for ever) nor reads past `limit` bytes; UserError otherwise,
+    naming the file as `what`."""
+    if not os.path.lexists(path):
+        return None
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: not a regular file (a pipe, a device, or a link to nothing), not a {what}; delete"
+                        " it")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise UserError(f"{path}: larger than a {what} can be ({limit:,} bytes); delete it")
+        return json.loads(data.decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise UserError(f"{path}: not a {what} ({type(e).__name__}); delete it") from None
 
 
 def require_writable_dir(directory: str, what: str = "directory") -> None:

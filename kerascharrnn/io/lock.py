@@ -52,9 +52,14 @@ def acquire(checkpoint_name: str, command: Optional[str] = None) -> str:
             raise UserError(f"the lock file {path} is a symbolic link; remove it (a lock file is a plain file that"
                             " bin/train creates)") from None
         raise UserError(f"cannot create the lock file {path}: {e.strerror or e}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
         os.close(fd)
         raise UserError(f"the lock file {path} is not a regular file (a pipe or a device?); remove it")
+    if status.st_nlink > 1:  # a planted hard link: writing our pid into it would overwrite another file
+        os.close(fd)
+        raise UserError(f"the lock file {path} is a hard link to another file ({status.st_nlink} names); remove it"
+                        " (a lock file is a plain file that bin/train creates)")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -20,14 +20,13 @@ an API key, every endpoint but the health checks, rnn-writer's GET / and the wri
 """
 
 import hashlib
-import hmac
-import json
 from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from kerascharrnn.config import ServeConfig
 from kerascharrnn.inference.engines import Engine
@@ -40,10 +39,11 @@ from kerascharrnn.serving import (
     page,
     rnn_writer,
 )
-from kerascharrnn.serving.batcher import BatchingSampler
-from kerascharrnn.serving.context import Serving, log, short
-from kerascharrnn.serving.cors import OriginPolicy, same_origin
+from kerascharrnn.serving.batcher import BatchingSampler, ModelFailed
+from kerascharrnn.serving.context import Serving, authorized, log, short
+from kerascharrnn.serving.cors import OriginPolicy
 from kerascharrnn.serving.errors import MESSAGE, ClientError, dialect_for, error_reply
+from kerascharrnn.serving.guard import Guard, HostPolicy
 from kerascharrnn.serving.rules import lowercase_for
 
 # Endpoints open without the API key: liveness (ours and llama.cpp's), rnn-writer's "is the server up" (it cannot
@@ -51,12 +51,11 @@ from kerascharrnn.serving.rules import lowercase_for
 # itself).
 OPEN_ENDPOINTS = (("GET", "/healthz"), ("GET", "/health"), ("GET", "/"), ("GET", page.PAGE))
 _OPEN_PREFIXES = (page.PAGE + "/",)
-_PREFLIGHT_SECONDS = "600"  # how long a browser may keep a preflight's answer
 
 
 def create_app(engine: Engine, config: ServeConfig, model_name: str = "charrnn",
                batcher: Optional[BatchingSampler] = None, api_key: Optional[str] = None,
-               parameters: int = 0) -> FastAPI:
+               parameters: int = 0, bound_to: Optional[str] = None) -> FastAPI:
     """The FastAPI app over an engine (kerascharrnn.inference.engines).
 
     Args:
@@ -66,18 +65,22 @@ def create_app(engine: Engine, config: ServeConfig, model_name: str = "charrnn",
       batcher: the worker to run requests on (default: a new one).
       api_key: if given, required from every client (see OPEN_ENDPOINTS).
       parameters: the model's parameter count, for the listings (0: unknown).
+      bound_to: the address the server listens on: on a loopback one, requests must name this machine
+        (guard.HostPolicy; None: no check).
     """
     vocab = engine.vocab
     batcher = batcher or BatchingSampler(engine, config.max_batch_rows, config.max_waiting)
     digest = hashlib.sha256((model_name + "\n" + vocab.to_json()).encode("utf-8")).hexdigest()
     ctx = Serving(engine, config, batcher, model_name, lowercase_for(config.lowercase, vocab), parameters,
                   f"sha256:{digest}", protected=bool(api_key))
-    app = FastAPI(title="kerascharrnn", version="1",
+    # FastAPI's /docs page loads its script and styles from a CDN: off unless asked for (/openapi.json stays)
+    app = FastAPI(title="kerascharrnn", version="1", docs_url="/docs" if config.docs else None, redoc_url=None,
                   description="Character-level RNN text generation for writers' tools: torch-rnn-server's GET"
                               " /generate, OpenAI's, Ollama's, KoboldCpp's and llama.cpp's APIs, and a writing page"
                               " at /write.")
-    app.add_middleware(Guard, max_body_bytes=config.max_body_bytes, api_key=api_key,
-                       pages=OriginPolicy.parse(config.cors_origins, keyed=bool(api_key)))
+    app.add_middleware(Guard, max_body_bytes=config.max_body_bytes, body_timeout=config.body_timeout,
+                       api_key=api_key, pages=OriginPolicy.parse(config.cors_origins, keyed=bool(api_key)),
+                       hosts=HostPolicy.for_address(bound_to, config.allowed_hosts), is_open=_open)
 
     def answer(request: Request, error: ClientError) -> JSONResponse:
         dialect = dialect_for(request.url.path)
@@ -100,6 +103,20 @@ def create_app(engine: Engine, config: ServeConfig, model_name: str = "charrnn",
         status = 422 if dialect_for(request.url.path) == MESSAGE else 400
         return answer(request, ClientError(status, problems[:500]))
 
+    @app.exception_handler(ModelFailed)
+    async def model_failed(request: Request, exc: ModelFailed):
+        # (the batch worker logged the failure; a handler of its own, not Exception's: the connection lives on)
+        log.warning("%s %s -> 500: the model failed on this request (%s)", request.method,
+                    short(request.url.path), short(str(exc), 200))
+        reply = error_reply(dialect_for(request.url.path), ClientError(500, "the model failed on this request"
+                                                                            " (logged on the server)"))
+        return JSONResponse(reply.body, status_code=500)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, exc: ClientDisconnect):
+        log.info("%s %s: the client left before its request arrived whole", request.method, short(request.url.path))
+        return Response(status_code=400)  # (nobody reads it)
+
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception):
         log.error("%s %s -> 500", request.method, short(str(request.url)), exc_info=exc)
@@ -108,110 +125,15 @@ def create_app(engine: Engine, config: ServeConfig, model_name: str = "charrnn",
         return JSONResponse(reply.body, status_code=500)
 
     @app.get("/healthz")
-    async def healthz():
+    async def healthz(request: Request):
+        """Liveness; with the API key (or on a server without one), the model and the queue too."""
+        if not authorized(request):
+            return {"status": "ok"}
         return {"status": "ok", "model": model_name, "vocab_size": vocab.size, "waiting": batcher.waiting}
 
     for api in (rnn_writer, openai_api, ollama_api, koboldcpp_api, llamacpp_api, json_api, page):
         app.include_router(api.routes(ctx))
     return app
-
-
-class Guard:
-    """ASGI middleware in front of every request, before a byte of its body is read: the page it comes from
-    (cors.py), the API key (when set) and the body's size. Answers in the shape of the API the path belongs to;
-    every answer to a page it allows, refusals included, carries Access-Control-Allow-Origin (a frontend can read
-    why it was refused)."""
-
-    def __init__(self, app, max_body_bytes: int, api_key: Optional[str], pages: OriginPolicy = OriginPolicy()):
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.api_key = api_key.encode("utf-8") if api_key else None
-        self.pages = pages
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path, method = scope.get("path", ""), scope.get("method", "")
-        headers = dict(scope.get("headers") or [])
-        origin = headers.get(b"origin")
-        if origin is not None:
-            page = origin.decode("latin-1")
-            if not (same_origin(page, headers.get(b"host", b"").decode("latin-1")) or self.pages.allows(page)):
-                return await self._refuse(scope, send, self._foreign(page))
-            send = _with_headers(send, [(b"access-control-allow-origin", origin), (b"vary", b"Origin"),
-                                        (b"access-control-expose-headers", b"Retry-After")])
-        if method == "OPTIONS":  # a preflight (or a plain OPTIONS): no key needed, nothing to run
-            return await self._preflight(send, headers)
-        if self.api_key and not _open(method, path) and not self._authorized(headers.get(b"authorization", b"")):
-            return await self._refuse(scope, send, ClientError(
-                401, "Incorrect API key provided: send Authorization: Bearer <the server's --api_key>",
-                code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))
-        declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            return await self._refuse(scope, send, self._too_large())
-        received = 0
-
-        async def bounded_receive():
-            nonlocal received
-            message = await receive()
-            if message.get("type") == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise self._too_large()
-            return message
-
-        return await self.app(scope, bounded_receive, send)
-
-    def _foreign(self, page: str) -> ClientError:
-        if page.strip().lower() == "null" and self.pages.local:
-            why = ("a page opened from a file (Origin: null) cannot be told from a sandboxed frame on any website:"
-                   " start bin/serve with --api_key and give the page the key, or --cors_origins local,null to let"
-                   " every such page use the model")
-        else:
-            why = f"start bin/serve with --cors_origins naming it (now: {self.pages.describe()})"
-        return ClientError(403, f"this server does not answer pages from {short(page, 100)}: {why}")
-
-    @staticmethod
-    async def _preflight(send, headers) -> None:
-        reply = [(b"allow", b"GET, POST, OPTIONS"), (b"content-length", b"0")]
-        if b"access-control-request-method" in headers:
-            reply += [(b"access-control-allow-methods", b"GET, POST, OPTIONS"),
-                      (b"access-control-allow-headers",
-                       headers.get(b"access-control-request-headers") or b"Content-Type, Authorization"),
-                      (b"access-control-max-age", _PREFLIGHT_SECONDS.encode()),
-                      (b"vary", b"Access-Control-Request-Method, Access-Control-Request-Headers")]
-            if headers.get(b"access-control-request-private-network", b"").lower() == b"true":
-                reply.append((b"access-control-allow-private-network", b"true"))
-        await send({"type": "http.response.start", "status": 204, "headers": reply})
-        await send({"type": "http.response.body", "body": b""})
-
-    def _authorized(self, header: bytes) -> bool:
-        scheme, _, key = header.partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(key.strip(), self.api_key)
-
-    def _too_large(self) -> ClientError:
-        return ClientError(413, f"the request body is larger than the server's limit of {self.max_body_bytes}"
-                                " bytes (--max_body_bytes)")
-
-    @staticmethod
-    async def _refuse(scope, send, error: ClientError) -> None:
-        log.warning("%s %s -> %d: %s", scope.get("method"), short(scope.get("path", "")), error.status, error.message)
-        reply = error_reply(dialect_for(scope.get("path", "")), error)
-        body = json.dumps(reply.body).encode("utf-8")
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")] + [(k.lower().encode(), v.encode()) for k, v in reply.headers.items()]
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-def _with_headers(send, extra):
-    """`send` with headers added to the reply's start."""
-    async def sending(message):
-        if message.get("type") == "http.response.start":
-            message = dict(message, headers=list(message.get("headers") or []) + extra)
-        await send(message)
-
-    return sending
 
 
 def _open(method: str, path: str) -> bool:

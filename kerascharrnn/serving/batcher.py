@@ -46,6 +46,11 @@ class Expired(Exception):
     """The request's time limit passed before its text was made."""
 
 
+class ModelFailed(Exception):
+    """The model failed on the request's rows (the worker logged why): the request ends with a 500 of its API's
+    shape, or an error in its stream; the other requests of the batch go on."""
+
+
 @dataclasses.dataclass(eq=False)
 class Job:
     """One request's rows and how they are drawn.
@@ -59,6 +64,7 @@ class Job:
       include_prompt: also report the prompt's ids (OpenAI's echo).
       time_limit: seconds from submission within which the job must be done (Expired otherwise).
       stream: its text is sent as it is made (the batch then runs in short chunks).
+      client: who asked (for a fair share of the queue: BatchingSampler.submit).
     """
 
     prompts: List[np.ndarray]
@@ -69,8 +75,10 @@ class Job:
     include_prompt: bool = False
     time_limit: float = math.inf
     stream: bool = False
+    client: str = ""
 
     def __post_init__(self):
+        self.number = -1  # its place in the order of submission (BatchingSampler.submit)
         self.deadline = math.inf
         self.cancelled = False
         self.started = False  # its first piece was sent
@@ -105,8 +113,10 @@ class Job:
                 raise Expired(f"not done within its time limit of {self.time_limit:g} s") from None
             if item is None:
                 return
-            if isinstance(item, BaseException):
+            if isinstance(item, Expired):
                 raise item
+            if isinstance(item, BaseException):
+                raise ModelFailed(f"{type(item).__name__}: {str(item)[:200]}") from item
             yield item
 
     async def rows(self) -> List[Tuple[np.ndarray, Optional[Tuple[np.ndarray, ...]]]]:
@@ -139,6 +149,7 @@ class BatchingSampler:
         self._max_waiting = max_waiting
         self._clock = clock
         self._waiting: collections.deque = collections.deque()
+        self._submitted = 0  # jobs so far (each job's number: the newest has the highest)
         self._ready = threading.Condition()
         threading.Thread(target=self._work, name="kerascharrnn-sampler", daemon=True).start()
 
@@ -169,6 +180,12 @@ class BatchingSampler:
         with self._ready:
             if len(self._waiting) >= self._max_waiting:
                 raise Overloaded(f"{len(self._waiting)} requests are waiting")
+            share = max(1, self._max_waiting // 2)
+            if sum(1 for waiting in self._waiting if waiting.client == job.client) >= share:
+                raise Overloaded(f"{share} requests of this client are waiting already: at most half the queue"
+                                 " (--max_waiting) is one client's")
+            job.number = self._submitted
+            self._submitted += 1
             self._waiting.append(job)
             self._ready.notify()
         return job
@@ -189,10 +206,36 @@ class BatchingSampler:
                     seeded = joining[0].seed is not None
                 run = self._step(run, members, joining)
             except Exception as e:  # noqa: BLE001 - the worker must live on: the error goes to the requests
-                log.exception("the model failed; the requests in its batch get the error")
-                for job in {job for job, _ in members.values()} | set(joining):
-                    job._send(e)
-                run, members = None, {}
+                run = self._recover(run, members, joining, e)
+
+    def _recover(self, run: Optional[Generation], members: Dict[int, Tuple[Job, int]], joining: List[Job],
+                 error: Exception) -> Optional[Generation]:
+        """After a chunk failed: the batch goes on without the jobs that made it fail. Most likely the newest (a
+        request's own input makes a model fail where it joins), so the jobs leave newest first, each with the
+        error, until the chunk runs (a failure of the model itself ends every job: the last takes the error).
+        The chunk is run again from where it started: the batch's state moves only when a chunk succeeds."""
+        log.exception("the model failed on a chunk of %d rows; its newest requests get the error until it runs",
+                      len(members) + sum(len(job.prompts) for job in joining))
+        jobs = sorted({job for job, _ in members.values()} | set(joining), key=lambda job: job.number)
+        while jobs:
+            suspect = jobs.pop()
+            suspect._send(error)
+            if suspect in joining:
+                joining.remove(suspect)
+            rows = [row for row, (job, _) in members.items() if job is suspect]
+            for row in rows:
+                del members[row]
+            if run is None or not jobs:
+                break
+            run.drop(rows)
+            try:
+                return self._step(run, members, joining)
+            except Exception as e:  # noqa: BLE001 - the next suspect
+                error = e
+        for job in jobs:
+            job._send(error)
+        members.clear()
+        return None
 
     def _step(self, run: Optional[Generation], members: Dict[int, Tuple[Job, int]], joining: List[Job]):
         """Lets the joining jobs in, takes the gone ones out, runs a chunk and sends its pieces; returns the
@@ -201,10 +244,11 @@ class BatchingSampler:
             if run is None:
                 run = self._engine.sampler.generate([], 0, seed=joining[0].seed, chunk_size=STREAM_CHUNK,
                                                     include_prompt=True, drop_finished=True)
-            for job in joining:
+            while joining:  # one at a time: a job that cannot join leaves those before it in
+                job = joining[0]
                 rows = run.add(job.prompts, job.num_new, job.settings, job.logprobs)
                 members.update((row, (job, own)) for own, row in enumerate(rows))
-            joining.clear()  # in: from here on, an error reaches them through members
+                joining.pop(0)  # in: from here on, an error reaches it through members
         self._drop_gone(run, members)
         if run is None or run.done:  # (a row with no id to make is done at once)
             for job in {job for job, _ in members.values()}:

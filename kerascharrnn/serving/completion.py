@@ -16,12 +16,13 @@ from typing import AsyncIterator, List, Optional, Sequence, Tuple, Union
 from starlette.requests import Request
 
 from kerascharrnn.inference.sampling import Piece
-from kerascharrnn.serving.batcher import Expired, Job
-from kerascharrnn.serving.context import Serving, finished_rows, started_pieces
+from kerascharrnn.serving.batcher import Expired, Job, ModelFailed
+from kerascharrnn.serving.context import Serving, client_of, finished_rows, started_pieces
 from kerascharrnn.serving.request import SamplingRequest
 from kerascharrnn.vocab import Vocabulary
 
-__all__ = ["Choice", "Completion", "Delta", "Expired", "StopCut", "Token", "token_bytes", "token_text"]
+__all__ = ["Choice", "Completion", "Delta", "Expired", "ModelFailed", "StopCut", "Token", "failure", "token_bytes",
+           "token_text"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,9 +179,14 @@ class Choice:
         if piece.logprobs is None or self._logprobs is None:
             return [Token(i, self._vocab.tokens[i]) for i in ids]
         chosen, top_values, top_ids = piece.logprobs
-        return [Token(i, self._vocab.tokens[i], None if piece.position + k == 0 else float(chosen[k]),  # no context
-                      tuple((int(t), float(v)) for t, v in zip(top_ids[k][:self._logprobs], top_values[k])))
-                for i, k in zip(ids, range(start, stop))]
+
+        def token(i: int, k: int) -> Token:
+            if piece.position + k == 0:  # the very first token has no context: no log-probabilities (OpenAI's too)
+                return Token(i, self._vocab.tokens[i])
+            return Token(i, self._vocab.tokens[i], float(chosen[k]),
+                         tuple((int(t), float(v)) for t, v in zip(top_ids[k][:self._logprobs], top_values[k])))
+
+        return [token(i, k) for i, k in zip(ids, range(start, stop))]
 
     def _emit(self, text: str, last: bool = False) -> Optional[Delta]:
         """The delta to send: the prompt first if echoed (with log-probabilities: once its tokens are known), then
@@ -201,6 +207,14 @@ class Choice:
         if not prefix and not text:
             return None
         return Delta(self.index, prefix + text, tokens + sent)
+
+
+def failure(error: BaseException) -> str:
+    """What a reply already under way says when its request fails: it ran out of time, or the model failed on it
+    (the server's log has the details)."""
+    if isinstance(error, Expired):
+        return f"the server is overloaded: the request was {error}"
+    return "the model failed on this request (logged on the server)"
 
 
 def token_text(unit: Union[str, int]) -> str:
@@ -230,10 +244,12 @@ class Completion:
     Args:
       ctx: the server.
       request: what to make.
-      where: the endpoint, for the log.
+      http_request: the request it came in (who asked, where, and whether the client is still there).
     """
 
-    def __init__(self, ctx: Serving, request: SamplingRequest, where: str):
+    def __init__(self, ctx: Serving, request: SamplingRequest, http_request: Request):
+        where = f"{http_request.method} {http_request.url.path}"
+        self._http_request = http_request
         ids = [ctx.prompt_ids(prompt, where) for prompt in request.prompts]
         self.request = request
         self.prompt_tokens = sum(len(i) for i in ids)
@@ -243,15 +259,15 @@ class Completion:
                                   request.settings, seed=request.seed,
                                   logprobs=0 if request.logprobs is None else max(request.logprobs, 1),
                                   include_prompt=request.echo and request.logprobs is not None,
-                                  stream=request.stream))
+                                  stream=request.stream, client=client_of(http_request)))
 
     @property
     def completion_tokens(self) -> int:
         return sum(choice.completion_tokens for choice in self.choices)
 
-    async def result(self, http_request: Request) -> List[Delta]:
+    async def result(self) -> List[Delta]:
         """Each choice's whole delta, once every row is made (a 503 if the time limit passed first)."""
-        rows = await finished_rows(self.job, http_request)
+        rows = await finished_rows(self.job, self._http_request)
         results = []
         for choice, (row_ids, logprobs) in zip(self.choices, rows):
             first = 0 if self.job.include_prompt else choice.primed  # the rows hold the prompt's ids if echoed
@@ -259,12 +275,12 @@ class Completion:
                                    if d]))
         return results
 
-    async def deltas(self, http_request: Request) -> AsyncIterator[Delta]:
+    async def deltas(self) -> AsyncIterator[Delta]:
         """The choices' deltas as they are made, then each choice's last one (with its finish reason). The first
         piece is awaited before this returns, so that a request that expires while it waits is a 503, not a
         reply that has started; past that, an expiry raises Expired from the iterator (each API says so in its
         stream's own way). A client that leaves cancels the job (its rows leave the batch)."""
-        pieces = await started_pieces(self.job, http_request)
+        pieces = await started_pieces(self.job, self._http_request)
 
         async def each() -> AsyncIterator[Delta]:
             try:

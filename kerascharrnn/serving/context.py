@@ -96,10 +96,10 @@ class Serving:
             log.info("%s: ignored (no effect on this model): %s", where,
                      short(", ".join(new + ([f"{odd} field(s) with names no client uses"] if odd else []))))
 
-    async def parse(self, request: Request, model: Type[BaseModel]) -> BaseModel:
+    async def parse(self, request: Request, model: Type[BaseModel], invalid_status: int = 400) -> BaseModel:
         """The request's JSON body as `model` (parse_body), with the fields it does not declare named once in
         the log."""
-        body = await parse_body(request, model)
+        body = await parse_body(request, model, invalid_status)
         self.note_ignored(f"{request.method} {request.url.path}", undeclared_fields(body))
         return body
 
@@ -117,14 +117,16 @@ class Serving:
                               headers={"Retry-After": "1"}) from None
 
 
-async def parse_body(request: Request, model: Type[BaseModel]) -> BaseModel:
+async def parse_body(request: Request, model: Type[BaseModel], invalid_status: int = 400) -> BaseModel:
     """The request's JSON body as `model`; parsed and checked on a worker thread, never on the event loop
-    (the body's size is bounded before it is read: app.py). A body that does not fit is a 400 naming why."""
+    (the body's size and pace are bounded before it is read: guard.py). A body that is not JSON, that names a
+    key twice (which one would hold?) or holds lone surrogates is a 400, one that does not fit `model` an
+    `invalid_status`, naming why."""
     body = await request.body()
 
     def parse():
         try:
-            values = json.loads(body)
+            values = json.loads(body, object_pairs_hook=_without_duplicate_keys)
         except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, lone surrogates, absurd nesting
             raise ClientError(400, f"the body is not JSON ({type(e).__name__}: {str(e)[:200]})") from None
         _refuse_lone_surrogates(values)
@@ -134,10 +136,19 @@ async def parse_body(request: Request, model: Type[BaseModel]) -> BaseModel:
             first = e.errors()[0]
             field = ".".join(str(p) for p in first.get("loc", ())) or None
             more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-            raise ClientError(400, f"{field or 'body'}: {first.get('msg', 'invalid')[:300]}{more}", param=field) \
-                from None
+            raise ClientError(invalid_status, f"{field or 'body'}: {first.get('msg', 'invalid')[:300]}{more}",
+                              param=field) from None
 
     return await run_in_threadpool(parse)
+
+
+def _without_duplicate_keys(pairs) -> dict:
+    values = dict(pairs)
+    if len(values) != len(pairs):
+        seen = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ClientError(400, f"the body names the key {short(str(twice), 60)!r} twice", param=str(twice)[:60])
+    return values
 
 
 class WireModel(BaseModel):
@@ -178,6 +189,18 @@ def _refuse_lone_surrogates(value) -> None:
             todo.extend(item.values())
         elif isinstance(item, list):
             todo.extend(item)
+
+
+def client_of(request: Request) -> str:
+    """Who sent a request, for a fair share of the queue: its address and its program (two writers on one machine
+    use two programs)."""
+    address = request.client.host if request.client else "?"
+    return f"{address} {request.headers.get('user-agent', '')[:200]}"
+
+
+def authorized(request: Request) -> bool:
+    """The request had the API key (or the server asks for none): Guard says so in the request's state."""
+    return getattr(request.state, "authorized", True)
 
 
 async def watch_disconnect(request: Request, job: Job) -> None:

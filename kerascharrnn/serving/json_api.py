@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from kerascharrnn.inference.settings import BOUNDS, SEED_MAX
 from kerascharrnn.serving import request
 from kerascharrnn.serving.completion import Completion
-from kerascharrnn.serving.context import Serving, WireModel
+from kerascharrnn.serving.context import Serving, WireModel, request_schema
 from kerascharrnn.serving.errors import ClientError
 from kerascharrnn.serving.rules import describe_characters, unknown_in
 
@@ -45,11 +45,11 @@ def routes(ctx: Serving) -> APIRouter:
         finish_reasons: List[str]
         time: float
 
-    @router.post("/v1/generate", response_model=GenerateReply)
-    async def generate(body: GenerateRequest, http_request: Request):
+    @router.post("/v1/generate", response_model=GenerateReply, openapi_extra=request_schema(GenerateRequest))
+    async def generate(http_request: Request):
         """Continuations of start_text (without it), each cut at the first stop string if any."""
         started = time.perf_counter()
-        ctx.note_ignored("POST /v1/generate", body.model_extra or {})
+        body = await ctx.parse(http_request, GenerateRequest, invalid_status=422)
         ctx.check_prompt_length(body.start_text, "start_text")
         unknown = unknown_in(body.start_text, ctx.vocab)
         if unknown and body.unknown_chars == "error":
@@ -58,7 +58,7 @@ def routes(ctx: Serving) -> APIRouter:
         sampling = request.build(config, ctx.vocab, NAMES, prompts=[body.start_text], n=body.num_samples,
                                  max_new=body.num_new_chars, stops=body.stop, seed=body.seed,
                                  temperature=body.temperature, top_k=body.top_k, top_p=body.top_p)
-        results = await Completion(ctx, sampling, "POST /v1/generate").result(http_request)
+        results = await Completion(ctx, sampling, http_request).result()
         return GenerateReply(start_text=body.start_text, completions=[d.text for d in results],
                              finish_reasons=[d.finish_reason for d in results],
                              time=round(time.perf_counter() - started, 4))

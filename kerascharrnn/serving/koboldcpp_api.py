@@ -27,7 +27,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from kerascharrnn.serving import request
-from kerascharrnn.serving.completion import Completion, Delta, Expired, token_bytes, token_text
+from kerascharrnn.serving.completion import Completion, Delta, failure, token_bytes, token_text
 from kerascharrnn.serving.context import Serving, WireModel, log, request_schema
 
 KOBOLD_API_VERSION = "1.2.5"  # the KoboldAI United API version KoboldCpp reports
@@ -115,10 +115,10 @@ def routes(ctx: Serving) -> APIRouter:
     async def generate(http_request: Request):
         """KoboldCpp's generate (see the module docstring)."""
         body = await ctx.parse(http_request, GenerateRequest)
-        completion = Completion(ctx, sampling_request(body, stream=False), "POST /api/v1/generate")
+        completion = Completion(ctx, sampling_request(body, stream=False), http_request)
         entry = remember(body.genkey, completion)
         results = []
-        for delta in await completion.result(http_request):
+        for delta in await completion.result():
             result = {"text": text_of(delta, bool(body.trim_stop)), "finish_reason": delta.finish_reason,
                       "prompt_tokens": completion.prompt_tokens, "completion_tokens": len(delta.tokens)}
             if body.logprobs:
@@ -131,9 +131,9 @@ def routes(ctx: Serving) -> APIRouter:
     async def generate_stream(http_request: Request):
         """The same, as KoboldCpp's server-sent events."""
         body = await ctx.parse(http_request, GenerateRequest)
-        completion = Completion(ctx, sampling_request(body, stream=True), "POST /api/extra/generate/stream")
+        completion = Completion(ctx, sampling_request(body, stream=True), http_request)
         entry = remember(body.genkey, completion)
-        deltas = await completion.deltas(http_request)
+        deltas = await completion.deltas()
 
         async def events():
             try:
@@ -142,9 +142,10 @@ def routes(ctx: Serving) -> APIRouter:
                     entry[1] += text
                     yield "event: message\ndata: " + json.dumps({"token": text, "finish_reason": delta.finish_reason},
                                                                ensure_ascii=False) + "\n\n"
-            except Expired as e:
-                log.warning("POST /api/extra/generate/stream: %s", e)
-                yield "event: message\ndata: " + json.dumps({"token": "", "finish_reason": "length"}) + "\n\n"
+            except Exception as e:  # noqa: BLE001 - the reply is under way: the stream says why it ends
+                log.warning("POST /api/extra/generate/stream: %s", failure(e))
+                yield "event: message\ndata: " + json.dumps({"token": "", "finish_reason": "length",
+                                                             "error": failure(e)}) + "\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from kerascharrnn.inference.settings import MAX_PENALTY_RANGE
 from kerascharrnn.serving import chat, request
-from kerascharrnn.serving.completion import Completion, Delta, Expired, Token, token_bytes, token_text
+from kerascharrnn.serving.completion import Completion, Delta, Expired, Token, failure, token_bytes, token_text
 from kerascharrnn.serving.context import Serving, WireModel, request_schema
 from kerascharrnn.serving.errors import ClientError
 
@@ -168,10 +168,10 @@ def routes(ctx: Serving) -> APIRouter:
                 "n_probs": sampling.logprobs or 0, "stream": sampling.stream,
                 "logit_bias": [{"token": t, "bias": b if math.isfinite(b) else False} for t, b in s.logit_bias]}
 
-    async def complete(http_request: Request, body: CompletionRequest, prompts: List[str], where: str):
+    async def complete(http_request: Request, body: CompletionRequest, prompts: List[str]):
         started = time.perf_counter()
         sampling = sampling_request(body, prompts)
-        completion = Completion(ctx, sampling, where)
+        completion = Completion(ctx, sampling, http_request)
         wanted = sampling.logprobs is not None
         as_probs = bool(body.post_sampling_probs)
         prompt_lengths = [len(vocab.to_units(p)) for p in sampling.prompts]
@@ -197,11 +197,11 @@ def routes(ctx: Serving) -> APIRouter:
 
         if not sampling.stream:
             results = []
-            for delta in await completion.result(http_request):
+            for delta in await completion.result():
                 made[delta.index] = len(delta.tokens)
                 results.append(final(delta, streamed=False))
             return JSONResponse(results[0] if len(results) == 1 else results)
-        deltas = await completion.deltas(http_request)
+        deltas = await completion.deltas()
 
         async def events():
             try:
@@ -216,10 +216,9 @@ def routes(ctx: Serving) -> APIRouter:
                         yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
                     if delta.finish_reason:
                         yield f"data: {json.dumps(final(delta, streamed=True), ensure_ascii=False)}\n\n"
-            except Expired as e:
-                error = {"code": 503, "message": f"the server is overloaded: the request was {e}",
-                         "type": "unavailable_error"}
-                yield f"error: {json.dumps(error)}\n\n"
+            except Exception as e:  # noqa: BLE001 - the reply is under way: the stream says why it ends
+                code, kind = (503, "unavailable_error") if isinstance(e, Expired) else (500, "server_error")
+                yield f"error: {json.dumps({'code': code, 'message': failure(e), 'type': kind})}\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -229,7 +228,7 @@ def routes(ctx: Serving) -> APIRouter:
         """llama.cpp's completion (see the module docstring)."""
         body = await ctx.parse(http_request, CompletionRequest)
         prompts = [request.continued(p) for p in prompt_texts(body.prompt)]
-        return await complete(http_request, body, prompts, "POST /completion")
+        return await complete(http_request, body, prompts)
 
     @router.post("/infill", openapi_extra=request_schema(InfillRequest))
     async def infill(http_request: Request):
@@ -237,7 +236,7 @@ def routes(ctx: Serving) -> APIRouter:
         `prompt`) continued."""
         body = await ctx.parse(http_request, InfillRequest)
         middle = prompt_texts(body.prompt)[0] if body.prompt else ""
-        return await complete(http_request, body, [(body.input_prefix or "") + middle], "POST /infill")
+        return await complete(http_request, body, [(body.input_prefix or "") + middle])
 
     @router.post("/tokenize")
     async def tokenize(http_request: Request):

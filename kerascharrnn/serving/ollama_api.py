@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 import kerascharrnn
 from kerascharrnn.serving import chat, request
-from kerascharrnn.serving.completion import Completion, Delta, Expired, Token, token_bytes, token_text
+from kerascharrnn.serving.completion import Completion, Delta, Token, failure, token_bytes, token_text
 from kerascharrnn.serving.context import Serving, WireModel, request_schema
 from kerascharrnn.serving.llamacpp_api import Samplers
 from kerascharrnn.serving.errors import ClientError
@@ -126,16 +126,16 @@ def routes(ctx: Serving) -> APIRouter:
                 {"done": True, "done_reason": delta.finish_reason}
 
         if not completion.request.stream:
-            (delta,) = await completion.result(http_request)
+            (delta,) = await completion.result()
             return JSONResponse(last(delta))
-        deltas = await completion.deltas(http_request)
+        deltas = await completion.deltas()
 
         async def lines() -> AsyncIterator[str]:
             try:
                 async for delta in deltas:
                     yield json.dumps(last(delta) if delta.finish_reason else line(delta), ensure_ascii=False) + "\n"
-            except Expired as e:
-                yield json.dumps({"error": f"the server is overloaded: the request was {e}"}) + "\n"
+            except Exception as e:  # noqa: BLE001 - the reply is under way: the stream says why it ends
+                yield json.dumps({"error": failure(e)}) + "\n"
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
@@ -151,7 +151,7 @@ def routes(ctx: Serving) -> APIRouter:
         prompt = body.prompt or ""
         if not prompt:  # Ollama: an empty prompt loads the model and answers at once
             return loaded(body.model, response="")
-        completion = Completion(ctx, sampling_request(body, request.continued(prompt)), "POST /api/generate")
+        completion = Completion(ctx, sampling_request(body, request.continued(prompt)), http_request)
         return await reply(http_request, completion, started, body.model, lambda text: {"response": text})
 
     @router.post("/api/chat", openapi_extra=request_schema(ChatRequest))
@@ -163,7 +163,7 @@ def routes(ctx: Serving) -> APIRouter:
         if not body.messages:  # Ollama: no messages loads the model
             return loaded(body.model, message={"role": "assistant", "content": ""})
         prompt, stops = chat.transcript([(m.role, "", m.content or "") for m in body.messages])
-        completion = Completion(ctx, sampling_request(body, prompt, stops), "POST /api/chat")
+        completion = Completion(ctx, sampling_request(body, prompt, stops), http_request)
         return await reply(http_request, completion, started, body.model,
                            lambda text: {"message": {"role": "assistant", "content": text}})
 

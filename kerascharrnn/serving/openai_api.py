@@ -31,11 +31,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from kerascharrnn.serving import chat, request
-from kerascharrnn.serving.completion import Completion, Delta, Expired, Token, token_bytes, token_text
+from kerascharrnn.serving.completion import Completion, Delta, Expired, Token, failure, token_bytes, token_text
 from kerascharrnn.serving.context import Serving, WireModel, request_schema
 from kerascharrnn.serving.errors import ClientError
 
-WHERE = "POST /v1/completions"
 
 
 class StreamOptions(WireModel):
@@ -134,7 +133,7 @@ def routes(ctx: Serving) -> APIRouter:
         names = [token_text(t.unit) for t in tokens]
         return {"tokens": names, "token_logprobs": [t.logprob for t in tokens],
                 "top_logprobs": [{token_text(vocab.tokens[i]): v for i, v in t.top[:wanted]}
-                                 if t.id is not None and t.top else None for t in tokens],
+                                 if t.logprob is not None else None for t in tokens],
                 "text_offset": list(range(offset, offset + len(tokens)))}
 
     def chat_logprobs(tokens: List[Token]) -> dict:
@@ -169,9 +168,9 @@ def routes(ctx: Serving) -> APIRouter:
         try:
             async for delta in deltas:
                 yield chunk([part(delta)])
-        except Expired as e:
-            yield event({"error": {"message": f"the server is overloaded: the request was {e}", "type": "server_error",
-                                   "param": None, "code": "timeout"}})
+        except Exception as e:  # noqa: BLE001 - the reply is under way: the stream says why it ends
+            yield event({"error": {"message": failure(e), "type": "server_error", "param": None,
+                                   "code": "timeout" if isinstance(e, Expired) else None}})
             return
         if include_usage:
             yield chunk([], usage=usage(completion))
@@ -191,7 +190,7 @@ def routes(ctx: Serving) -> APIRouter:
         # a writing frontend's continuation short)
         sampling = sampling_request(ctx, body, prompts, body.max_tokens, {"max_new": "max_tokens", "prompts": "prompt"},
                                     logprobs=wanted, echo=bool(body.echo))
-        completion = Completion(ctx, sampling, WHERE)
+        completion = Completion(ctx, sampling, http_request)
         base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": ctx.model_name}
         offsets = {}
@@ -207,9 +206,9 @@ def routes(ctx: Serving) -> APIRouter:
                     "finish_reason": delta.finish_reason}
 
         if sampling.stream:
-            deltas = await completion.deltas(http_request)
+            deltas = await completion.deltas()
             return streaming(stream(completion, deltas, base, part, body.stream_options))
-        base["choices"] = [part(delta) for delta in await completion.result(http_request)]
+        base["choices"] = [part(delta) for delta in await completion.result()]
         base["usage"] = usage(completion)
         return JSONResponse(base)
 
@@ -233,7 +232,7 @@ def routes(ctx: Serving) -> APIRouter:
         sampling = sampling_request(ctx, body, [prompt], max_tokens, {"max_new": max_name, "prompts": "messages",
                                                                       "stops": stop_name, "logprobs": "top_logprobs"},
                                     logprobs=wanted)
-        completion = Completion(ctx, sampling, "POST /v1/chat/completions")
+        completion = Completion(ctx, sampling, http_request)
         base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": ctx.model_name}
 
@@ -241,7 +240,7 @@ def routes(ctx: Serving) -> APIRouter:
             return chat_logprobs(delta.tokens) if wanted is not None else None
 
         if sampling.stream:
-            deltas = await completion.deltas(http_request)
+            deltas = await completion.deltas()
             base["object"] = "chat.completion.chunk"
 
             def part(delta: Delta) -> dict:
@@ -254,7 +253,7 @@ def routes(ctx: Serving) -> APIRouter:
             return streaming(stream(completion, deltas, base, part, body.stream_options, roles))
         base["choices"] = [{"index": d.index, "message": {"role": "assistant", "content": d.text},
                             "logprobs": logprobs_of(d), "finish_reason": d.finish_reason}
-                           for d in await completion.result(http_request)]
+                           for d in await completion.result()]
         base["usage"] = usage(completion)
         return JSONResponse(base)
 

@@ -12,8 +12,10 @@ from kerascharrnn.serving.errors import ClientError
 
 PAGE = "/write"
 _FILES = {"write.js": "text/javascript; charset=utf-8", "write.css": "text/css; charset=utf-8"}
-# the page's own files and its own API only: no CDN, no fonts from elsewhere, no inline script
-_POLICY = "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'"
+# the page's own files and its own API only: no CDN, no fonts from elsewhere, no inline script; and no other site
+# may show it in a frame (clickjacking: a page of theirs could hide it under its own and take the writer's clicks)
+_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self';"
+           " frame-ancestors 'self'")
 
 
 def _file(name: str) -> bytes:
@@ -23,7 +25,8 @@ def _file(name: str) -> bytes:
 def routes(ctx: Serving) -> APIRouter:
     del ctx  # the page asks the API for the model's name
     router = APIRouter()
-    headers = {"Content-Security-Policy": _POLICY, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+    headers = {"Content-Security-Policy": _POLICY, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+               "X-Frame-Options": "SAMEORIGIN"}
 
     @router.get(PAGE)
     async def page():

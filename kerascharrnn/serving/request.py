@@ -18,6 +18,9 @@ from kerascharrnn.serving.errors import ClientError
 from kerascharrnn.vocab import Vocabulary
 
 log = logging.getLogger("kerascharrnn.serve")
+# Log-probabilities one reply may hold (each token's, and its alternatives): rows x tokens x (1 + alternatives);
+# beyond, one request's reply would take hundreds of MB to build and send
+MAX_LOGPROB_VALUES = 500_000
 MAX_STOPS = 64  # stop strings a request may give (KoboldCpp took 32, OpenAI 4; llama.cpp any number)
 MAX_STOP_LENGTH = 256  # characters of one stop string
 
@@ -98,6 +101,13 @@ def build(config: ServeConfig, vocab: Vocabulary, names: Mapping[str, str], *, p
         raise error(e.field, e.message) from None
     if logprobs is not None and logprobs < 0:
         raise error("logprobs", f"must be >= 0, got {logprobs}")
+    if logprobs is not None:
+        tokens = max_new + (max(len(vocab.to_units(p)) for p in prompts) if echo else 0)
+        values = len(prompts) * n * tokens * (1 + min(logprobs, vocab.size))
+        if values > MAX_LOGPROB_VALUES:
+            raise error("logprobs", f"{len(prompts) * n} completions x {tokens} tokens x {1 + min(logprobs, vocab.size)}"
+                                    f" log-probabilities is {values:,}: at most {MAX_LOGPROB_VALUES:,} in one reply"
+                                    " (ask for fewer alternatives, tokens or completions)")
     return SamplingRequest(prompts, n, max_new, chosen, checked_stops(stops, names.get("stops", "stop")),
                            None if seed is None else fold_seed(seed),
                            None if logprobs is None else min(logprobs, vocab.size), echo, stream)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Request
 
 from kerascharrnn.inference.settings import SamplingSettings
 from kerascharrnn.serving.batcher import Job
-from kerascharrnn.serving.context import Serving, finished_rows, log
+from kerascharrnn.serving.context import Serving, authorized, client_of, finished_rows, log
 from kerascharrnn.serving.rules import (
     TEMPERATURES,
     cut_completion,
@@ -41,7 +41,8 @@ def routes(ctx: Serving) -> APIRouter:
             rows = min(2 * (n - len(accepted)), ctx.batcher.max_rows)
             left = config.request_timeout - (time.monotonic() - started)
             settings = [SamplingSettings(temperature=random.choice(TEMPERATURES)) for _ in range(rows)]
-            job = ctx.submit(Job([prompt] * rows, config.completion_chars, settings), time_limit=max(left, 0.0))
+            job = ctx.submit(Job([prompt] * rows, config.completion_chars, settings, client=client_of(request)),
+                             time_limit=max(left, 0.0))
             for ids, _ in await finished_rows(job, request):
                 text = cut_completion(vocab.decode(ids), config.completion_chars)
                 if len(accepted) < n and config.word_limit_short <= len(text.split()) <= config.word_limit_long:
@@ -56,9 +57,10 @@ def routes(ctx: Serving) -> APIRouter:
         return accepted
 
     @router.get("/")
-    async def root():
-        return {"message": f"kerascharrnn is serving {ctx.model_name}: GET /generate?start_text=...&n=3,"
-                           " or write at /write"}
+    async def root(request: Request):
+        # (without the server's API key: that it is up, not what it serves)
+        serving = f"serving {ctx.model_name}" if authorized(request) else "up"
+        return {"message": f"kerascharrnn is {serving}: GET /generate?start_text=...&n=3, or write at /write"}
 
     @router.get("/generate")
     async def generate_completions(

@@ -26,6 +26,11 @@ from kerascharrnn import resources
 from kerascharrnn.errors import UserError
 from kerascharrnn.io import files
 
+_FILE_LIMIT = 16 << 20  # bytes: a machine's tables are kilobytes
+# A timing (milliseconds) or a speed (characters/s) at or past this is no measurement: no machine trains a
+# trillion characters a second
+_MAX_MEASURE = 1e12
+
 
 def default_path() -> str:
     explicit = os.environ.get("KERASCHARRNN_CALIBRATION")
@@ -57,19 +62,25 @@ def load(path: Optional[str] = None) -> Dict[str, List[dict]]:
     Raises UserError naming the file if it is not a calibration file.
     """
     path = path or default_path()
-    if not os.path.exists(path):
+    table = files.read_small_json(path, _FILE_LIMIT, "kerascharrnn calibration file")
+    if table is None:
         return {}
     try:
-        with open(path, encoding="utf-8") as f:
-            table = json.load(f)
         for rows in table.values():
             for row in rows:
                 _ = (str(row["kind"]), str(row["fused_path"]), int(row["num_layers"]), int(row["rnn_size"]),
-                     float(row["fused_ms"]), float(row["keras_ms"]))
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+                     _timing(row["fused_ms"]), _timing(row["keras_ms"]))
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise UserError(f"{path}: not a kerascharrnn calibration file ({type(e).__name__}); delete it or run"
                         " bin/benchmark --what calibrate again") from None
     return table
+
+
+def _timing(value) -> float:
+    """A measured time or speed: a finite positive number, below what no machine reaches (JSON true is none)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < _MAX_MEASURE:
+        raise ValueError(value)
+    return float(value)
 
 
 def record(rows: List[dict], path: Optional[str] = None) -> str:
@@ -98,16 +109,14 @@ def measured_choice(kind: str, num_layers: int, rnn_size: int, fused_path: str,
 
 def _speeds() -> Dict[str, Dict[str, float]]:
     path = speeds_path()
-    if not os.path.exists(path):
+    table = files.read_small_json(path, _FILE_LIMIT, "kerascharrnn speeds file")
+    if table is None:
         return {}
     try:
-        with open(path, encoding="utf-8") as f:
-            table = json.load(f)
         for speeds in table.values():
             for value in speeds.values():
-                if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                    raise ValueError(value)
-    except (OSError, ValueError, TypeError, AttributeError, RecursionError) as e:
+                _timing(value)
+    except (ValueError, TypeError, AttributeError) as e:
         raise UserError(f"{path}: not a kerascharrnn speeds file ({type(e).__name__}); delete it, and the next"
                         " budgeted run measures again") from None
     return table

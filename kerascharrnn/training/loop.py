@@ -195,7 +195,7 @@ def write_checkpoint(trainer: TrainerProtocol, charrnn: CharRNN, progress: Progr
             history = progress.history
             plots.write_loss_plot(series.loss_plot, history["train_loss_history"], history["val_loss_history"],
                                   history["val_loss_history_it"], history["learning_rate_history"],
-                                  title=os.path.basename(config.checkpoint_name))
+                                  title=files.shown(os.path.basename(config.checkpoint_name)))
     except upstream.h5py_write_errors() as e:
         raise UserError(f"could not write checkpoint {paths.model}: {files.write_reason(paths.model, e)};"
                         " the previous checkpoint is intact") from None

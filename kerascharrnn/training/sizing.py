@@ -26,7 +26,7 @@ import math
 from typing import Callable, Dict, List, Optional, Tuple
 
 from kerascharrnn import resources
-from kerascharrnn.config import ModelConfig
+from kerascharrnn.config import INT32_MAX, ModelConfig
 
 # (num_layers, rnn_size), smallest first. Two layers throughout: one layer was worse per parameter in
 # every torch-rnn-era comparison, and three only pays at sizes a CPU budget rarely reaches.
@@ -74,7 +74,7 @@ def checkpoint_interval(iterations: int, budget_s: float, train_tokens_per_s: fl
     VALIDATION_SHARE of the budget, at most MAX_CHECKPOINTS in the run."""
     validation_s = val_tokens / (EVAL_SPEEDUP * train_tokens_per_s)
     checkpoints = max(1, min(MAX_CHECKPOINTS, int(VALIDATION_SHARE * budget_s / max(validation_s, 1e-9))))
-    return max(1, math.ceil(iterations / checkpoints))
+    return min(max(1, math.ceil(iterations / checkpoints)), INT32_MAX)
 
 
 def _model(base: ModelConfig, layers: int, size: int) -> ModelConfig:
@@ -134,7 +134,7 @@ def choose(base: ModelConfig, batch_size: int, seq_length: int, budget_s: float,
     iterations = max(1, int(run_tokens // (batch_size * seq_length)))
     # max_epochs: the budget ends the run, not a pass count (1000 passes of a small corpus come early)
     values = dict(num_layers=layers, rnn_size=size, dropout=dropout,
-                  max_epochs=max(1000, math.ceil(2 * passes)),
+                  max_epochs=min(max(1000, math.ceil(2 * passes)), INT32_MAX),
                   checkpoint_every=checkpoint_interval(iterations, budget_s, speeds[rungs[index]],
                                                        corpus.val_tokens))
     why = (f"{layers} x {size} ({count / 1e6:.2g}M parameters): at {speeds[rungs[index]]:,.0f} characters/s here,"

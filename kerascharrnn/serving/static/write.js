@@ -7,7 +7,11 @@
 
 const LOOKBACK = 200; // characters before the cursor that prime the model
 const MORE_WHEN_LEFT = 1; // fetch more suggestions when this few remain after the one shown
-const STORE = { text: "kerascharrnn.write.text", settings: "kerascharrnn.write.settings" };
+const STORE = { text: "kerascharrnn.write.text", settings: "kerascharrnn.write.settings",
+                quiet: "kerascharrnn.write.quiet_ms" };
+// A reply that sends nothing for this long (none at all, or a stream that stalls) is given up with a message,
+// not left "(coming)" for ever; a test (or a writer on a slow machine) may set another in localStorage.
+const QUIET_MS = Number(localStorage.getItem(STORE.quiet)) || 20000;
 const editor = document.getElementById("editor");
 const statusLine = document.getElementById("status");
 const fields = ["temperature", "length", "count", "key"].map((id) => document.getElementById(id));
@@ -103,9 +107,16 @@ async function fetchMore() {
   current.items.push(...mine);
   const controller = new AbortController();
   current.requests.push(controller);
+  let quietTimer = null;
+  const heard = () => { // the server said something: the wait for the next word starts again
+    clearTimeout(quietTimer);
+    quietTimer = setTimeout(() => controller.abort(new Error(`the server sent nothing for ${QUIET_MS / 1000} s`)),
+                            QUIET_MS);
+  };
   show();
   try {
     if (!modelName) await loadModel();
+    heard();
     const reply = await fetch("/v1/completions", {
       method: "POST", headers: headers(), signal: controller.signal,
       body: JSON.stringify({ model: modelName, prompt: current.prompt, max_tokens: length, temperature, n: count,
@@ -116,6 +127,7 @@ async function fetchMore() {
     let buffer = "";
     for (;;) {
       const { value, done } = await reader.read();
+      heard();
       if (done) break;
       buffer += decoder.decode(value, { stream: true });
       let end;
@@ -135,6 +147,11 @@ async function fetchMore() {
         if (offer === current) show();
       }
     }
+    if (mine.some((item) => !item.done)) { // the stream ended before its suggestions did
+      for (const item of mine) item.done = true;
+      if (offer === current) show();
+      say("The server ended the reply early: a suggestion may be cut short.");
+    }
   } catch (error) {
     if (error.name === "AbortError") return;
     const shown = current.items[current.index];
@@ -142,6 +159,8 @@ async function fetchMore() {
     if (offer === current && !current.items.length) dismiss(true);
     else if (offer === current) { current.index = Math.max(0, current.items.indexOf(shown)); show(); }
     say("No suggestion: " + error.message);
+  } finally {
+    clearTimeout(quietTimer);
   }
 }
 
@@ -240,7 +259,8 @@ for (const field of fields) {
 }
 
 async function loadModel() {
-  const reply = await fetch("/v1/models", { headers: headers() });
+  const reply = await fetch("/v1/models", { headers: headers(), signal: AbortSignal.timeout(QUIET_MS) })
+    .catch((error) => { throw error.name === "TimeoutError" ? new Error("the server does not answer") : error; });
   if (!reply.ok) throw new Error(await problem(reply));
   modelName = (await reply.json()).data[0].id;
   document.getElementById("model").textContent = "with " + modelName;
