@@ -184,6 +184,9 @@ class TrainConfig:
     checkpoint_name: str = setting("cv/checkpoint", "Checkpoint prefix: writes {name}_{iter}.keras/.state.npz/.json.")
     checkpoint_every: int = setting(1000, "Validate and checkpoint every this many iterations (and at the end).",
                                     lower=0, resumable=True)
+    early_stopping: int = setting(0, "Stop when this many validations in a row found no lower val loss than the"
+                                  " lowest so far, kept as {name}_best (0 = never stop early).", lower=0,
+                                  resumable=True)
     init_from: str = setting("", "Checkpoint whose weights and architecture to start from (fine-tuning): .json or"
                              " .keras, or a torch-rnn .t7.")
     reset_iterations: bool = setting(True, "With --init_from: 1 = restart the iteration counter, 0 = keep it.",

@@ -33,3 +33,11 @@ PRESETS = {
 
 # Presets whose model a time budget (--max_minutes) sizes (training/sizing.py).
 BUDGETED = ("cpu_15min", "auto")
+
+# A budgeted preset with --init_from fine-tunes the base model on (usually little) text instead of sizing a new
+# one: these values replace the recipe's (docs/quality.md, round 6, measured them). The validation interval is
+# an epoch of the text, within FINE_TUNE_VALIDATION iterations: a small text is overfitted within a few epochs,
+# and the early stopping needs to see it happen.
+FINE_TUNE = dict(learning_rate=1e-3, min_learning_rate=1e-5, warmup_iters=20, dropout=0.2, embedding_dropout=0.1,
+                 early_stopping=5)
+FINE_TUNE_VALIDATION = (10, 500)

@@ -178,3 +178,26 @@ def test_a_v04_record_of_a_budgeted_preset_resumes_with_its_choice(tmp_path):
     assert resumed.returncode == 0 and "iteration 60" in resumed.stdout, resumed.stderr
     assert "not sized for the budget: the model comes from the checkpoint" in resumed.stdout
     assert ckpt.read_record(str(tmp_path / "auto_60.json")).train_config.sized_by == record.train_config.sized_by
+
+
+V05 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "v0.5")
+
+
+def test_a_v05_record_of_a_fine_tune_resumes_and_keeps_saying_where_it_came_from(tmp_path):
+    """tests/fixtures/v0.5 (see its README): a fine-tune of a v0.1.0 base on another vocabulary, planned by
+    --preset auto, resumes with its plan (early stopping included) and its base's provenance."""
+    for name in os.listdir(V05):
+        shutil.copy(os.path.join(V05, name), tmp_path / name)
+    record = ckpt.read_record(str(tmp_path / "ft_30.json"))
+    base = record.fine_tuned_from
+    assert base["sha256"] == ckpt.file_digest(os.path.join(FIXTURES, "lstm_100.keras")) and base["iteration"] == 100
+    assert base["mapped"] == 51 and "é" in base["added"] and "z" in base["dropped"]
+    assert record.train_config.early_stopping == 5 and record.train_config.sized_by.startswith("fine-tuning")
+    resumed = run_cli("train", "--resume_from", tmp_path / "ft_30.json", "--input_h5", os.path.join(V05, "corpus.h5"),
+                      "--max_iters", 40)
+    assert resumed.returncode == 0 and "iteration 40" in resumed.stdout, resumed.stderr
+    again = ckpt.read_record(str(tmp_path / "ft_40.json"))
+    assert again.fine_tuned_from == base and again.train_config.early_stopping == 5
+    sampled = run_cli("sample", "--checkpoint", tmp_path / "ft_40.json", "--start_text", "“é", "--length", 30,
+                      "--seed", 1)
+    assert sampled.returncode == 0 and sampled.stdout.startswith("“é"), sampled.stderr

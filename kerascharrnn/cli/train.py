@@ -26,7 +26,8 @@ from kerascharrnn.data import batches, corpus
 from kerascharrnn.errors import UserError
 from kerascharrnn.io import checkpoint as ckpt
 from kerascharrnn.io import files, lock, paths, series
-from kerascharrnn.presets import BUDGETED, PRESETS
+from kerascharrnn.models import transfer
+from kerascharrnn.presets import BUDGETED, FINE_TUNE, FINE_TUNE_VALIDATION, PRESETS
 from kerascharrnn.training.distributed import cluster
 from kerascharrnn.vocab import Vocabulary
 
@@ -34,9 +35,11 @@ from kerascharrnn.vocab import Vocabulary
 def define_flags(flag_values: flags.FlagValues) -> None:
     common.define_flags(flag_values, TrainConfig)
     common.define_flags(flag_values, ModelConfig)
-    flags.DEFINE_enum("corpus", "stdlib", corpus.CORPORA, "Built-in corpus used when --input_h5 is empty:"
-                      " 'stdlib' (the Python standard library's sources, offline) or 'tiny_shakespeare' (downloaded"
-                      " once).", flag_values=flag_values)
+    flags.DEFINE_string("corpus", "stdlib", "Built-in corpus used when --input_h5 is empty: 'stdlib' (the Python"
+                        " standard library's sources, offline), 'tiny_shakespeare', 'novels' (20 English novels from"
+                        " Project Gutenberg, ~8 MB: a base model to fine-tune from, docs/fine-tuning.md) or"
+                        " 'gutenberg:NUMBER[+NUMBER...]' (any Project Gutenberg books); downloaded once.",
+                        flag_values=flag_values)
     flags.DEFINE_enum("preset", "", ["", *PRESETS], "A named set of flag values (kerascharrnn/presets.py):"
                       " auto = the CPU recipe with the model sized for --max_minutes (required) from this machine's"
                       " measured speed and the corpus (docs/quality.md); cpu_15min = the same recipe, sized the same"
@@ -116,6 +119,15 @@ def _init_iteration(init_path: str) -> int:
     return ckpt.read_record(init_json).iteration if os.path.exists(init_json) else 0
 
 
+def _provenance(base_path: str, base_iteration: int, vocab_map: transfer.VocabularyMap, base_vocab: Vocabulary,
+                vocab: Vocabulary) -> dict:
+    """What the checkpoints of a fine-tune record of its base (checkpoint.base_provenance), tokens as JSON keys."""
+    base_keys = dict(zip(base_vocab.tokens, base_vocab.token_strings()))
+    return ckpt.base_provenance(base_path, base_iteration, vocab_map.mapped,
+                                [vocab.token_strings()[i] for i in vocab_map.added],
+                                [base_keys[t] for t in vocab_map.dropped])
+
+
 def _inputs(train_config: TrainConfig):
     """(flag, path) of every file this run reads, for paths.check_checkpoint_name."""
     named = [("--input_h5", train_config.input_h5), ("--input_json", train_config.input_json)]
@@ -146,10 +158,31 @@ def _sized_for_budget(flag_values: flags.FlagValues, model_config: ModelConfig, 
     return model_config, train_config
 
 
+def _planned_fine_tune(flag_values: flags.FlagValues, model_changes: dict, train_config: TrainConfig, layouts,
+                       describe=print):
+    """A budgeted preset with --init_from: the base's model, trained with the fine-tune recipe
+    (presets.FINE_TUNE) and validated once an epoch of the (small) text, within FINE_TUNE_VALIDATION; a
+    value the command line set wins. Returns (the model's regularisation, the training config)."""
+    given = common.given(flag_values)
+    lowest, highest = FINE_TUNE_VALIDATION
+    plan = {**FINE_TUNE, "checkpoint_every": min(max(layouts["train"].num_batches, lowest), highest)}
+    kept = {k: v for k, v in plan.items() if k not in given}
+    train_config = dataclasses.replace(train_config, **{k: v for k, v in kept.items() if hasattr(train_config, k)})
+    model_changes = {**{k: v for k, v in kept.items() if k in transfer.REGULARISATION}, **model_changes}
+    why = (f"fine-tuning the base model of --init_from (not resized): learning rate {train_config.learning_rate:g},"
+           f" {train_config.lr_schedule} to {train_config.min_learning_rate:g} after {train_config.warmup_iters}"
+           " warm-up iterations; " + ", ".join(f"{k} {v:g}" for k, v in sorted(model_changes.items())) +
+           f"; validated every {train_config.checkpoint_every} iterations; stops after {train_config.early_stopping}"
+           " validations without a lower val loss (the lowest is kept as _best)")
+    describe(f"--preset {flag_values.preset} for {train_config.max_minutes:g} minutes: {why}")
+    return model_changes, dataclasses.replace(train_config, sized_by=why)
+
+
 def run(flag_values: flags.FlagValues, argv: List[str]) -> Optional[int]:
     if flag_values.gpu_backend != "cuda":
         raise UserError(f"--gpu_backend {flag_values.gpu_backend!r}: TensorFlow has no OpenCL backend; use cuda"
                         " (the default) or --gpu -1 for the CPU")
+    corpus.check_name(flag_values.corpus)
     preset = PRESETS.get(flag_values.preset, {})
     model_config = common.config_from_flags(flag_values, ModelConfig, preset)
     train_config = common.config_from_flags(flag_values, TrainConfig, preset)
@@ -185,8 +218,9 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> Optional[int]:
         raise UserError(f"{train_config.input_json} is not the vocabulary the checkpoint {resume.path} was trained on"
                         " (--resume_from continues a run on its own data; to fine-tune the checkpoint on other data"
                         f" with the same characters, use --init_from {resume.model_path})")
-    if init_vocab and init_vocab != vocab:
-        raise UserError(f"{train_config.input_json} is not the vocabulary of --init_from {train_config.init_from}")
+    vocab_map = transfer.vocabulary_map(init_vocab, vocab) if init_vocab else None
+    if vocab_map is not None and not vocab_map.identity:
+        print(f"--init_from {files.shown(train_config.init_from)}: {vocab_map.summary(init_vocab, vocab)}")
     paths.check_checkpoint_name(train_config.checkpoint_name, _inputs(train_config))
     if train_config.strategy == MULTI_WORKER:
         cluster.check_own_port_free(cluster.cluster_from_env())  # TF_CONFIG checked before TensorFlow reads it
@@ -201,19 +235,31 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> Optional[int]:
         model_config = dataclasses.replace(model_config, vocab_size=vocab.size)
     if flag_values.preset == "auto" and not train_config.max_minutes:
         raise UserError("--preset auto sizes the model for a time budget: give --max_minutes")
+    budgeted = flag_values.preset in BUDGETED and bool(train_config.max_minutes)
+    fine_tune_planned = budgeted and bool(train_config.init_from)  # the base's model, the fine-tune plan
     sizing_reason = None  # why a budgeted preset keeps its fixed model
-    if flag_values.preset in BUDGETED and train_config.max_minutes:
-        if resume or train_config.init_from:
+    if budgeted and not fine_tune_planned:
+        if resume:
             sizing_reason = "the model comes from the checkpoint"
         elif train_config.strategy != ONE_DEVICE:
             sizing_reason = f"--strategy {train_config.strategy} (speeds are measured on one device)"
-    size_model = flag_values.preset in BUDGETED and bool(train_config.max_minutes) and sizing_reason is None
-    fit_config = ckpt.stored_model_config(init_path) if train_config.init_from else model_config
-    if fit_config is not None:  # a v0.1.0 --init_from file records no architecture
+    size_model = budgeted and not fine_tune_planned and sizing_reason is None
+    fit_config = model_config
+    # the regularisation a fine-tune sets on the base model (a base keeps its own unless told)
+    model_changes = {k: v for k, v in common.given(flag_values).items() if k in transfer.REGULARISATION}
+    if train_config.init_from:
+        base_config = ckpt.stored_model_config(init_path)  # None: a v0.1.0 file records no architecture
+        fit_config = base_config and dataclasses.replace(base_config, vocab_size=vocab.size)
+        if fine_tune_planned:
+            model_changes, train_config = _planned_fine_tune(flag_values, model_changes, train_config, layouts)
+    if fit_config is not None:
         resources.check_training_fits(fit_config, train_config.batch_size, train_config.seq_length)
     start_iteration = 0
-    if train_config.init_from and not train_config.reset_iterations:
-        start_iteration = _init_iteration(train_config.init_from)
+    fine_tuned_from = None
+    if train_config.init_from:
+        base_iteration = _init_iteration(train_config.init_from)
+        start_iteration = 0 if train_config.reset_iterations else base_iteration
+        fine_tuned_from = _provenance(init_path, base_iteration, vocab_map, init_vocab, vocab)
 
     with lock.held(train_config.checkpoint_name) if chief else contextlib.nullcontext():
         # Inputs are good: now pay for TensorFlow.
@@ -244,19 +290,21 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> Optional[int]:
         if resume:
             charrnn = CharRNN.from_checkpoint(resume.model_path, batch_size=train_config.batch_size)
         elif train_config.init_from:
-            charrnn = CharRNN.from_checkpoint(train_config.init_from, batch_size=train_config.batch_size)
+            base = CharRNN.from_checkpoint(train_config.init_from, batch_size=train_config.batch_size)
+            charrnn = transfer.fine_tune_start(base, vocab, model_changes, train_config.batch_size)[0]
         else:
             charrnn = CharRNN.build(model_config, vocab, train_config.batch_size)
         result = loop.train_and_evaluate(train_config, charrnn, layouts, resume=resume, data_digest=data_digest,
                                          start_iteration=start_iteration, strategy=strategy,
-                                         time_spent=measuring_s)
+                                         time_spent=measuring_s, fine_tuned_from=fine_tuned_from)
     if result.interrupted_by is not None:
         prog = argv[0] if argv[0].startswith("kerascharrnn ") else shlex.quote(argv[0])  # the one command's own
         command = " ".join([prog, "--resume_from", shlex.quote(result.checkpoint_json)])
         print(f"Stopped by {signal.Signals(result.interrupted_by).name} at iteration {result.iteration};"
               f" checkpoint {result.checkpoint_json}. Resume with: {command}", file=sys.stderr)
         return 128 + result.interrupted_by
-    print(f"Done: iteration {result.iteration}, checkpoint {result.checkpoint_json}")
+    best = f"; the lowest val loss: {result.best_json}" if result.best_json else ""
+    print(f"Done: iteration {result.iteration}, checkpoint {result.checkpoint_json}{best}")
     return 0
 
 

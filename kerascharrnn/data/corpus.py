@@ -1,6 +1,8 @@
-"""Built-in corpora: the Python standard library's own sources (default, offline) and tiny-shakespeare.
+"""Built-in corpora: the Python standard library's own sources (default, offline), tiny-shakespeare, and
+Project Gutenberg's public-domain books (`novels`, or any books by number: `gutenberg:1342+84`).
 
-Each is preprocessed once into a cache directory under KERAS_HOME (as Keras caches datasets).
+Each is downloaded once by keras.utils.get_file into KERAS_HOME's dataset cache and preprocessed once beside
+it (as Keras caches datasets); a later run, or a machine with the cache copied to it, needs no network.
 """
 
 from __future__ import annotations
@@ -18,11 +20,24 @@ from kerascharrnn.errors import UserError
 from kerascharrnn.errors import setting as ref
 from kerascharrnn.io import files
 
-CORPORA = ("stdlib", "tiny_shakespeare")
+CORPORA = ("stdlib", "tiny_shakespeare", "novels")  # and GUTENBERG_PREFIX + book numbers
 STDLIB_CORPUS_BYTES = 3_000_000  # "a few MB": one epoch of the default model takes minutes on 2 cores
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 TINY_SHAKESPEARE_FILE = "tiny-shakespeare.txt"
+
+GUTENBERG_PREFIX = "gutenberg:"
+GUTENBERG_URL = "https://www.gutenberg.org/cache/epub/{number}/pg{number}.txt"
+GUTENBERG_CACHE = os.path.join("datasets", "gutenberg")  # under KERAS_HOME
+# `novels`: English prose for a base model to fine-tune from (docs/fine-tuning.md), ~8 MB of 19th-century
+# novels in public domain: Pride and Prejudice, Emma, Persuasion, Jane Eyre, Wuthering Heights, Middlemarch,
+# Great Expectations, A Tale of Two Cities, Bleak House, Moby Dick, The Scarlet Letter, Frankenstein,
+# Dracula, The Adventures of Sherlock Holmes, Alice's Adventures in Wonderland, Little Women, The Adventures
+# of Tom Sawyer, Huckleberry Finn, The Picture of Dorian Gray, The Time Machine.
+NOVELS = (1342, 158, 105, 1260, 768, 145, 1400, 98, 1023, 2701, 33, 84, 345, 1661, 11, 514, 74, 76, 174, 35)
+# Project Gutenberg's own wrapping around the book (licence, credits), left out of the corpus.
+_GUTENBERG_START = "*** START OF TH"
+_GUTENBERG_END = "*** END OF TH"
 
 
 def keras_home() -> str:
@@ -99,9 +114,67 @@ def tiny_shakespeare() -> Tuple[str, str]:
     return _prepared("tiny_shakespeare", tiny_shakespeare_text())
 
 
+def gutenberg_books(name: str) -> Tuple[int, ...]:
+    """The book numbers a corpus name stands for: `novels`, or `gutenberg:` and numbers joined by +."""
+    if name == "novels":
+        return NOVELS
+    numbers = name[len(GUTENBERG_PREFIX):].split("+")
+    if not all(n.isascii() and n.isdigit() and 0 < int(n) < 10**7 for n in numbers):
+        raise UserError(f"{ref('corpus')} {name!r}: give Project Gutenberg book numbers joined by +, e.g."
+                        f" {GUTENBERG_PREFIX}1342+84")
+    return tuple(dict.fromkeys(int(n) for n in numbers))
+
+
+def gutenberg_body(text: str, source: str) -> str:
+    """A Project Gutenberg plain-text book without the project's header and licence (between its START and
+    END lines), with Unix line ends."""
+    text = text.lstrip("\ufeff").replace("\r\n", "\n")
+    start, end = text.find(_GUTENBERG_START), text.find(_GUTENBERG_END)
+    if start < 0 or end < start:
+        raise UserError(f"{source}: not a Project Gutenberg plain-text book (no '{_GUTENBERG_START}...' and"
+                        f" '{_GUTENBERG_END}...' lines)")
+    return text[text.index("\n", start) + 1:end].strip("\n") + "\n"
+
+
+def gutenberg_book_path(number: int) -> str:
+    """One book's text, downloaded once by keras.utils.get_file into KERAS_HOME/datasets/gutenberg."""
+    url = GUTENBERG_URL.format(number=number)
+    try:  # no hash to check: the project re-issues its files (new headers, corrections)
+        return upstream.get_file(f"pg{number}.txt", url, None, cache_dir=keras_home(), cache_subdir=GUTENBERG_CACHE)
+    except (OSError, ValueError) as e:
+        raise UserError(f"could not fetch Project Gutenberg book {number} from {url}: {e}") from None
+
+
+def gutenberg_corpus(name: str) -> Tuple[str, str]:
+    """(h5, json) of the books a name stands for, joined by blank lines in the order given, built on first use."""
+    books = gutenberg_books(name)
+    digest = hashlib.sha256("+".join(map(str, books)).encode()).hexdigest()[:10]
+    text_path = os.path.join(cache_dir(), f"gutenberg-{books[0]}-{len(books)}-books-{digest}.txt")
+    if not os.path.exists(text_path):
+        bodies = []
+        for number in books:
+            path = gutenberg_book_path(number)
+            with open(path, encoding="utf-8", errors="replace", newline="") as f:
+                bodies.append(gutenberg_body(f.read(), path))
+        with files.atomic_path(text_path) as tmp:
+            with open(tmp, "w", encoding="utf-8", newline="") as out:
+                out.write("\n\n".join(bodies))
+    return _prepared(os.path.splitext(os.path.basename(text_path))[0], text_path)
+
+
+def check_name(name: str) -> None:
+    """UserError for a name no corpus has (checked before anything is downloaded)."""
+    if name == "novels" or name.startswith(GUTENBERG_PREFIX):
+        gutenberg_books(name)
+    elif name not in CORPORA:
+        raise UserError(f"unknown {ref('corpus')} {name!r}; choose one of {', '.join(CORPORA)}, or"
+                        f" {GUTENBERG_PREFIX}NUMBER[+NUMBER...] (Project Gutenberg books)")
+
+
 def corpus_files(name: str) -> Tuple[str, str]:
+    check_name(name)
     if name == "stdlib":
         return stdlib_corpus()
     if name == "tiny_shakespeare":
         return tiny_shakespeare()
-    raise UserError(f"unknown {ref('corpus')} {name!r}; choose one of {', '.join(CORPORA)}")
+    return gutenberg_corpus(name)

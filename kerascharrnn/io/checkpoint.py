@@ -115,6 +115,7 @@ class CheckpointRecord:
       digests: SHA-256 of the .keras and .state.npz it was written with, and of the training data ({"model",
         "state", "data"}; empty in records before v0.3), so that a resume never pairs it with another
         checkpoint's files, nor, unknowingly, with other data.
+      fine_tuned_from: for a run started with --init_from, its base model (`base_provenance`); None otherwise.
     """
 
     path: str
@@ -128,6 +129,7 @@ class CheckpointRecord:
     best_val_loss: Optional[float] = None
     elapsed_seconds: float = 0.0
     digests: Dict[str, str] = dataclasses.field(default_factory=dict)
+    fine_tuned_from: Optional[dict] = None
 
     @property
     def model_path(self) -> str:
@@ -151,6 +153,7 @@ class CheckpointRecord:
             "state_file": self.state_file,
             "vocab": self.vocab.to_json_dict(),
             **({"digests": self.digests} if self.digests else {}),
+            **({"fine_tuned_from": self.fine_tuned_from} if self.fine_tuned_from else {}),
         }
 
     def check_files(self) -> None:
@@ -535,7 +538,30 @@ def read_record(path: str) -> CheckpointRecord:
         best_val_loss=best,
         elapsed_seconds=float(elapsed),
         digests=dict(digests),
+        fine_tuned_from=_provenance_field(values, path),
     )
+
+
+# What a record keeps of the base model a fine-tune started from (JSON types; the tokens as the vocabulary's
+# JSON writes them).
+PROVENANCE_FIELDS = {"path": str, "sha256": str, "iteration": int, "mapped": int, "added": list, "dropped": list}
+
+
+def base_provenance(path: str, iteration: int, mapped: int, added: list, dropped: list) -> dict:
+    """The `fine_tuned_from` of a run started from the base model file `path` (a .keras or a .t7)."""
+    return {"path": os.path.abspath(path), "sha256": file_digest(path), "iteration": iteration, "mapped": mapped,
+            "added": list(added), "dropped": list(dropped)}
+
+
+def _provenance_field(values: dict, path: str) -> Optional[dict]:
+    base = _field(values, "fine_tuned_from", (dict,), path, default={})
+    if not base:
+        return None
+    if set(base) != set(PROVENANCE_FIELDS) or not all(
+            isinstance(base[k], kind) and not isinstance(base[k], bool) for k, kind in PROVENANCE_FIELDS.items()):
+        raise UserError(f"{path}: checkpoint JSON field 'fine_tuned_from' must hold "
+                        + ", ".join(f"{k} ({kind.__name__})" for k, kind in PROVENANCE_FIELDS.items()))
+    return dict(base)
 
 
 def sibling(json_path: str, name: str) -> str:

@@ -83,8 +83,12 @@ def split_loss_and_grads(model: keras.Model, loss_fn: Callable, parts: int = 2) 
     computation's small per-step matmuls keep a single core busy (docs/benchmarks.md).
 
     What a layer draws at random (dropout masks, the copy attention's memory resets) is drawn for the
-    whole batch first, the same draws as `forward` makes, and sliced. Call inside a tf.function that is
-    not XLA-compiled itself; needs path_choice.split_unsupported_reason(model) None.
+    whole batch first, the same draws as `forward` makes, and sliced. A gathered weight's gradient (the
+    copy attention's value embeddings, the embeddings behind an embedding dropout) stays the
+    tf.IndexedSlices the tape gives, one row per gathered id: Keras's optimizers apply one with repeated
+    rows otherwise than its dense sum (Adam adds each row's squares to its second moment, not the square of
+    their sum), so a dense gradient would train otherwise than the whole batch does. Call inside a
+    tf.function that is not XLA-compiled itself; needs path_choice.split_unsupported_reason(model) None.
     """
     stages = stack.layer_stack(model)
     variables = model.trainable_variables
@@ -94,7 +98,7 @@ def split_loss_and_grads(model: keras.Model, loss_fn: Callable, parts: int = 2) 
         with tf.GradientTape() as tape:
             logits, new_states = run_stages(stages, inputs, states, draws)
             loss = loss_fn(targets, logits)
-        return loss, [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)], new_states
+        return loss, list(tape.gradient(loss, variables)), new_states  # IndexedSlices kept: see above
 
     # compiled as the whole-batch path is, so that the layers draw the same numbers (TensorFlow's
     # stateless RNG gives other numbers under XLA than without it)
@@ -103,7 +107,7 @@ def split_loss_and_grads(model: keras.Model, loss_fn: Callable, parts: int = 2) 
     @tf.function(jit_compile=True)  # one launch for what would be dozens of small ops
     def combine(results, weights):
         loss = tf.add_n([w * r[0] for w, r in zip(weights, results)])
-        grads = [tf.add_n([w * r[1][i] for w, r in zip(weights, results)]) for i in range(len(variables))]
+        grads = [_weighted_sum([r[1][i] for r in results], weights) for i in range(len(variables))]
         _assign(stages, [tuple(tf.concat(parts, axis=0) for parts in zip(*stage_states))
                          for stage_states in zip(*(r[2] for r in results))])
         return loss, grads
@@ -118,6 +122,15 @@ def split_loss_and_grads(model: keras.Model, loss_fn: Callable, parts: int = 2) 
         return combine(results, [(b - a) / batch for a, b in spans])
 
     return loss_and_grads
+
+
+def _weighted_sum(grads: Sequence, weights: Sequence[float]):
+    """The whole batch's gradient from its pieces'. An IndexedSlices stays one, the pieces' rows one after the
+    other (in batch order, as the whole batch's tape lists them), weighted, never summed into a dense tensor."""
+    if isinstance(grads[0], tf.IndexedSlices):
+        return tf.IndexedSlices(tf.concat([w * g.values for w, g in zip(weights, grads)], axis=0),
+                                tf.concat([g.indices for g in grads], axis=0), grads[0].dense_shape)
+    return tf.add_n([w * g for w, g in zip(weights, grads)])
 
 
 def _random_draws(stages: Sequence[stack.Stage], inputs) -> list:

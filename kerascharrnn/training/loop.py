@@ -15,7 +15,7 @@ import math
 import os
 import signal
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
@@ -42,6 +42,7 @@ class TrainResult:
     train_loss_history: List[float]
     val_loss_history: List[float]
     interrupted_by: Optional[int] = None  # the signal number, if stopped by one
+    best_json: Optional[str] = None  # the checkpoint of the lowest val loss (NAME_best.json), if any
 
 
 # Signals that stop a run with a checkpoint: Ctrl-C, a kill (a container stop), a closed terminal or ssh
@@ -133,6 +134,13 @@ def fitted_schedule_end(iteration: int, seconds_per_iteration: float, remaining_
     return min(last_iteration, iteration + int(max(remaining_s, 0.0) / seconds_per_iteration))
 
 
+def validations_since_best(val_losses: Sequence[float]) -> int:
+    """How many validations came after the first with the lowest finite val loss (all of them if none is
+    finite): --early_stopping stops a run when this reaches its value."""
+    finite = [(loss, i) for i, loss in enumerate(val_losses) if math.isfinite(loss)]
+    return len(val_losses) - 1 - min(finite)[1] if finite else len(val_losses)
+
+
 def checkpoint_due(iteration: int, checkpoint_every: int, at_end: bool) -> bool:
     """train.lua's rule: every checkpoint_every iterations (0 = never) and at the end."""
     return bool(checkpoint_every and iteration % checkpoint_every == 0) or at_end
@@ -148,12 +156,14 @@ class Progress:
       spent_before: the training time of the runs this one continues.
       data_digest: SHA-256 of the training data (--input_h5), which the checkpoints record: a resume
         checks it is continuing on the same data.
+      fine_tuned_from: where the run's first weights came from (--init_from), as the records keep it.
     """
 
     history: Dict[str, list]
     best_val: float = math.inf
     spent_before: float = 0.0
     data_digest: str = ""
+    fine_tuned_from: Optional[dict] = None
 
     @classmethod
     def new(cls) -> "Progress":
@@ -162,7 +172,8 @@ class Progress:
     @classmethod
     def resumed(cls, record: ckpt.CheckpointRecord) -> "Progress":
         return cls({key: list(values) for key, values in record.history.items()},
-                   record.best_val_loss if record.best_val_loss is not None else math.inf, record.elapsed_seconds)
+                   record.best_val_loss if record.best_val_loss is not None else math.inf, record.elapsed_seconds,
+                   fine_tuned_from=record.fine_tuned_from)
 
     def add_validation(self, iteration: int, val_loss: float) -> None:
         self.history["val_loss_history"].append(val_loss)
@@ -179,7 +190,8 @@ def write_checkpoint(trainer: TrainerProtocol, charrnn: CharRNN, progress: Progr
         path="", iteration=iteration, model_file="", state_file="", model_config=charrnn.config,
         train_config=config, vocab=charrnn.vocab, history=progress.history,
         best_val_loss=best if math.isfinite(best) else None, elapsed_seconds=elapsed_s,
-        digests={"data": progress.data_digest} if progress.data_digest else {})
+        digests={"data": progress.data_digest} if progress.data_digest else {},
+        fine_tuned_from=progress.fine_tuned_from)
     state = trainer.state_arrays()  # every worker: the carried state is gathered from all of them
     series = Series(config.checkpoint_name)
     paths = series.checkpoint(iteration)
@@ -238,6 +250,7 @@ def train_and_evaluate(
     clock: Clock = time.perf_counter,
     data_digest: Optional[str] = None,
     time_spent: float = 0.0,
+    fine_tuned_from: Optional[dict] = None,
 ) -> TrainResult:
     """Trains (or resumes), validating and checkpointing as train.lua does.
 
@@ -253,6 +266,7 @@ def train_and_evaluate(
       clock: seconds (time.perf_counter); the time budget and the speeds are read from it.
       data_digest: SHA-256 of config.input_h5 where the caller has it (else computed here), for the records.
       time_spent: seconds of the budget the caller already spent for this run (measuring speeds to size it).
+      fine_tuned_from: with --init_from, the base model's provenance for the records (checkpoint.base_provenance).
 
     Returns:
       A TrainResult naming the last checkpoint written.
@@ -272,6 +286,8 @@ def train_and_evaluate(
         progress = Progress.resumed(resume)
     elif start_iteration:
         trainer.start_at(start_iteration)
+    if resume is None:
+        progress.fine_tuned_from = fine_tuned_from
 
     progress.data_digest = data_digest or ckpt.file_digest(config.input_h5)
     progress.spent_before += time_spent
@@ -317,9 +333,9 @@ def train_and_evaluate(
                 f" ends at iteration {trainer.config.lr_schedule_iters} (refitted at every checkpoint)")
 
     last_json = None
-    out_of_time = False
+    out_of_time = stopped_early = False
     with StopSignals() as stop:
-        while iteration < last_iteration and stop.signum is None and not out_of_time:
+        while iteration < last_iteration and stop.signum is None and not out_of_time and not stopped_early:
             epoch, batch = divmod(iteration, num_train)
             if batch == 0:
                 trainer.reset_states()
@@ -369,13 +385,19 @@ def train_and_evaluate(
                                                  num_train)
                     if trainer.is_chief:
                         log(f"Saved checkpoint {Series(config.checkpoint_name).checkpoint(iteration).model}")
+                    stale = validations_since_best(history["val_loss_history"])
+                    stopped_early = bool(config.early_stopping) and stale >= config.early_stopping and not at_end
+                    if stopped_early:
+                        log(f"Early stopping at iteration {iteration}: {stale} validations without a val loss below"
+                            f" {progress.best_val:f} (kept as {Series(config.checkpoint_name).checkpoint(BEST).json})")
                     throughput.restart(clock())
-                if at_end or stop.signum:
+                if at_end or stop.signum or stopped_early:
                     break
     scalars.flush()
     if last_json is None:  # nothing left to train (resumed at the end): the checkpoint we came from
         last_json = resume.path if resume else write_checkpoint(
             trainer, charrnn, progress, iteration, trainer.evaluate(config.input_h5, "val"), elapsed(clock()),
             num_train)
+    best_json = Series(config.checkpoint_name).checkpoint(BEST).json if math.isfinite(progress.best_val) else None
     return TrainResult(last_json, iteration, history["train_loss_history"], history["val_loss_history"],
-                       interrupted_by=stop.signum)
+                       interrupted_by=stop.signum, best_json=best_json)
