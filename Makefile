@@ -1,12 +1,14 @@
 # The Docker fork's workflow of torch-rnn-server, with one image (docker/Dockerfile) and podman or docker:
 #
-#   make image                                  build the CPU image
+#   make image                                  build the CPU image (every tool, TensorFlow)
+#   make image-serve                            build the serving image: bin/serve and bin/sample of a .tflite, no TensorFlow
 #   make preprocess CORPUS=tiny-shakespeare     data/tiny-shakespeare.txt -> data/generated/tiny-shakespeare.{h5,json}
 #   make train                                  train in the background -> data/checkpoints/tiny-shakespeare_*
 #   make train-logs / train-stop / train-start  follow it; stop it (a checkpoint is saved); go on from there
 #   make sample                                 print a sample of the best checkpoint
 #   make export                                 data/export/tiny-shakespeare/V (TF Serving, TFLite)
 #   make serve                                  bin/serve on http://127.0.0.1:8080 (/write, /generate, /v1, /api)
+#   make serve-lite                             the same from the serving image, of the export's model.tflite
 #   make serve-stop
 #
 # Make targets rather than a compose file: the workflow is a sequence of steps, each of which must finish
@@ -29,6 +31,7 @@ ENGINE ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docke
 ENGINE_FLAGS ?=
 BASE ?= python:3.12-slim
 IMAGE ?= localhost/kerascharrnn:cpu
+SERVE_IMAGE ?= localhost/kerascharrnn:serve
 GPU_IMAGE ?= localhost/kerascharrnn:gpu
 BUILD_FLAGS ?=
 DATA ?= $(CURDIR)/data
@@ -45,7 +48,7 @@ SAMPLE_FLAGS ?= --length 500 --temperature 0.8
 SERVE_FLAGS ?=
 STOP_SECONDS ?= 120
 
-export ENGINE ENGINE_FLAGS BASE IMAGE GPU_IMAGE BUILD_FLAGS DATA CORPUS MODEL PORT PUBLISH USER_FLAGS TRAIN_FLAGS \
+export ENGINE ENGINE_FLAGS BASE IMAGE SERVE_IMAGE GPU_IMAGE BUILD_FLAGS DATA CORPUS MODEL PORT PUBLISH USER_FLAGS TRAIN_FLAGS \
 	SAMPLE_FLAGS SERVE_FLAGS STOP_SECONDS
 
 # Each recipe line starts with this: no globbing of the flags' words, CORPUS and MODEL checked to be names.
@@ -54,14 +57,20 @@ CHECKED = set -f; case "$$CORPUS$$MODEL" in *[!A-Za-z0-9._-]*|"") \
 	exit 2;; esac;
 RUN = "$$ENGINE" $$ENGINE_FLAGS run --rm -v "$$DATA:/data" $$USER_FLAGS
 
-.PHONY: image image-gpu preprocess train train-logs train-stop train-start sample export serve serve-stop
+.PHONY: image image-serve image-gpu preprocess train train-logs train-stop train-start sample export serve serve-lite \
+	serve-stop
 
 image:
 	$(CHECKED) "$$ENGINE" $$ENGINE_FLAGS build $$BUILD_FLAGS --build-arg "BASE=$$BASE" -f docker/Dockerfile -t "$$IMAGE" .
 
+# The package's [lite] install: LiteRT and the server, no TensorFlow (a fraction of the CPU image's size).
+image-serve:
+	$(CHECKED) "$$ENGINE" $$ENGINE_FLAGS build $$BUILD_FLAGS --build-arg "BASE=$$BASE" --build-arg EXTRAS=lite \
+		--build-arg VARIANT=serve -f docker/Dockerfile -t "$$SERVE_IMAGE" .
+
 # Written and documented; not built by this project's checks (no GPU there).
 image-gpu:
-	$(CHECKED) "$$ENGINE" $$ENGINE_FLAGS build $$BUILD_FLAGS --build-arg "BASE=$$BASE" --build-arg EXTRAS=serve,gpu \
+	$(CHECKED) "$$ENGINE" $$ENGINE_FLAGS build $$BUILD_FLAGS --build-arg "BASE=$$BASE" --build-arg EXTRAS=tf,serve,gpu \
 		--build-arg VARIANT=gpu -f docker/Dockerfile -t "$$GPU_IMAGE" .
 
 preprocess:
@@ -92,17 +101,20 @@ sample:
 
 export:
 	$(CHECKED) $(RUN) "$$IMAGE" export --checkpoint "/data/checkpoints/$${MODEL}_best.keras" --export_dir /data/export \
-		--model_name "$$MODEL"
+		--model_name "$$MODEL" --tflite
 
 # The server listens on every interface inside the container; PUBLISH decides who reaches it from outside.
 # Published on the host's loopback, it answers only requests sent to this machine's names (a web page on another
 # name that resolves to 127.0.0.1 could otherwise read its replies); SERVE_FLAGS='--allowed_hosts NAME' adds one.
-serve:
+# serve-lite: the serving image, of the newest export's model.tflite (make export writes it); the same APIs.
+serve: SERVED = "$$IMAGE" serve --checkpoint "/data/checkpoints/$${MODEL}_best.keras"
+serve-lite: SERVED = "$$SERVE_IMAGE" serve --tflite "/data/export/$$MODEL"
+serve serve-lite:
 	$(CHECKED) hosts=; case "$$PUBLISH" in *127.0.0.1:*) hosts="--allowed_hosts local";; esac; \
 	"$$ENGINE" $$ENGINE_FLAGS run -d --name "$$MODEL-serve" $$PUBLISH -v "$$DATA:/data" $$USER_FLAGS \
-		"$$IMAGE" serve --checkpoint "/data/checkpoints/$${MODEL}_best.keras" $$hosts $$SERVE_FLAGS && \
+		$(SERVED) $$hosts $$SERVE_FLAGS && \
 	case "$$PUBLISH$$SERVE_FLAGS" in *127.0.0.1:*|*network=host*|*api_key*) ;; *) \
-		echo "make serve: warning: published on every interface ($$PUBLISH) without --api_key: anyone who can" \
+		echo "make $@: warning: published on every interface ($$PUBLISH) without --api_key: anyone who can" \
 		     "reach port $$PORT can use the model; give SERVE_FLAGS='--api_key_file /data/KEYFILE'" >&2;; esac
 
 serve-stop:

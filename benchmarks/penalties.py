@@ -84,7 +84,7 @@ def main() -> None:
 
 
 def texts(engine, prompt, args) -> None:
-    from kerascharrnn.inference.settings import SamplingSettings
+    from kerascharrnn.sampling_settings import SamplingSettings
 
     print(f"{args.checkpoint}: {args.length} characters after {args.prompt!r}; repeated = share of 20-character"
           f" windows seen earlier in the text")
@@ -99,7 +99,7 @@ def texts(engine, prompt, args) -> None:
 
 
 def cost(engine, prompt, args) -> None:
-    from kerascharrnn.inference.settings import SamplingSettings
+    from kerascharrnn.sampling_settings import SamplingSettings
 
     print(f"\n{args.checkpoint}: characters per second, median of {args.repeats} runs of {args.length} characters,"
           " each run of a setting right after one of the plain loop (sampling at the temperature above)")

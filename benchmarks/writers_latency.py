@@ -3,8 +3,10 @@
     python3 benchmarks/writers_latency.py --checkpoint cv/default.keras --checkpoint cv/cpu_15min.keras
     python3 benchmarks/writers_latency.py --checkpoint cv/default.keras --baseline /tmp/before \
         --extra '{"repetition_penalty": 1.1}'
+    python3 benchmarks/writers_latency.py --tflite export/models/default --python .venv-lite/bin/python
 
-For each checkpoint, starts `bin/serve` on 127.0.0.1 (a real process), warms it up, then has each number of
+For each checkpoint (or exported model.tflite, served by --python: the lite install's, say), starts `bin/serve`
+on 127.0.0.1 (a real process), warms it up, then has each number of
 writers (--writers, default 1 and 32) ask at once, --rounds times each, for what the writing page asks for:
 3 suggestions of 60 characters after a 48-character prompt (POST /v1/completions, stream: true, n 3,
 temperature 0.8). Prints, per model and number of writers, the time to the first streamed character and to
@@ -88,12 +90,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(checkpoint: str, log, repo: str = REPO) -> (subprocess.Popen, str):
-    """bin/serve of `repo` (this checkout, or an older one) on a free port of 127.0.0.1, once it answers."""
+def serve(source: List[str], log, repo: str = REPO, python: str = sys.executable) -> (subprocess.Popen, str):
+    """bin/serve of `repo` (this checkout, or an older one) run by `python`, of the model the flags `source` name
+    (["--checkpoint", path] or ["--tflite", path]), on a free port of 127.0.0.1, once it answers."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, os.path.join(repo, "bin", "serve"), "--checkpoint", checkpoint,
-                                "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                               env=dict(os.environ, PYTHONPATH=repo))
+    process = subprocess.Popen([python, os.path.join(repo, "bin", "serve"), *source, "--port", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=repo))
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while True:
@@ -104,7 +106,8 @@ def serve(checkpoint: str, log, repo: str = REPO) -> (subprocess.Popen, str):
             pass
         if process.poll() is not None or time.time() > deadline:
             process.kill()
-            sys.exit(f"bin/serve did not come up for {checkpoint}")
+            log.seek(0)
+            sys.exit(f"bin/serve did not come up for {' '.join(source)}: {log.read()[-2000:]}")
         time.sleep(0.3)
 
 
@@ -112,17 +115,23 @@ def percentile_ms(values: List[float], q: float) -> float:
     return 1000 * float(np.percentile(values, q))
 
 
-def measure(checkpoint: str, counts: List[int], rounds: int, repo: str = REPO, extra: Dict = None) -> None:
+def measure(source: List[str], counts: List[int], rounds: int, repo: str = REPO, extra: Dict = None,
+            python: str = sys.executable) -> Dict:
+    """Prints the figures of bin/serve of `source` (see serve) and returns them: {"memory": resident MiB after the
+    warm-up, writers: (first char p50 ms, p99, whole p50, p99, errors)}."""
     extra = extra or {}
+    figures = {}
     with tempfile.TemporaryFile("w+") as log:
-        process, base = serve(checkpoint, log, repo)
+        process, base = serve(source, log, repo, python)
         try:
             model = httpx.get(base + "/v1/models", timeout=30).json()["data"][0]["id"]
             for count in sorted(set(counts)):  # warm-up: every batch size the loads will use
                 asyncio.run(writers(base, model, count, 1, extra))
             memory = [resident_mib(process.pid)]
-            print(f"{os.path.basename(checkpoint)} served by {repo}{' with ' + json.dumps(extra) if extra else ''}:"
-                  f" server resident memory after warm-up {memory[0]:.0f} MiB")
+            figures["memory"] = memory[0]
+            print(f"{source[0]} {os.path.basename(source[1])} served by {repo} ({python})"
+                  f"{' with ' + json.dumps(extra) if extra else ''}: server resident memory after warm-up"
+                  f" {memory[0]:.0f} MiB")
             for count in counts:
                 results = asyncio.run(writers(base, model, count, rounds, extra))
                 memory.append(resident_mib(process.pid))
@@ -130,6 +139,8 @@ def measure(checkpoint: str, counts: List[int], rounds: int, repo: str = REPO, e
                 errors = [r["error"] for r in results if "error" in r]
                 first = [r["first"] for r in good]
                 whole = [r["whole"] for r in good]
+                figures[count] = (percentile_ms(first, 50), percentile_ms(first, 99), percentile_ms(whole, 50),
+                                  percentile_ms(whole, 99), len(errors))
                 print(f"  {count:>2} writer(s) x {rounds} suggestions ({SUGGESTIONS} x {SUGGESTION_LENGTH} chars "
                       f"after {PROMPT_LENGTH}): first char p50 {percentile_ms(first, 50):.0f} ms p99 "
                       f"{percentile_ms(first, 99):.0f} ms; whole p50 {percentile_ms(whole, 50):.0f} ms p99 "
@@ -139,11 +150,16 @@ def measure(checkpoint: str, counts: List[int], rounds: int, repo: str = REPO, e
         finally:
             process.terminate()
             process.wait(timeout=60)
+    return figures
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", action="append", required=True, help="A model to serve (repeatable).")
+    parser.add_argument("--checkpoint", action="append", default=[], help="A model to serve (repeatable).")
+    parser.add_argument("--tflite", action="append", default=[], help="An exported model.tflite (or its export's"
+                        " directory) to serve (repeatable).")
+    parser.add_argument("--python", default=sys.executable, help="The interpreter that runs bin/serve (default: this"
+                        " one); .venv-lite/bin/python serves a --tflite without TensorFlow.")
     parser.add_argument("--writers", default="1,32", help="Numbers of concurrent writers, comma-separated.")
     parser.add_argument("--rounds", type=int, default=20, help="Suggestions each writer asks for, one after another.")
     parser.add_argument("--baseline", default="", help="Another checkout whose bin/serve runs the same loads first.")
@@ -152,12 +168,15 @@ def main():
     counts = [int(c) for c in args.writers.split(",")]
     if args.rounds < 1 or min(counts) < 1:
         parser.error("--rounds and --writers must be at least 1")
+    if not args.checkpoint and not args.tflite:
+        parser.error("give a --checkpoint or a --tflite to serve")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     extra = json.loads(args.extra)
-    for checkpoint in args.checkpoint:
+    sources = [["--checkpoint", path] for path in args.checkpoint] + [["--tflite", path] for path in args.tflite]
+    for source in sources:
         if args.baseline:
-            measure(checkpoint, counts, args.rounds, os.path.abspath(args.baseline), extra)
-        measure(checkpoint, counts, args.rounds, REPO, extra)
+            measure(source, counts, args.rounds, os.path.abspath(args.baseline), extra, args.python)
+        measure(source, counts, args.rounds, REPO, extra, args.python)
 
 
 if __name__ == "__main__":

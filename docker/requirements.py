@@ -1,8 +1,9 @@
 """Prints the package's requirements from setup.cfg, the one place they are written: install_requires and the
 extras named on the command line (the image's dependency layer, built before the source is copied).
 
-    python3 docker/requirements.py setup.cfg serve        # what the CPU image installs
-    python3 docker/requirements.py setup.cfg serve,gpu    # the GPU variant
+    python3 docker/requirements.py setup.cfg tf,serve        # what the CPU image installs
+    python3 docker/requirements.py setup.cfg lite            # the serving image (no TensorFlow)
+    python3 docker/requirements.py setup.cfg tf,serve,gpu    # the GPU variant
 """
 
 import configparser

@@ -9,13 +9,32 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from kerascharrnn.errors import UserError
 from kerascharrnn.errors import setting as ref
-from kerascharrnn.inference.settings import BOUNDS, SEED_MAX
+from kerascharrnn.sampling_settings import BOUNDS, SEED_MAX
 
-MODEL_TYPES = ("lstm", "gru", "rnn")
+
+@dataclasses.dataclass(frozen=True)
+class RecurrentKind:
+    """A recurrent layer type, written once for the whole package: its --model_type name, the stock Keras layer
+    that runs it (keras.layers.<layer>), how many gates its weights hold side by side, and its step form's state
+    tensors (h first). models/stack.py, models/recurrence.py (its arithmetic), resources.py, the checkpoint
+    readers and export/runtime.js read it from here."""
+
+    name: str
+    layer: str
+    gates: int
+    state_parts: Tuple[str, ...]
+
+
+RECURRENT_KINDS = {kind.name: kind for kind in (
+    RecurrentKind("lstm", "LSTM", 4, ("h", "c")),
+    RecurrentKind("gru", "GRU", 3, ("h",)),
+    RecurrentKind("rnn", "SimpleRNN", 1, ("h",)),
+)}
+MODEL_TYPES = tuple(RECURRENT_KINDS)
 # An integer setting without a bound of its own stops here: past it, the value meets TensorFlow as an
 # int32 (shapes, steps, k) and fails there, with a traceback, instead of here with one line.
 INT32_MAX = 2**31 - 1

@@ -1,6 +1,7 @@
 """Named flag sets for bin/train (`--preset NAME`); flags given on the command line override them.
 
-Each preset is a plain dict of bin/train flag values, so `bin/train --helpfull` documents every key.
+Each preset is a plain dict of bin/train flag values, so `bin/train --helpfull` documents every key; a key that
+names no setting is an error (training/plan.py, tests/test_train.py checks every preset).
 """
 
 # The recipe of the budgeted presets (and cpu_15min's model when no budget is given): with --max_minutes,
@@ -33,6 +34,15 @@ PRESETS = {
 
 # Presets whose model a time budget (--max_minutes) sizes (training/sizing.py).
 BUDGETED = ("cpu_15min", "auto")
+
+# What each preset is for, in a line: bin/train --help shows these
+SUMMARIES = {
+    "auto": "the CPU recipe with the model sized for --max_minutes (required) from this machine's measured speed"
+            " and the corpus (docs/quality.md)",
+    "cpu_15min": "the same recipe, sized the same way when --max_minutes is given (15 for its name), else a fixed"
+                 " 2 x 384 LSTM with copy attention",
+    "gpu_large": "a 3 x 1024 LSTM for a GPU and a corpus of tens of MB (not measured here)",
+}
 
 # A budgeted preset with --init_from fine-tunes the base model on (usually little) text instead of sizing a new
 # one: these values replace the recipe's (docs/quality.md, round 6, measured them). The validation interval is

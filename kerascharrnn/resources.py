@@ -11,20 +11,19 @@ import os
 import sys
 from typing import Optional, Tuple
 
-from kerascharrnn.config import ModelConfig
+from kerascharrnn.config import RECURRENT_KINDS, ModelConfig
 from kerascharrnn.errors import UserError
 from kerascharrnn.errors import setting as ref
 
 _FLOAT_BYTES = 4
 _INT32_MAX = 2**31 - 1
-_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 # Adam training holds each weight 4 times: the weight, its gradient and the two moment slots.
 _TRAINING_COPIES = 4
 
 
 def parameter_count(config: ModelConfig) -> int:
     """Exactly what the Keras model built from `config` holds (model.build_model's layers)."""
-    V, D, H, g = config.vocab_size, config.wordvec_size, config.rnn_size, _GATES[config.model_type]
+    V, D, H, g = config.vocab_size, config.wordvec_size, config.rnn_size, RECURRENT_KINDS[config.model_type].gates
     biases = 2 * g * H if config.model_type == "gru" else g * H  # Keras GRU: reset_after, two bias rows
     total = V * D
     for layer in range(config.num_layers):
@@ -50,14 +49,14 @@ def training_state_bytes(config: ModelConfig, batch_size: int) -> int:
 
 def largest_tensor(config: ModelConfig, batch_size: int, seq_length: int) -> int:
     """Elements of the largest single tensor of a training step (a weight or the (N, T, V) logits)."""
-    V, D, H, g = config.vocab_size, config.wordvec_size, config.rnn_size, _GATES[config.model_type]
+    V, D, H, g = config.vocab_size, config.wordvec_size, config.rnn_size, RECURRENT_KINDS[config.model_type].gates
     return max(V * D, max(D, H) * g * H, H * V, batch_size * seq_length * max(V, g * H))
 
 
 def training_bytes(config: ModelConfig, batch_size: int, seq_length: int) -> int:
     """A lower bound of a training run's memory: weights with gradients and Adam slots, and the
     activations back-propagation keeps for one (N, T) minibatch, with their gradients."""
-    V, D, H, g = config.vocab_size, config.wordvec_size, config.rnn_size, _GATES[config.model_type]
+    V, D, H, g = config.vocab_size, config.wordvec_size, config.rnn_size, RECURRENT_KINDS[config.model_type].gates
     per_token = D + config.num_layers * (g + 2) * H + 2 * V  # embedding, gates + h + c per layer, logits
     activations = 2 * batch_size * seq_length * per_token  # and, in the backward pass, their gradients
     return _FLOAT_BYTES * (_TRAINING_COPIES * parameter_count(config) + activations)
@@ -116,7 +115,7 @@ def check_training_fits(config: ModelConfig, batch_size: int, seq_length: int,
 def inference_bytes(config: ModelConfig, rows: int, steps: int) -> int:
     """A lower bound of the memory of running `config` forward over (rows, steps) tokens: the weights
     and each token's embedding, gates, states and logits."""
-    V, D, H, g = config.vocab_size, config.wordvec_size, config.rnn_size, _GATES[config.model_type]
+    V, D, H, g = config.vocab_size, config.wordvec_size, config.rnn_size, RECURRENT_KINDS[config.model_type].gates
     per_token = D + config.num_layers * (g + 2) * H + 2 * V
     return _FLOAT_BYTES * (parameter_count(config) + rows * steps * per_token)
 

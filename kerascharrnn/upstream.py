@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import zipfile
 from typing import Callable, List, Optional, Tuple
 
@@ -71,12 +72,13 @@ def is_lost_peer(error: BaseException) -> bool:
 
 def damaged_file_errors() -> tuple:
     """What Keras, TensorFlow and LiteRT raise when they load a damaged or foreign model file: they
-    raise many types, none of them for this alone."""
-    import tensorflow as tf
+    raise many types, none of them for this alone. TensorFlow's own only where it is loaded (nothing else
+    raises them; the lite install has no TensorFlow)."""
     from google.protobuf.message import DecodeError
 
+    tf = sys.modules.get("tensorflow")
     return (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError, EOFError,
-            zipfile.BadZipFile, json.JSONDecodeError, DecodeError, tf.errors.OpError)
+            zipfile.BadZipFile, json.JSONDecodeError, DecodeError) + ((tf.errors.OpError,) if tf else ())
 
 
 # --- Keras -------------------------------------------------------------------------------------------
@@ -86,6 +88,21 @@ def is_safe_mode_refusal(error: BaseException) -> bool:
     """Whether keras.models.load_model(safe_mode=True) refused the file because it holds code (a Lambda
     layer): Keras says so only in a ValueError's message."""
     return isinstance(error, ValueError) and ("safe_mode" in str(error) or "Lambda" in str(error))
+
+
+def rnn_inner_loop(layer, x, states, training: bool):
+    """A Keras recurrent layer's loop over (N, T, D) with its state given, not its variables:
+    `layer.inner_loop(sequences, initial_state, mask, training)` (Keras 3's RNN, not public API), the code its
+    stateful call runs. Returns (outputs (N, T, H), new states)."""
+    _, outputs, new_states = layer.inner_loop(x, list(states), mask=None, training=training)
+    return outputs, new_states
+
+
+def optimizer_variable_names(optimizer) -> dict:
+    """The optimizer's variables by a name that holds across processes and Keras versions' own prefixes: the
+    variable's path without the optimizer's name ("adam/lstm_0_lstm_cell_kernel_momentum" ->
+    "lstm_0_lstm_cell_kernel_momentum"; Keras 3 names its slots so, not public API)."""
+    return {v.path.split("/", 1)[-1]: v for v in optimizer.variables}
 
 
 class DownloadError(OSError):

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds the CPU image (docker/Dockerfile) and runs the whole container workflow through the Makefile's targets,
-# as a user would, on a tiny corpus (some of the Python standard library's sources): preprocess, a short training
-# stopped (SIGTERM) and started again (it resumes), sample, export, serve, then requests from the host to
-# /generate, the writing page and the completion APIs. Prints the image size and each step's time; exits
-# non-zero on any failure. Needs podman (or docker) and make; not part of the test suite.
+# Builds the CPU image and the serving image (docker/Dockerfile; `make image`, `make image-serve`) and runs the
+# whole container workflow through the Makefile's targets, as a user would, on a tiny corpus (some of the Python
+# standard library's sources): preprocess, a short training stopped (SIGTERM) and started again (it resumes),
+# sample, export, serve, then requests from the host to /generate, the writing page and the completion APIs; then
+# the serving image (no TensorFlow in it) serves the export's model.tflite to the same requests. Prints the two
+# images' sizes and each step's time; exits non-zero on any failure. Needs podman (or docker) and make; not part
+# of the test suite.
 #
 #   bash scripts/check_containers.sh
 #
@@ -22,6 +24,7 @@ command -v make >/dev/null || { echo "check_containers: error: make is not insta
 WORK=$(mktemp -d)
 DATA=$WORK/data
 IMAGE=localhost/kerascharrnn-check:cpu
+SERVE_IMAGE=localhost/kerascharrnn-check:serve
 MODEL=tiny-$$  # the containers are MODEL-train and MODEL-serve: never a name of the user's
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 ENGINE_FLAGS=""
@@ -81,14 +84,16 @@ done
 
 echo "engine: $ENGINE $ENGINE_FLAGS; base image: $BASE"
 
-MAKE=(make -s -C "$REPO" ENGINE="$ENGINE" ENGINE_FLAGS="$ENGINE_FLAGS" IMAGE="$IMAGE" BASE="$BASE" DATA="$DATA"
-      CORPUS=tiny MODEL="$MODEL" USER_FLAGS= PUBLISH=--network=host)
+MAKE=(make -s -C "$REPO" ENGINE="$ENGINE" ENGINE_FLAGS="$ENGINE_FLAGS" IMAGE="$IMAGE" SERVE_IMAGE="$SERVE_IMAGE"
+      BASE="$BASE" DATA="$DATA" CORPUS=tiny MODEL="$MODEL" USER_FLAGS= PUBLISH=--network=host)
 
 # --- build ----------------------------------------------------------------------------------------------------
 step "build the CPU image" "${MAKE[@]}" image BUILD_FLAGS="$BUILD_FLAGS"
 SIZE=$("$ENGINE" $ENGINE_FLAGS image inspect "$IMAGE" --format '{{.Size}}')
 USER_IN_IMAGE=$("$ENGINE" $ENGINE_FLAGS image inspect "$IMAGE" --format '{{.Config.User}}')
 [ "$USER_IN_IMAGE" = charrnn ] || fail "the image runs as '$USER_IN_IMAGE', not its own non-root user"
+step "build the serving image" "${MAKE[@]}" image-serve BUILD_FLAGS="$BUILD_FLAGS"
+SERVE_SIZE=$("$ENGINE" $ENGINE_FLAGS image inspect "$SERVE_IMAGE" --format '{{.Size}}')
 
 # --- the workflow, as the image's own user (uid 1000) owning the data directory -------------------------------
 mkdir -p "$DATA/generated" "$DATA/checkpoints"
@@ -129,22 +134,27 @@ DONE_LINE=$("$ENGINE" $ENGINE_FLAGS logs "$MODEL-train" 2>&1 | grep "^Done: iter
 SAMPLE=$(mktemp)
 step "sample" bash -c "${MAKE[*]@Q} sample SAMPLE_FLAGS='--length 200 --seed 1 --start_text def' > '$SAMPLE'"
 [ "$(wc -c < "$SAMPLE")" -ge 150 ] || fail "the sample is too short: $(cat "$SAMPLE")"
-step "export (SavedModel)" "${MAKE[@]}" export
-ls "$DATA"/export/"$MODEL"/1/saved_model.pb >/dev/null || fail "no SavedModel in export/$MODEL/1"
+step "export (SavedModel, TFLite)" "${MAKE[@]}" export
+ls "$DATA"/export/"$MODEL"/1/saved_model.pb "$DATA"/export/"$MODEL"/1/tflite/model.tflite >/dev/null \
+  || fail "no SavedModel and model.tflite in export/$MODEL/1"
 
 step "serve (start)" "${MAKE[@]}" serve SERVE_FLAGS="--port $PORT"
 BASE_URL=http://127.0.0.1:$PORT
 step "serve until /healthz answers" wait_for 300 "/healthz" curl -sf "$BASE_URL/healthz"
-GENERATE=$(curl -sf "$BASE_URL/generate?start_text=def%20load&n=2") || fail "GET /generate"
-echo "$GENERATE" | python3 -c 'import json, sys; r = json.load(sys.stdin); assert len(r["completions"]) == 2, r' \
-  || fail "GET /generate's reply: $GENERATE"
-curl -sf "$BASE_URL/write" | grep -q "<title>Write" || fail "GET /write"
-COMPLETION=$(curl -sf "$BASE_URL/v1/completions" -H 'Content-Type: application/json' \
-  -d "{\"model\": \"$MODEL\", \"prompt\": \"import \", \"max_tokens\": 30, \"seed\": 1}") || fail "POST /v1/completions"
-echo "$COMPLETION" | python3 -c 'import json, sys; r = json.load(sys.stdin); assert len(r["choices"][0]["text"]) == 30, r' \
-  || fail "POST /v1/completions' reply: $COMPLETION"
-OLLAMA=$(curl -sf "$BASE_URL/api/generate" -H 'Content-Type: application/json' -d "{\"model\": \"$MODEL\", \"prompt\": \"class \", \"stream\": false,
-  \"options\": {\"num_predict\": 20}}") || fail "POST /api/generate"
+requests() {  # the writers' requests to the server on PORT: sets GENERATE, COMPLETION, OLLAMA
+  GENERATE=$(curl -sf "$BASE_URL/generate?start_text=def%20load&n=2") || fail "GET /generate"
+  echo "$GENERATE" | python3 -c 'import json, sys; r = json.load(sys.stdin); assert len(r["completions"]) == 2, r' \
+    || fail "GET /generate's reply: $GENERATE"
+  curl -sf "$BASE_URL/write" | grep -q "<title>Write" || fail "GET /write"
+  COMPLETION=$(curl -sf "$BASE_URL/v1/completions" -H 'Content-Type: application/json' \
+    -d "{\"model\": \"$MODEL\", \"prompt\": \"import \", \"max_tokens\": 30, \"seed\": 1}") || fail "POST /v1/completions"
+  echo "$COMPLETION" | python3 -c 'import json, sys; r = json.load(sys.stdin); assert len(r["choices"][0]["text"]) == 30, r' \
+    || fail "POST /v1/completions' reply: $COMPLETION"
+  OLLAMA=$(curl -sf "$BASE_URL/api/generate" -H 'Content-Type: application/json' -d "{\"model\": \"$MODEL\", \"prompt\": \"class \", \"stream\": false,
+    \"options\": {\"num_predict\": 20}}") || fail "POST /api/generate"
+}
+requests
+CPU_GENERATE=$GENERATE CPU_COMPLETION=$COMPLETION CPU_OLLAMA=$OLLAMA
 HEALTH="not checked (docker runs it on its own schedule)"
 if [ "$ENGINE" = podman ]; then
   "$ENGINE" $ENGINE_FLAGS healthcheck run "$MODEL-serve" 2>/dev/null || fail "the serve container's health check"
@@ -152,14 +162,35 @@ if [ "$ENGINE" = podman ]; then
 fi
 step "serve-stop" "${MAKE[@]}" serve-stop
 
+# --- the serving image: the same requests to the export's model.tflite, and no TensorFlow in it -----------------
+if "$ENGINE" $ENGINE_FLAGS run --rm --network=host --entrypoint python3 "$SERVE_IMAGE" -c "import tensorflow" \
+     >/dev/null 2>&1; then
+  fail "TensorFlow imports in the serving image"
+fi
+NO_TF=$("$ENGINE" $ENGINE_FLAGS run --rm --network=host "$SERVE_IMAGE" sample --checkpoint /nothing.keras 2>&1 \
+        >/dev/null | grep "sample: error" || true)  # (the engine's own lines aside)
+case "$NO_TF" in *"needs TensorFlow, which this install lacks"*) ;; *) fail "the serving image's sample said: $NO_TF";; esac
+step "serve-lite (start)" "${MAKE[@]}" serve-lite SERVE_FLAGS="--port $PORT"
+step "serve-lite until /healthz answers" wait_for 120 "/healthz" curl -sf "$BASE_URL/healthz"
+requests
+if [ "$ENGINE" = podman ]; then
+  "$ENGINE" $ENGINE_FLAGS healthcheck run "$MODEL-serve" 2>/dev/null || fail "the serving image's health check"
+fi
+step "serve-stop (serving image)" "${MAKE[@]}" serve-stop
+
 echo
 echo "=== check_containers: passed ($ENGINE, base $BASE)"
 echo "image $IMAGE: $(python3 -c "print(f'{$SIZE / 1e9:.2f} GB')") ($SIZE bytes), user $USER_IN_IMAGE"
+echo "image $SERVE_IMAGE (no TensorFlow): $(python3 -c "print(f'{$SERVE_SIZE / 1e9:.2f} GB')") ($SERVE_SIZE bytes)," \
+     "$(python3 -c "print(f'{$SERVE_SIZE / $SIZE:.0%}')") of the CPU image's size"
 printf '%s\n' "${TIMES[@]}"
 echo "stop: $STOP_LINE"
 echo "after the restart: $RESUME_LINE; $DONE_LINE"
 echo "sample: $(head -c 200 "$SAMPLE" | tr '\n' ' ')"
-echo "GET /generate?start_text=def%20load&n=2: $GENERATE"
-echo "POST /v1/completions: $COMPLETION"
-echo "POST /api/generate: $(echo "$OLLAMA" | head -c 300)"
+echo "GET /generate?start_text=def%20load&n=2: $CPU_GENERATE"
+echo "POST /v1/completions: $CPU_COMPLETION"
+echo "POST /api/generate: $(echo "$CPU_OLLAMA" | head -c 300)"
 echo "serve container's health check: $HEALTH"
+echo "serving image: GET /generate: $GENERATE"
+echo "serving image: POST /v1/completions: $COMPLETION"
+echo "serving image: sample --checkpoint: $NO_TF"

@@ -196,32 +196,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(sentence_model, tmp_path_factory):
-    """bin/serve on 127.0.0.1 (a free port) with the sentence model, for the whole session."""
+@contextlib.contextmanager
+def serve_process(command, log_path, what="bin/serve"):
+    """A bin/serve process (`command`, its output in `log_path`) on 127.0.0.1, once its /healthz answers; yields its
+    base URL, and stops it after the block."""
     import httpx
 
     port = free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    log = open(log_path, "w")
-    process = subprocess.Popen([sys.executable, os.path.join(REPO, "bin", "serve"), "--checkpoint", sentence_model,
-                                "--port", str(port), "--max_start_text", "500"], stdout=log, stderr=subprocess.STDOUT)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([*command, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.time() > deadline:
-            log.close()
-            pytest.fail("bin/serve did not come up:\n" + log_path.read_text()[-3000:])
-        time.sleep(0.3)
-    yield {"base": base, "log": log_path}
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    try:
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.time() > deadline:
+                pytest.fail(f"{what} did not come up:\n" + open(log_path).read()[-3000:])
+            time.sleep(0.3)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server(sentence_model, tmp_path_factory):
+    """bin/serve on 127.0.0.1 (a free port) with the sentence model, for the whole session."""
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    command = [sys.executable, os.path.join(REPO, "bin", "serve"), "--checkpoint", sentence_model, "--max_start_text",
+               "500"]
+    with serve_process(command, log_path) as base:
+        yield {"base": base, "log": log_path}
 
 
 @contextlib.contextmanager

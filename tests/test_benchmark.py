@@ -30,7 +30,7 @@ def test_benchmark_bad_grid_is_one_line():
 
 
 def test_runs_alternate_and_quartiles_pool_the_repeats(monkeypatch):
-    from kerascharrnn.benchmark import report
+    from kerascharrnn.speed import report
 
     calls = []
     monkeypatch.setattr(report, "measure", lambda name, config: calls.append(name) or

@@ -3,6 +3,7 @@ and resume exactly, and a seeded run from scratch gives v0.1.0's numbers."""
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -59,7 +60,7 @@ def test_v010_checkpoint_samples_and_evaluates_as_v010_did(kind):
 
 
 def test_v010_checkpoint_exports_and_the_saved_model_samples_the_same(tmp_path):
-    from kerascharrnn.serving import export
+    from kerascharrnn.export import saved_model as export
 
     charrnn = CharRNN.from_checkpoint(fixture("lstm_100.keras"))
     version_dir = str(tmp_path / "m" / "1")
@@ -201,3 +202,28 @@ def test_a_v05_record_of_a_fine_tune_resumes_and_keeps_saying_where_it_came_from
     sampled = run_cli("sample", "--checkpoint", tmp_path / "ft_40.json", "--start_text", "“é", "--length", 30,
                       "--seed", 1)
     assert sampled.returncode == 0 and sampled.stdout.startswith("“é"), sampled.stderr
+
+
+def test_one_version_and_a_changelog_that_names_it():
+    from conftest import REPO
+
+    import kerascharrnn
+
+    setup = open(os.path.join(REPO, "setup.cfg"), encoding="utf-8").read()
+    assert re.search(r"^version = attr: kerascharrnn.__version__$", setup, re.M)  # read from the package, not copied
+    changelog = open(os.path.join(REPO, "CHANGELOG.md"), encoding="utf-8").read()
+    assert re.search(r"^## (\S+)", changelog, re.M).group(1) == kerascharrnn.__version__
+
+
+@pytest.mark.parametrize("value, message", [(2, "written by a newer kerascharrnn (record format 2"),
+                                            ("1", "must be a record format number"), (True, "record format number")])
+def test_a_record_of_a_newer_or_unknown_format_is_refused_in_one_line(tmp_path, value, message):
+    from kerascharrnn.errors import UserError
+
+    source = os.path.join(os.path.dirname(FIXTURES), "v0.4", "auto_50.json")
+    record = json.load(open(source, encoding="utf-8"))
+    record[ckpt.FORMAT_KEY] = value
+    path = tmp_path / "auto_50.json"
+    path.write_text(json.dumps(record))
+    with pytest.raises(UserError, match=re.escape(message)):
+        ckpt.read_record(str(path))

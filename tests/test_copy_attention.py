@@ -15,12 +15,12 @@ import tensorflow as tf
 from conftest import TINY_TRAIN_FLAGS, run_cli, train_in_process
 
 from kerascharrnn.config import ModelConfig, TrainConfig
-from kerascharrnn.copy_attention import CopyAttention
+from kerascharrnn.export import saved_model as export
 from kerascharrnn.inference import engines
 from kerascharrnn.io import checkpoint as ckpt
 from kerascharrnn.models import stack
 from kerascharrnn.models.charrnn import CharRNN
-from kerascharrnn.serving import export
+from kerascharrnn.models.copy_attention import CopyAttention
 from kerascharrnn.vocab import Vocabulary
 
 VOCAB = Vocabulary(tuple("abcdefghijk"))

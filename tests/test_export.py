@@ -16,12 +16,12 @@ from helpers import graph_ops, read_export_info
 
 from kerascharrnn.config import ModelConfig
 from kerascharrnn.errors import UserError
+from kerascharrnn.export import saved_model as export
 from kerascharrnn.inference import engines, sampling
 from kerascharrnn.inference.sampling import Sampler
 from kerascharrnn.io import artifacts
 from kerascharrnn.models import stack
 from kerascharrnn.models.charrnn import CharRNN
-from kerascharrnn.serving import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 200
@@ -92,7 +92,7 @@ def test_generate_repeats_keeps_prompts_and_lengths(exported):
 
 
 def test_generate_zero_temperature_is_argmax_and_unknown_characters_are_skipped(exported):
-    sampler = exported["charrnn"].sampler(jit_compile=False)
+    sampler = engines.charrnn_engine(exported["charrnn"], jit_compile=False).sampler
     vocab = exported["vocab"]
     expected = vocab.decode(sampler.sample_ids([vocab.encode("ROMEO")], 50, greedy=True)[0])
     assert generate_signature(exported, ["ROMEO"], 50, temperature=[0.0]) == [expected]

@@ -74,7 +74,8 @@ def test_a_fine_tuned_model_starts_predicting_the_shared_characters_as_its_base_
     text_tokens = "hgfedcba. é\u2014!"
     new_vocab = Vocabulary(tuple(text_tokens) if new_encoding != BYTES else
                            tuple(dict.fromkeys("hgfedcba. ".encode() + "é!".encode())), new_encoding)
-    tuned, mapping = transfer.fine_tune_start(base, new_vocab, {"dropout": 0.3, "copy_reset": 0.0}, 1)
+    mapping = transfer.vocabulary_map(base.vocab, new_vocab)
+    tuned = transfer.fine_tune_start(base, new_vocab, mapping, {"dropout": 0.3, "copy_reset": 0.0}, 1)
     assert tuned.config.vocab_size == new_vocab.size and tuned.vocab == new_vocab
     assert tuned.config.dropout == 0.3 and tuned.config.copy_reset == 0  # the regularisation given, any base's
     text = "abc. hgf daeb.cc"
@@ -212,6 +213,10 @@ def test_a_corpus_of_gutenberg_books_is_their_text_without_the_project_s_wrappin
     (books / "pg7.txt").write_text("no markers here", encoding="utf-8")
     refused = run_cli("train", "--corpus", "gutenberg:7", env=env)
     assert refused.returncode == 1 and "not a Project Gutenberg plain-text book" in refused.stderr
+    (books / "pg8.txt").write_bytes(_gutenberg_file("caf\u00e9", 8)[1:].encode("latin-1"))  # no BOM: not UTF-8
+    refused = run_cli("train", "--corpus", "gutenberg:8", env=env)
+    assert refused.returncode == 1 and "Project Gutenberg book 8 is not UTF-8 text" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert corpus.gutenberg_books("novels") == corpus.NOVELS and len(set(corpus.NOVELS)) == 20
 
 

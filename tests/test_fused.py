@@ -89,7 +89,7 @@ def test_one_decision_for_the_training_path():
     assert chosen_path(setting="on", rnn_size=128) == "on" and chosen_path(setting="split", cores=1) == "split"
     with pytest.raises(UserError, match=r"^fused split: .*batchnorm_0 \(batchnorm\) spans the batch"):
         chosen_path(setting="split", batchnorm=True)
-    assert trainer("lstm").config.fused == trainer("lstm").path_choice.path  # resolved, as checkpoints record it
+    assert trainer("lstm").recorded_config().fused == trainer("lstm").path_choice.path  # as checkpoints record it
     for kind in ("lstm", "gru"):
         model = build(kind)
         assert all(cudnn_eligible(s.layer) for s in stack.recurrent_stages(model))  # layers untouched

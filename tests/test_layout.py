@@ -71,6 +71,32 @@ def test_no_import_circles():
     assert not circles, circles
 
 
+def _room(module: str) -> str:
+    """The package a module belongs to (kerascharrnn.models.stack -> kerascharrnn.models), or the top-level
+    module itself (kerascharrnn.config)."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_import_circles_between_packages():
+    """Packages import each other one way only (models may use io, never io models): a module-level graph
+    without circles can still hold one between packages, through different modules."""
+    rooms = {}
+    for name, imports in GRAPH.items():
+        rooms.setdefault(_room(name), set()).update(_room(i) for i in imports if _room(i) != _room(name))
+
+    def reaches(start):
+        seen, todo = set(), [start]
+        while todo:
+            for room in rooms.get(todo.pop(), set()) - seen:
+                seen.add(room)
+                todo.append(room)
+        return seen
+
+    circles = {room: sorted(r for r in rooms[room] if room in reaches(r)) for room in rooms if room in reaches(room)}
+    assert not circles, circles
+    assert "kerascharrnn.io" in rooms["kerascharrnn.models"]  # the graph between packages is read
+
+
 def test_the_graph_is_read():  # the checks above would pass vacuously on an empty graph
     assert "kerascharrnn.training.loop" in reachable("kerascharrnn.cli.train")
     assert "kerascharrnn.models.charrnn" in reachable("kerascharrnn.cli.sample")
@@ -96,3 +122,17 @@ def test_every_tool_answers_help_in_process(tool, capsys):
     assert out.startswith(f"bin/{tool}:") and "\nflags:\n  --" in out
     assert main([tool, "--no_such_flag"]) == 2
     assert "no_such_flag" in capsys.readouterr().err
+
+
+LITE = ("kerascharrnn.cli.sample", "kerascharrnn.cli.serve", "kerascharrnn.inference.engines",
+        "kerascharrnn.inference.generation", "kerascharrnn.serving.app", "kerascharrnn.serving.http")
+
+
+def test_the_lite_install_s_modules_import_without_tensorflow():
+    """What bin/serve and bin/sample --tflite load (tests/test_lite.py runs them where TensorFlow is not installed):
+    here TensorFlow and Keras are made unimportable, and none of these modules imports them."""
+    code = ("import importlib, sys; sys.path.insert(0, sys.argv[1]); sys.modules.update(tensorflow=None, keras=None);"
+            " [importlib.import_module(name) for name in sys.argv[2:]];"
+            " print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'h5py')))")
+    done = subprocess.run([sys.executable, "-c", code, REPO, *LITE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "['keras', 'tensorflow']", done.stderr[-2000:]

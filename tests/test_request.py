@@ -7,7 +7,7 @@ import pytest
 
 from kerascharrnn.config import ServeConfig
 from kerascharrnn.errors import UserError
-from kerascharrnn.inference.settings import MAX_PENALTY_RANGE, SEED_MAX, SamplingSettings, fold_seed
+from kerascharrnn.sampling_settings import MAX_PENALTY_RANGE, SEED_MAX, SamplingSettings, fold_seed
 from kerascharrnn.serving import chat, cors, request
 from kerascharrnn.serving.errors import ClientError
 from kerascharrnn.vocab import Vocabulary

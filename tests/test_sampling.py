@@ -312,3 +312,55 @@ def test_logprobs_per_row_are_cut_to_what_each_row_asked():
     assert pieces[0].logprobs[1].shape == (4, 2) and pieces[1].logprobs is None
     assert pieces[2].logprobs[2].shape == (4, 3)
     np.testing.assert_array_equal(pieces[0].logprobs[2], pieces[2].logprobs[2][:, :2])
+
+
+def test_rows_of_one_prompt_read_it_once_and_make_what_rows_added_apart_make():
+    """n rows added together with one prompt: the model steps the prompt for one row (counted through the step
+    function), and each row's text, log-probabilities and penalties are those of the rows added one by one (which
+    read it n times), for a seeded run."""
+    stepped = []
+
+    def counting(ids, states):
+        stepped.append(len(ids))
+        return noisy_step_np(ids, states)
+
+    prompt = np.array([1, 2, 3, 4, 5, 0, 1], np.int32)
+    settings = [SamplingSettings(temperature=1.5, repetition_penalty=1.3),
+                SamplingSettings(temperature=0.7, repetition_penalty=1.3),
+                SamplingSettings(temperature=0, repetition_penalty=1.3, logit_bias=((2, 1.0),))]
+    together = Sampler.for_numpy_step(counting, [1], V).generate([prompt] * 3, 10, settings, seed=3)
+    assert len(together.rows) == 1  # the others wait for the prompt to be read
+    while not together.done:
+        together.advance(4)
+    assert sum(stepped) == len(prompt) + 3 * 10  # not 3 * (len(prompt) + 10)
+
+    def made(run):
+        rows = {}
+        while not run.done:
+            for row, piece in run.advance(4).items():
+                ids, values = rows.get(row, ([], []))
+                rows[row] = (ids + piece.ids.tolist(), values + piece.logprobs[0].tolist())
+        return rows
+
+    s = Sampler.for_tf_step(noisy_step, [1], V, jit_compile=False)  # its draws do not depend on the chunks
+    together = s.generate([prompt] * 3, 10, settings, seed=3, logprobs=2, include_prompt=True, drop_finished=True)
+    apart = s.generate([prompt], 10, settings[0], seed=3, logprobs=2, include_prompt=True, drop_finished=True)
+    apart.add([prompt], 10, settings[1], logprobs=2)
+    apart.add([prompt], 10, settings[2], logprobs=2)
+    assert made(together) == made(apart)
+
+
+def test_a_leader_leaving_before_the_prompt_is_read_leaves_its_copies_reading_it():
+    s = Sampler.for_tf_step(noisy_step, [1], V, jit_compile=False)
+    prompt = np.array([3, 1, 4, 1, 5], np.int32)
+    run = s.generate([prompt] * 3, 6, SamplingSettings(temperature=0), include_prompt=True)
+    first = run.advance(2)
+    assert sorted(first) == [0, 1, 2] and all(first[row].ids.tolist() == [3, 1] for row in first)
+    run.drop([0])
+    assert run.rows == [1, 2] and run.steps_to_new([1, 2]) == 3
+    rows = {1: first[1].ids.tolist(), 2: first[2].ids.tolist()}
+    while not run.done:
+        for row, piece in run.advance(4).items():
+            rows[row] += piece.ids.tolist()
+    alone = s.sample_ids([prompt], 6, greedy=True)[0].tolist()
+    assert rows == {1: alone, 2: alone}

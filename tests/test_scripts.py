@@ -91,6 +91,21 @@ def test_serve_publishes_on_loopback_and_warns_when_opened_without_a_key(engine,
     assert "warning" not in keyed.stderr
 
 
+def test_the_serving_image_is_the_lite_install_and_serves_the_export_s_tflite(engine, tmp_path):
+    _, _, calls = engine
+    assert make("image-serve", engine).returncode == 0
+    build = calls()[-1]
+    assert "EXTRAS=lite" in build and build[build.index("-t") + 1] == "localhost/kerascharrnn:serve"
+    assert make("export", engine, f"DATA={tmp_path}", "MODEL=m").returncode == 0
+    assert calls()[-1][-1] == "--tflite"  # what serve-lite serves
+    done = make("serve-lite", engine, f"DATA={tmp_path}", "MODEL=m")
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+    call = calls()[-1]
+    image = call.index("localhost/kerascharrnn:serve")
+    assert call[image + 1:image + 4] == ["serve", "--tflite", "/data/export/m"]
+    assert call[call.index("--allowed_hosts") + 1] == "local" and call[call.index("-p") + 1] == "127.0.0.1:8080:8080"
+
+
 def test_containers_run_as_the_user_who_asked_under_sudo_and_rootless(engine, tmp_path):
     _, _, calls = engine
     assert make("sample", engine, f"DATA={tmp_path}", env={"SUDO_UID": "1234", "SUDO_GID": "1235"}).returncode == 0

@@ -270,3 +270,51 @@ def test_a_checkpoint_is_checked_once_per_load(trained, monkeypatch):
     os.utime(trained["keras"] + ".copy.keras", ns=(1, 1))  # another version of the file: read again
     ckpt.read_vocab(trained["keras"] + ".copy.keras")
     assert len(calls) == 2
+
+
+def test_a_run_is_a_library_call_planned_without_tensorflow(small_corpus, tmp_path):
+    """training/plan.py resolves a run with no TensorFlow imported (a fresh interpreter checks); training/run.py
+    executes the plan: bin/train without its flags, and the same checkpoints."""
+    import subprocess
+    import sys
+
+    from kerascharrnn.errors import UserError
+    from kerascharrnn.training import plan, run
+
+    _, h5, _ = small_corpus
+    settings = dict(input_h5=h5, batch_size=4, seq_length=16, max_iters=6, checkpoint_every=6, print_every=0,
+                    seed=1, rnn_size=16, wordvec_size=8, num_layers=1, checkpoint_name=str(tmp_path / "lib"))
+    planned = plan.plan(plan.Request.of(**settings))
+    assert planned.model_config.vocab_size == planned.vocab.size and planned.train_config.input_json.endswith(".json")
+    assert planned.resume is None and planned.fine_tune is None and not planned.size_model
+    result = run.execute(planned, log=lambda line: None)
+    assert result.iteration == 6 and os.path.exists(str(tmp_path / "lib_6.keras"))
+    cli = run_cli("train", *[f"--{k}={v}" for k, v in {**settings, "checkpoint_name": tmp_path / "cli"}.items()])
+    assert cli.returncode == 0, cli.stderr
+    assert json.load(open(tmp_path / "cli_6.json"))["train_loss_history"] == \
+        json.load(open(tmp_path / "lib_6.json"))["train_loss_history"]
+    with pytest.raises(UserError, match="unknown setting 'rnn_sise'"):
+        plan.Request.of(rnn_sise=3)
+    assert all(plan.preset_values(name) for name in PRESETS)  # every preset's keys are settings
+    with pytest.raises(ValueError, match="'rnn_sise', which is no setting"):
+        PRESETS["typo"] = {"rnn_sise": 3}
+        try:
+            plan.preset_values("typo")
+        finally:
+            del PRESETS["typo"]
+    fresh = subprocess.run([sys.executable, "-c", "import sys; from kerascharrnn.training import plan; "
+                            f"plan.plan(plan.Request.of(input_h5={h5!r}, checkpoint_name={str(tmp_path / 'x')!r})); "
+                            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"],
+                           capture_output=True, text=True, timeout=120)
+    assert fresh.returncode == 0, fresh.stderr
+
+
+def test_progress_reads_against_the_budget_when_there_is_one():
+    from kerascharrnn.config import TrainConfig
+
+    plain = TrainConfig(max_epochs=50)
+    assert loop.progress_line(1600, 500, plain, 25000, 90.0) == "Epoch 4.20 / 50, i = 1600 / 25000"
+    budget = TrainConfig(max_minutes=15, max_epochs=1000)
+    assert loop.progress_line(1600, 500, budget, 500000, 192.0, schedule_end=4480) == \
+        "Epoch 4.20, i = 1600 of ~4480 (the schedule's end), 3.2 of 15 minutes"
+    assert loop.progress_line(50, 500, budget, 500000, 6.0) == "Epoch 1.10, i = 50, 0.1 of 15 minutes"

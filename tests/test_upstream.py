@@ -108,3 +108,21 @@ def test_errno_of_h5py_and_os_write_errors():
     assert upstream.errno_of(RuntimeError(text)) == errno.EFBIG
     assert upstream.errno_of(RuntimeError("something else")) is None
     assert RuntimeError in upstream.h5py_write_errors() and OSError in upstream.h5py_write_errors()
+
+
+def test_a_recurrent_layers_inner_loop_is_its_stateful_call():
+    layer = keras.layers.LSTM(3, return_sequences=True, stateful=True)
+    x = np.random.default_rng(0).normal(size=(2, 4, 5)).astype(np.float32)
+    called = np.asarray(layer(x))  # from zero state
+    outputs, states = upstream.rnn_inner_loop(layer, x, [np.zeros((2, 3), np.float32)] * 2, training=False)
+    np.testing.assert_allclose(np.asarray(outputs), called, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(states[0]), np.asarray(layer.states[0]), rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_slots_are_named_without_the_optimizers_name():
+    weight = keras.Variable(np.zeros((2, 2), "float32"), name="kernel")
+    optimizer = keras.optimizers.Adam()
+    optimizer.build([weight])
+    names = upstream.optimizer_variable_names(optimizer)
+    assert "iteration" in names and any(n.endswith("kernel_momentum") for n in names)
+    assert not any(n.startswith(optimizer.name + "/") for n in names)

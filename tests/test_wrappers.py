@@ -18,7 +18,7 @@ def test_bin_wrapper_and_console_script_run(tool, tmp_path):
     wrapper = run_process(tool, "--help")
     assert wrapper.returncode == 0 and wrapper.stdout.startswith(f"bin/{tool}:"), wrapper.stderr[-2000:]
     script = shutil.which(f"kerascharrnn-{tool}")
-    assert script, f"kerascharrnn-{tool} is not installed (pip install -e .)"
+    assert script, f"kerascharrnn-{tool} is not installed (pip install -e '.[tf]')"
     done = subprocess.run([script, "--no_such_flag"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.startswith(f"kerascharrnn-{tool}: error: "), done.stderr[-2000:]
     assert "Traceback" not in done.stderr

@@ -154,7 +154,7 @@ def test_the_openai_client_raises_its_own_errors(client):
 def test_llm_tool_with_an_openai_compatible_completion_model(server, tmp_path):
     """The `llm` command line, configured as its docs say for an OpenAI-compatible completion model."""
     llm = shutil.which("llm")
-    assert llm, "the llm tool is a test dependency (pip install -e '.[test]')"
+    assert llm, "the llm tool is a test dependency (pip install -e '.[tf,test]')"
     (tmp_path / "extra-openai-models.yaml").write_text(
         f"- model_id: charrnn\n  model_name: {MODEL}\n  api_base: \"{server['base']}/v1\"\n  completion: true\n")
     env = dict(os.environ, LLM_USER_PATH=str(tmp_path))
@@ -360,7 +360,7 @@ def test_a_cancelled_job_ends_its_wait_running_or_queued_and_the_worker_lives_on
     """In-process, on the real batch worker: a request whose client left is told it is over (its handler ends,
     and a server can shut down); a model error reaches the requests in that batch, and the worker goes on."""
     from kerascharrnn.inference import engines
-    from kerascharrnn.inference.settings import SamplingSettings
+    from kerascharrnn.sampling_settings import SamplingSettings
     from kerascharrnn.serving.batcher import BatchingSampler, Job
 
     for jit_compile in (False, True):  # rows finishing at different times, with and without XLA
@@ -447,3 +447,26 @@ def test_a_top_p_of_zero_takes_the_most_likely_character_in_both_apis(client, se
     ollama_client = ollama.Client(host=server["base"])
     zero = ollama_client.generate(model=MODEL, prompt="the cat", options={"num_predict": 30, "top_p": 0, "seed": 4})
     assert zero.response == greedy
+
+
+def test_a_request_for_n_suggestions_reads_its_prompt_once(sentence_model):
+    """Through the server, as the writing page asks (n suggestions of one prompt, streamed): the model steps the
+    prompt for one row, then the n rows (counted through the engine's step function)."""
+    from kerascharrnn.inference import engines
+    from kerascharrnn.inference.generation import Sampler
+
+    engine = engines.open_engine("checkpoint", sentence_model, jit_compile=False)
+    rows_stepped = []
+
+    def counting_step(ids, states):
+        rows_stepped.append(len(ids))
+        return engine.sampler._numpy_step(ids, states)
+
+    counted = engines.Engine(engine.vocab, Sampler.for_numpy_step(counting_step, engine.sampler.state_sizes,
+                                                                  engine.vocab.size), engine.source)
+    prompt = "the cat sat on a mat"
+    with serving_in_thread(sentence_model, engine=counted) as (base, _):
+        with httpx.stream("POST", base + "/v1/completions", timeout=60, json={
+                "model": MODEL, "prompt": prompt, "max_tokens": 30, "n": 3, "stream": True}) as reply:
+            assert reply.status_code == 200 and "data: [DONE]" in list(reply.iter_lines())
+    assert sum(rows_stepped) == len(prompt) + 3 * 30  # not 3 * (len(prompt) + 30)

@@ -51,7 +51,7 @@ def run(flag_values: flags.FlagValues, argv: List[str], command: Sequence[str] =
     """command: the whole command line, for the report."""
     if flag_values.peer == "torch" and importlib.util.find_spec("torch") is None:
         raise UserError("--peer torch needs PyTorch: pip install 'kerascharrnn[bench]'")
-    from kerascharrnn.benchmark import report
+    from kerascharrnn.speed import report
 
     try:
         report.parse_grid(flag_values.grid)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import os
 import signal
@@ -116,6 +117,56 @@ def _out_of_memory(error: BaseException) -> Optional[str]:
            " the sequence length or the model's size"
 
 
+# The optional dependencies a tool may reach, by module: (its name, the extra that installs it). The base install
+# has neither TensorFlow nor the server's libraries: [tf] gives every tool, [lite] bin/sample and bin/serve --tflite.
+EXTRAS = {"tensorflow": ("TensorFlow", "tf"), "keras": ("Keras", "tf"), "h5py": ("h5py", "tf"),
+          "fastapi": ("FastAPI", "serve"), "starlette": ("FastAPI", "serve"), "pydantic": ("FastAPI", "serve"),
+          "uvicorn": ("uvicorn", "serve"), "ai_edge_litert": ("LiteRT", "lite")}
+
+
+def lacking(module: str, needed_by: str = "this tool") -> str:
+    """The one line that says an install lacks `module` (a key of EXTRAS), and how to get it."""
+    name, extra = EXTRAS[module]
+    brings = ", ".join(dict.fromkeys(other for other, its in EXTRAS.values() if its == extra))
+    hint = "; the lite install samples and serves exported .tflite models only" if extra == "tf" else ""
+    return f"{needed_by} needs {name}, which this install lacks: pip install 'kerascharrnn[{extra}]' ({brings}{hint})"
+
+
+def require(module: str, needed_by: str) -> None:
+    """UserError (lacking's line) unless `module` can be imported; found without importing it."""
+    if importlib.util.find_spec(module) is None:
+        raise UserError(lacking(module, needed_by))
+
+
+def require_engine(kind: str) -> None:
+    """UserError unless this install runs an engine of `kind` (inference.engines.KINDS): a .tflite runs on LiteRT
+    alone, the others on TensorFlow."""
+    if kind == "tflite":
+        if importlib.util.find_spec("ai_edge_litert") is None and importlib.util.find_spec("tensorflow") is None:
+            raise UserError(lacking("ai_edge_litert", "--tflite"))
+    else:
+        require("tensorflow", f"--{kind}")
+
+
+def load_framework(kind: str, gpu: int) -> None:
+    """Loads what an engine of `kind` runs on, quietly: TensorFlow on the device --gpu picks for sampling; a .tflite
+    engine nothing here (LiteRT runs on the CPU, and TensorFlow is never imported for it)."""
+    if kind == "tflite":
+        return
+    quiet_tensorflow()
+    from kerascharrnn import devices
+
+    devices.configure(gpu, sampling=True)
+
+
+def _missing_dependency(error: BaseException) -> Optional[str]:
+    """The one-line reason if `error` is the import of an optional dependency this install lacks."""
+    if not isinstance(error, ModuleNotFoundError) or not error.name:
+        return None
+    module = error.name.split(".")[0]
+    return lacking(module) if module in EXTRAS else None
+
+
 def _help(flag_values: flags.FlagValues, doc: str) -> str:
     lines = [doc.strip(), "", "flags:"]
     for name in sorted(flag_values):
@@ -143,8 +194,9 @@ def main(argv: Optional[Sequence[str]], define_flags: Callable[[flags.FlagValues
     """Parses argv into a FlagValues of the tool's own and runs it; returns the exit code.
 
     A UserError is `prog: error: message` on stderr (settings named as flags) and exit 1; a flag that does
-    not parse, exit 2; Ctrl-C exit 130; anything else `prog: error: internal error: ...; details in <log>`
-    and exit 70.
+    not parse, exit 2; Ctrl-C exit 130; an optional dependency this install lacks (TensorFlow in the lite
+    install), one line naming the extra that brings it, exit 1; anything else `prog: error: internal error: ...;
+    details in <log>` and exit 70.
 
     Args:
       argv: the command line, program name first (None: sys.argv).
@@ -193,7 +245,7 @@ def main(argv: Optional[Sequence[str]], define_flags: Callable[[flags.FlagValues
         _stdout_gone()
         return 0
     except Exception as e:  # noqa: BLE001 - the one place that catches everything; see report_internal_error
-        reason = _out_of_memory(e)
+        reason = _missing_dependency(e) or _out_of_memory(e)
         if reason:
             return _fail(prog, reason)
         return report_internal_error(prog, argv, e)

@@ -36,6 +36,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 
 
 def run(flag_values: flags.FlagValues, argv: List[str]) -> None:
+    common.require("tensorflow", "bin/eval")
     if not flag_values.checkpoint:
         raise UserError("--checkpoint is required")
     if not flag_values.input_h5:
@@ -46,7 +47,7 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> None:
     vocab = ckpt.read_vocab(model_path)
     files.require_file(flag_values.input_h5, "HDF5 file")
     lengths = batches.split_lengths(flag_values.input_h5)
-    json_path = flag_values.input_json or os.path.splitext(flag_values.input_h5)[0] + ".json"
+    json_path = flag_values.input_json or batches.vocab_path_for(flag_values.input_h5)
     if flag_values.input_json or os.path.exists(json_path):
         if Vocabulary.load(json_path) != vocab:
             raise UserError(f"{json_path} is not the vocabulary the checkpoint was trained on")

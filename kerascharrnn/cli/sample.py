@@ -27,7 +27,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                         " .t7.", **options)
     flags.DEFINE_string("saved_model", "", "Or an exported SavedModel: a version directory, or a model directory"
                         " holding versions (the highest is used).", **options)
-    flags.DEFINE_string("tflite", "", "Or an exported model.tflite (its vocab.json must be beside it).", **options)
+    flags.DEFINE_string("tflite", "", "Or an exported model.tflite (its vocab.json must be beside it), or an export's"
+                        " directory holding one (the highest version); runs on LiteRT, without TensorFlow.", **options)
     common.define_flags(flag_values, SampleConfig)
     flags.DEFINE_integer("verbose", 0, "1 = report the seed text and speed on stderr.", lower_bound=0, upper_bound=1,
                          **options)
@@ -41,13 +42,15 @@ def _source(flag_values: flags.FlagValues):
     if len(given) != 1:
         raise UserError("give exactly one of --checkpoint (.keras), --saved_model (directory) or --tflite (file)")
     kind = given[0]
+    common.require_engine(kind)
     if kind == "checkpoint":
         path = ckpt.model_path_for(flag_values.checkpoint)
         return kind, path, ckpt.read_vocab(path)
     if kind == "saved_model":
         path = artifacts.resolve_saved_model(flag_values.saved_model)
         return kind, path, artifacts.saved_model_vocab(path)
-    return kind, flag_values.tflite, artifacts.tflite_vocab(flag_values.tflite)
+    path = artifacts.resolve_tflite(flag_values.tflite)
+    return kind, path, artifacts.tflite_vocab(path)
 
 
 def run(flag_values: flags.FlagValues, argv: List[str]) -> None:
@@ -61,11 +64,9 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> None:
     prompt = vocab.encode(config.start_text)  # names unknown characters before TensorFlow loads
     num_new = config.new_tokens(len(prompt))
 
-    common.quiet_tensorflow()
-    from kerascharrnn import devices
+    common.load_framework(kind, flag_values.gpu)
     from kerascharrnn.inference import engines
 
-    devices.configure(flag_values.gpu, sampling=True)
     with common.stderr_silenced():  # LiteRT announces its CPU delegate on stderr
         engine = engines.open_engine(kind, path, vocab)
     if flag_values.verbose:

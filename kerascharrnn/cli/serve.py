@@ -21,6 +21,8 @@ from kerascharrnn.io import artifacts, files
 from kerascharrnn.io import checkpoint as ckpt
 from kerascharrnn.serving import cors
 
+SOURCES = ("saved_model", "checkpoint", "tflite")
+
 
 def define_flags(flag_values: flags.FlagValues) -> None:
     options = dict(flag_values=flag_values)
@@ -28,6 +30,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
                         " version).", **options)
     flags.DEFINE_string("checkpoint", "", "Or a training checkpoint (.keras, or its .json), or a torch-rnn .t7.",
                         **options)
+    flags.DEFINE_string("tflite", "", "Or an exported model.tflite (its vocab.json beside it), or an export's directory"
+                        " holding one (the highest version), run by LiteRT: what the lite install (no TensorFlow)"
+                        " serves.", **options)
     flags.DEFINE_string("host", "127.0.0.1", "Address to bind; loopback unless told otherwise (0.0.0.0 = everywhere).",
                         **options)
     flags.DEFINE_integer("port", 8080, "Port to listen on.", lower_bound=1, upper_bound=65535, **options)
@@ -77,34 +82,41 @@ def run(flag_values: flags.FlagValues, argv: List[str]) -> None:
     # the largest request the caps allow must not exhaust the machine's memory
     resources.check_sampling_fits(config.max_num_samples, config.max_num_new_chars + config.max_start_text,
                                   flags=("--max_num_samples", "--max_num_new_chars (+ --max_start_text)"))
-    if bool(flag_values.saved_model) == bool(flag_values.checkpoint):
-        raise UserError("give exactly one of --saved_model (exported directory) or --checkpoint (.keras)")
-    if flag_values.saved_model:
-        kind, path = "saved_model", artifacts.resolve_saved_model(flag_values.saved_model)
+    given = [source for source in SOURCES if flag_values[source].value]
+    if len(given) != 1:
+        raise UserError("give exactly one of --saved_model (exported directory), --checkpoint (.keras) or --tflite"
+                        " (exported model.tflite)")
+    kind = given[0]
+    common.require_engine(kind)
+    if kind == "saved_model":
+        path = artifacts.resolve_saved_model(flag_values.saved_model)
         vocab = artifacts.saved_model_vocab(path)
         name = os.path.basename(os.path.dirname(os.path.abspath(path)))
         model_config = artifacts.saved_model_config(path)
-    else:
-        kind, path = "checkpoint", ckpt.model_path_for(flag_values.checkpoint)
+    elif kind == "checkpoint":
+        path = ckpt.model_path_for(flag_values.checkpoint)
         vocab = ckpt.read_vocab(path)
         name = artifacts.default_model_name(path)
         model_config = ckpt.stored_model_config(path)
+    else:
+        path = artifacts.resolve_tflite(flag_values.tflite)
+        vocab = artifacts.tflite_vocab(path)
+        name = artifacts.tflite_model_name(path)
+        model_config = artifacts.tflite_model_config(path)
     host, port = flag_values.host, flag_values.port
     _check_port_free(host, port)
     if not api_key and not _loopback(host):
         print(f"serve: warning: listening on {host} without --api_key: anyone who can reach this port can use the"
               " model (and its CPU); give --api_key or --api_key_file", file=sys.stderr, flush=True)
 
-    common.quiet_tensorflow()
+    common.load_framework(kind, flag_values.gpu)
     import uvicorn
 
-    from kerascharrnn import devices
     from kerascharrnn.inference import engines
     from kerascharrnn.serving import app as serving_app
     from kerascharrnn.serving import batcher, context, http
 
-    devices.configure(flag_values.gpu, sampling=True)
-    with common.stderr_silenced():  # TensorFlow's C++ notes while loading and tracing
+    with common.stderr_silenced():  # TensorFlow's C++ notes while loading and tracing; LiteRT's delegate line
         engine = engines.open_engine(kind, path, vocab, jit_compile=False)  # batch sizes vary: no XLA
         sampler = batcher.BatchingSampler(engine, config.max_batch_rows, config.max_waiting)
         sampler.warm_up()

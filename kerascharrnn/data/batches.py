@@ -113,6 +113,11 @@ def minibatches(h5_path: str, split: str, layout: StreamLayout,
             yield tf.constant(inputs), tf.constant(targets)
 
 
+def vocab_path_for(h5_path: str) -> str:
+    """The vocabulary bin/preprocess (and torch-rnn's preprocess.py) writes beside an HDF5 file, by default."""
+    return os.path.splitext(h5_path)[0] + ".json"
+
+
 def split_lengths(h5_path: str) -> Dict[str, int]:
     """Checks the HDF5 file is a torch-rnn corpus and returns each split's token count."""
     import h5py

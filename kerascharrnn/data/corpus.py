@@ -154,8 +154,12 @@ def gutenberg_corpus(name: str) -> Tuple[str, str]:
         bodies = []
         for number in books:
             path = gutenberg_book_path(number)
-            with open(path, encoding="utf-8", errors="replace", newline="") as f:
-                bodies.append(gutenberg_body(f.read(), path))
+            try:
+                with open(path, encoding="utf-8", newline="") as f:
+                    bodies.append(gutenberg_body(f.read(), path))
+            except UnicodeDecodeError as e:  # named, not mended in silence: the project serves its books as UTF-8
+                raise UserError(f"{path}: Project Gutenberg book {number} is not UTF-8 text (byte {e.start}); delete"
+                                " the file to fetch it again") from None
         with files.atomic_path(text_path) as tmp:
             with open(tmp, "w", encoding="utf-8", newline="") as out:
                 out.write("\n\n".join(bodies))

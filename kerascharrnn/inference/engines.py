@@ -3,6 +3,7 @@
 An Engine is a vocabulary plus a Sampler over some step function: the Keras cells (CharRNN), the
 SavedModel's `step` signature, or the TFLite interpreter's `step` signature. All three run the same
 sampler, so with argmax (`--sample 0`) they give the same text. `open_engine(kind, ...)` loads one.
+A TFLite engine needs no TensorFlow (the lite install): the TensorFlow engines import it themselves.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import numpy as np
 from kerascharrnn import upstream
 from kerascharrnn.config import SampleConfig
 from kerascharrnn.errors import UserError
-from kerascharrnn.inference import sampling
-from kerascharrnn.inference.sampling import Sampler
+from kerascharrnn.inference.generation import MultiStep, Sampler
 from kerascharrnn.vocab import Vocabulary
 
 KINDS = ("checkpoint", "saved_model", "tflite")
@@ -62,25 +62,35 @@ def _named_step(call: Callable, names: Sequence[str]) -> Callable:
     return step
 
 
+def charrnn_engine(charrnn, jit_compile: bool = True, source: str = "") -> Engine:
+    """Samples through a CharRNN's cells, compiled (XLA, where asked, for runs of a few rows: bin/sample)."""
+    from kerascharrnn.inference import sampling
+
+    sampler = sampling.Sampler.for_tf_step(charrnn.step_fn(), charrnn.state_sizes, charrnn.vocab.size,
+                                           jit_compile=jit_compile)
+    return Engine(charrnn.vocab, sampler, source)
+
+
 def checkpoint_engine(path: str, jit_compile: bool = True) -> Engine:
     """Samples from a checkpoint through its cells (compiled; XLA for runs of a few rows)."""
     from kerascharrnn.models.charrnn import CharRNN
 
-    charrnn = CharRNN.from_checkpoint(path)
-    return Engine(charrnn.vocab, charrnn.sampler(jit_compile=jit_compile), path)
+    return charrnn_engine(CharRNN.from_checkpoint(path), jit_compile, path)
 
 
 def saved_model_engine(version_dir: str, vocab: Vocabulary, jit_compile: bool = True) -> Engine:
     """Samples through an exported SavedModel's `step` signature (the loop compiled around it)."""
     import tensorflow as tf
 
+    from kerascharrnn.inference import sampling
+
     loaded = tf.saved_model.load(version_dir)
     signature = loaded.signatures["step"]
     specs = signature.structured_input_signature[1]
     names = _state_names(specs)
     _check_vocab_fits(signature.structured_outputs["logits"].shape[-1], vocab, version_dir)
-    sampler = Sampler.for_tf_step(_named_step(signature, names), [specs[n].shape[1] for n in names], vocab.size,
-                                  jit_compile=jit_compile)
+    sampler = sampling.Sampler.for_tf_step(_named_step(signature, names), [specs[n].shape[1] for n in names],
+                                           vocab.size, jit_compile=jit_compile)
     return Engine(vocab, sampler, version_dir, loaded=loaded)
 
 
@@ -110,7 +120,7 @@ def tflite_engine(path: str, vocab: Vocabulary) -> Engine:
             return ids, logits, tuple(new_states)
 
         prompt_shape = interpreter.get_signature_runner("steps").get_input_details()["prompt"]["shape"]
-        multi_step = sampling.MultiStep(int(prompt_shape[1]), steps_fn)
+        multi_step = MultiStep(int(prompt_shape[1]), steps_fn)
     return Engine(vocab, Sampler.for_numpy_step(step_fn, [int(details[n]["shape"][1]) for n in names], vocab.size,
                                                 multi_step=multi_step), path)
 

@@ -96,6 +96,22 @@ def check_tflite_file(path: str) -> None:
         raise UserError(f"{path}: not a TFLite model (no TFL3 identifier)")
 
 
+def resolve_tflite(path: str) -> str:
+    """A .tflite file as given; or the model.tflite of a directory: an export's tflite/ directory, its version
+    directory, or its model directory (the highest version that has one)."""
+    if not os.path.isdir(path):
+        return path  # (check_tflite_file says what is wrong with it)
+    for candidate in (os.path.join(path, TFLITE_FILE), os.path.join(path, TFLITE_DIR, TFLITE_FILE)):
+        if os.path.isfile(candidate):
+            return candidate
+    versions = {v: os.path.join(d, TFLITE_DIR, TFLITE_FILE) for v, d in version_dirs(path).items()
+                if os.path.isfile(os.path.join(d, TFLITE_DIR, TFLITE_FILE))}
+    if not versions:
+        raise UserError(f"{path}: no {TFLITE_FILE} here, in {TFLITE_DIR}/, nor in any version directory under it"
+                        " (bin/export --tflite writes one)")
+    return versions[max(versions)]
+
+
 def tflite_vocab(tflite_path: str) -> Vocabulary:
     """The vocab.json beside a .tflite file (bin/export writes it there)."""
     check_tflite_file(tflite_path)
@@ -103,3 +119,27 @@ def tflite_vocab(tflite_path: str) -> Vocabulary:
     if not os.path.isfile(path):
         raise UserError(f"{tflite_path}: no {VOCAB_FILE} beside it (bin/export writes one next to model.tflite)")
     return Vocabulary.load(path)
+
+
+def _version_dir_of(tflite_path: str) -> Optional[str]:
+    """The version directory of NAME/V/tflite/model.tflite (bin/export's layout), or None for a file elsewhere."""
+    tflite_dir = os.path.dirname(os.path.abspath(tflite_path))
+    version_dir = os.path.dirname(tflite_dir)
+    if os.path.basename(tflite_dir) == TFLITE_DIR and re.fullmatch(r"\d+", os.path.basename(version_dir)):
+        return version_dir
+    return None
+
+
+def tflite_model_name(tflite_path: str) -> str:
+    """export/models/NAME/1/tflite/model.tflite -> 'NAME'; a file elsewhere: its name without .tflite."""
+    version_dir = _version_dir_of(tflite_path)
+    if version_dir is not None:
+        return os.path.basename(os.path.dirname(version_dir))
+    return os.path.splitext(os.path.basename(tflite_path))[0] or "charrnn"
+
+
+def tflite_model_config(tflite_path: str) -> Optional[ModelConfig]:
+    """The architecture the export.json of a .tflite's version directory records (None for a file elsewhere: it
+    only feeds the listings of bin/serve)."""
+    version_dir = _version_dir_of(tflite_path)
+    return None if version_dir is None else saved_model_config(version_dir)

@@ -20,8 +20,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+import kerascharrnn
 from kerascharrnn import config as config_lib
-from kerascharrnn import resources, upstream
+from kerascharrnn import resources
 from kerascharrnn.config import ModelConfig, TrainConfig
 from kerascharrnn.errors import UserError
 from kerascharrnn.io import files
@@ -32,6 +33,10 @@ from kerascharrnn.vocab import Vocabulary
 VOCAB_ENTRY = "vocab.json"
 MODEL_CONFIG_ENTRY = "model_config.json"
 FORMAT_KEY = "kerascharrnn_checkpoint"
+# The record's own layout version (its FORMAT_KEY), apart from the package's: raised only when a change would make
+# an older release misread a record (fields added with a default, as fine_tuned_from, keep it). A record of a
+# newer format is refused in one line rather than half understood.
+RECORD_FORMAT = 1
 _KERAS_ENTRIES = ("config.json", "model.weights.h5")
 HISTORY_KEYS = ("train_loss_history", "val_loss_history", "val_loss_history_it", "forward_backward_times",
                 "memory_usage", "learning_rate_history")
@@ -148,7 +153,7 @@ class CheckpointRecord:
             "train_config": dataclasses.asdict(self.train_config),
             "best_val_loss": self.best_val_loss,
             "elapsed_seconds": self.elapsed_seconds,
-            FORMAT_KEY: 1,
+            FORMAT_KEY: RECORD_FORMAT,
             "model_file": self.model_file,
             "state_file": self.state_file,
             "vocab": self.vocab.to_json_dict(),
@@ -327,16 +332,16 @@ def _stored_config(entries: Dict[str, bytes], path: str) -> Optional[ModelConfig
 
 # config.json's layer sizes that model_config.json also states: Keras builds from the one, the checks read the
 # other, so they must agree (a 5,000,000-wide layer declared in one alone would be built before any error)
-_LAYER_SIZES = {"Embedding": {"output_dim": "wordvec_size"}, "LSTM": {"units": "rnn_size"},
-                "GRU": {"units": "rnn_size"}, "SimpleRNN": {"units": "rnn_size"},
+_LAYER_SIZES = {"Embedding": {"output_dim": "wordvec_size"},
+                **{kind.layer: {"units": "rnn_size"} for kind in config_lib.RECURRENT_KINDS.values()},
                 "CopyAttention": {"memory_size": "copy_memory", "num_heads": "copy_heads",
                                   "head_size": "copy_head_size"}}
 
 
 # The layer classes a checkpoint's model is built of (models/stack.py), and the largest batch a saved model
 # may declare (bin/convert's cap): Keras allocates each stateful layer's (batch, H) state as it builds.
-_LAYER_CLASSES = {"InputLayer", "Embedding", "Dropout", "LSTM", "GRU", "SimpleRNN", "BatchNormalization",
-                  "CopyAttention", "Dense"}
+_LAYER_CLASSES = {"InputLayer", "Embedding", "Dropout", "BatchNormalization", "CopyAttention", "Dense",
+                  *(kind.layer for kind in config_lib.RECURRENT_KINDS.values())}
 _MAX_SAVED_BATCH = 65536
 MAX_ITERATION = 2**53  # far past any run (a billion years at a step a millisecond), and exact in a float64
 
@@ -421,24 +426,6 @@ def stored_model_config(path: str) -> Optional[ModelConfig]:
     return read_t7(path).model_config if is_t7(path) else read_keras_file(path).model_config
 
 
-def load_keras(path: str):
-    """keras.models.load_model in safe mode (a Lambda layer is refused); errors become UserError."""
-    import keras
-
-    import kerascharrnn.copy_attention  # noqa: F401  registers the one layer of ours with Keras
-
-    read_keras_file(path)
-    try:
-        model = keras.models.load_model(path, compile=False, safe_mode=True)
-    except upstream.damaged_file_errors() as e:
-        if upstream.is_safe_mode_refusal(e):
-            raise UserError(f"{path}: refused: it contains code (a Lambda layer); not loaded in safe mode") from None
-        detail = str(e).splitlines()[0][:200] if isinstance(e, ValueError) and str(e) else type(e).__name__
-        raise UserError(f"{path}: not a loadable Keras model ({detail})") from None
-    check_finite_weights(model, path)
-    return model
-
-
 def check_finite_weights(model, path: str) -> None:
     """A weight holding NaN or Inf (a run that diverged, a damaged file) would sample, evaluate, export and
     serve garbage without a word: refused, naming the layer, as torch_checkpoint refuses such a .t7."""
@@ -461,6 +448,12 @@ def _read_json_object(path: str) -> dict:
         raise UserError(f"{path}: cannot be read: {e.strerror or e}") from None
     if not isinstance(record, dict) or FORMAT_KEY not in record:
         raise UserError(f"{path}: JSON, but not a kerascharrnn checkpoint")
+    record_format = record[FORMAT_KEY]
+    if isinstance(record_format, bool) or not isinstance(record_format, int) or record_format < 1:
+        raise UserError(f"{path}: its {FORMAT_KEY!r} field must be a record format number (1, 2, ...)")
+    if record_format > RECORD_FORMAT:
+        raise UserError(f"{path}: written by a newer kerascharrnn (record format {record_format}; this one,"
+                        f" {kerascharrnn.__version__}, reads up to {RECORD_FORMAT}): upgrade to read it")
     return record
 
 
@@ -566,6 +559,11 @@ def _provenance_field(values: dict, path: str) -> Optional[dict]:
 
 def sibling(json_path: str, name: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(json_path)), name)
+
+
+def record_path_for(model_path: str) -> str:
+    """The record (.json) a checkpoint's model file (.keras) has beside it."""
+    return os.path.splitext(model_path)[0] + ".json"
 
 
 def model_path_for(path: str) -> str:

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from kerascharrnn.config import ModelConfig
+from kerascharrnn.config import RECURRENT_KINDS, ModelConfig
 from kerascharrnn.errors import UserError
 from kerascharrnn.io import torch_file
 from kerascharrnn.vocab import BYTES, Vocabulary
@@ -391,7 +391,7 @@ def _convert_model(model, path: str, keras_eps: float) -> dict:
         what = f"layer {number + 1} ({layer['class']})"
         rnn_fields = _fields(layer["rnn"])
         weight = _tensor(rnn_fields, "weight", what, path)
-        gates = 4 if model_type == "lstm" else 1
+        gates = RECURRENT_KINDS[model_type].gates
         if weight.ndim != 2 or weight.shape[1] % gates or weight.shape[1] == 0:
             raise UserError(f"{path}: inconsistent shapes: {what} 'weight' is {_shape(weight.shape)}")
         units = weight.shape[1] // gates

@@ -48,8 +48,8 @@ def _reader_class():
     try:
         reader_base, reader_error, type_torch = upstream.torchfile_reader()
     except ImportError:
-        raise UserError("reading torch-rnn .t7 checkpoints needs the torchfile package: pip install torchfile") \
-            from None
+        raise UserError("reading torch-rnn .t7 checkpoints needs torchfile, which this install lacks: pip install"
+                        " 'kerascharrnn[tf]' (the tools that read them need TensorFlow too)") from None
 
     class Reader(reader_base):
         def __init__(self, buffer, size: int):

@@ -12,9 +12,9 @@ from typing import List, Optional
 
 import keras
 
+from kerascharrnn import upstream
 from kerascharrnn.config import ModelConfig
 from kerascharrnn.errors import UserError
-from kerascharrnn.inference import sampling
 from kerascharrnn.io import checkpoint as ckpt
 from kerascharrnn.models import stack
 from kerascharrnn.vocab import Vocabulary
@@ -57,7 +57,7 @@ class CharRNN:
         model_path = ckpt.model_path_for(path)
         vocab = ckpt.read_vocab(model_path)
         stored_config = ckpt.stored_model_config(model_path)
-        model = ckpt.load_keras(model_path)
+        model = load_keras(model_path)
         config = stored_config or stack.config_of(model)  # v0.1.0 files store no config
         charrnn = cls(model, vocab, config, source=model_path)
         if batch_size is not None:
@@ -105,10 +105,20 @@ class CharRNN:
     def state_names(self) -> List[str]:
         return stack.state_names(self.model)
 
-    def sampler(self, jit_compile: bool = True) -> sampling.Sampler:
-        """A compiled sampler over this model's step (XLA pays off for long runs of a few rows)."""
-        return sampling.Sampler.for_tf_step(self.step_fn(), self.state_sizes, self.vocab.size,
-                                            jit_compile=jit_compile)
-
     def count_params(self) -> int:
         return int(self.model.count_params())
+
+
+def load_keras(path: str) -> keras.Model:
+    """keras.models.load_model in safe mode (a Lambda layer is refused), CopyAttention known (models/stack.py
+    imports it); the file checked first (io/checkpoint.read_keras_file) and errors UserError."""
+    ckpt.read_keras_file(path)
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
+    except upstream.damaged_file_errors() as e:
+        if upstream.is_safe_mode_refusal(e):
+            raise UserError(f"{path}: refused: it contains code (a Lambda layer); not loaded in safe mode") from None
+        detail = str(e).splitlines()[0][:200] if isinstance(e, ValueError) and str(e) else type(e).__name__
+        raise UserError(f"{path}: not a loadable Keras model ({detail})") from None
+    ckpt.check_finite_weights(model, path)
+    return model

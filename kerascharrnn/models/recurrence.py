@@ -17,6 +17,8 @@ from typing import Callable, Tuple
 
 import tensorflow as tf
 
+from kerascharrnn.config import RECURRENT_KINDS
+
 
 @dataclasses.dataclass(frozen=True)
 class CellMath:
@@ -91,9 +93,11 @@ def _rnn_step_grad(d_h, d_rest, saved, carry_before, carry_after):
     return d_z, None, None, ()
 
 
-CELL_MATH = {"lstm": CellMath(4, (4, 1), False, _lstm_step, _lstm_step_grad),
-             "gru": CellMath(3, (3, 1), True, _gru_step, _gru_step_grad),
-             "rnn": CellMath(1, (), False, _rnn_step, _rnn_step_grad)}
+# each kind's arithmetic: (saved_widths, separate_d_m, step, step_grad); its gates are config.RECURRENT_KINDS'
+_ARITHMETIC = {"lstm": ((4, 1), False, _lstm_step, _lstm_step_grad),
+               "gru": ((3, 1), True, _gru_step, _gru_step_grad),
+               "rnn": ((), False, _rnn_step, _rnn_step_grad)}
+CELL_MATH = {name: CellMath(RECURRENT_KINDS[name].gates, *_ARITHMETIC[name]) for name in RECURRENT_KINDS}
 
 
 def recurrence(math: CellMath, projected, states, recurrent_kernel, recurrent_bias=None):

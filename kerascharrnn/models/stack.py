@@ -8,7 +8,8 @@ are exactly cuDNN's conditions on a GPU.
 
 `layer_stack(model)` reads the model as a list of `Stage`s, one class per role (embedding, recurrent,
 batch normalisation, dropout, copy attention, logits). Each role says how its layer runs in every form
-the package uses, so a new layer kind is added here, once:
+the package uses, so a new layer kind is added here, once (a new recurrent kind: config.RECURRENT_KINDS, with its
+arithmetic in recurrence.py and export/runtime.js):
 
   window   the Keras layer's own call over (N, T, ...) windows; stateful layers update their variables
   step     one character with explicit state tensors (sampling, export, serving): no stateful
@@ -17,6 +18,8 @@ the package uses, so a new layer kind is added here, once:
   fused    training through training/fused.py: recurrent layers as models/recurrence.py runs them over
            time-major sequences, the random draws of a batch split in parts made for the whole batch
   replica  training under a tf.distribute strategy, with the carried state explicit per replica
+  portable the step form's weights and settings as plain arrays, for a runtime without TensorFlow (the
+           browser's, export/runtime.js, which implements each role's `kind` once more, tested against `step`)
 A layer of any other type, or in another order, is refused when the stack is read.
 """
 
@@ -24,34 +27,23 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Callable, ClassVar, Dict, List, Sequence, Tuple
+from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from kerascharrnn.config import ModelConfig
-from kerascharrnn.copy_attention import MEMORY_PARTS as COPY_MEMORY_PARTS
-from kerascharrnn.copy_attention import STATE_PARTS as COPY_STATE_PARTS
-from kerascharrnn.copy_attention import CopyAttention
+from kerascharrnn import upstream
+from kerascharrnn.config import RECURRENT_KINDS, ModelConfig, RecurrentKind
 from kerascharrnn.errors import UserError
 from kerascharrnn.errors import setting as ref
 from kerascharrnn.models import recurrence
+from kerascharrnn.models.copy_attention import MEMORY_PARTS as COPY_MEMORY_PARTS
+from kerascharrnn.models.copy_attention import STATE_PARTS as COPY_STATE_PARTS
+from kerascharrnn.models.copy_attention import CopyAttention
 
-
-@dataclasses.dataclass(frozen=True)
-class RecurrentKind:
-    """A recurrent layer type: its --model_type name, Keras class and explicit state tensors."""
-
-    name: str
-    layer_class: type
-    state_parts: Tuple[str, ...]
-
-
-RECURRENT_KINDS = {kind.name: kind for kind in (
-    RecurrentKind("lstm", keras.layers.LSTM, ("h", "c")),
-    RecurrentKind("gru", keras.layers.GRU, ("h",)),
-    RecurrentKind("rnn", keras.layers.SimpleRNN, ("h",)),
-)}
+# each recurrent kind's Keras class (config.RECURRENT_KINDS names them)
+RECURRENT_LAYERS = {getattr(keras.layers, kind.layer): kind for kind in RECURRENT_KINDS.values()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +57,22 @@ class PendingLookup:
 
     def embedded(self):
         return self.layer(self.ids)
+
+
+# the activations a portable runtime implements (Keras's names)
+PORTABLE_ACTIVATIONS = ("tanh", "sigmoid", "linear")
+
+
+def _activation(layer, setting: str) -> str:
+    name = layer.get_config()[setting]
+    if name not in PORTABLE_ACTIVATIONS:
+        raise UserError(f"layer {layer.name!r}: {setting} {name!r} has no portable form (it has"
+                        f" {', '.join(PORTABLE_ACTIVATIONS)})")
+    return name
+
+
+def _array(variable):
+    return np.asarray(keras.ops.convert_to_numpy(variable), np.float32)
 
 
 def _positionwise_step(layer, x):
@@ -146,6 +154,11 @@ class Stage(abc.ABC):
         """What this layer draws at random for a whole (N, T) batch in the fused form (None: nothing)."""
         return None
 
+    def portable(self) -> Optional[Dict[str, object]]:
+        """The step form as {"kind", settings..., "weights": {name: float32 array}} (None: the step form does
+        nothing, as Dropout's); UserError for settings the portable runtimes do not implement."""
+        return None
+
     fused_time_major: ClassVar[bool] = False  # the fused form takes and gives (T, N, ...)
     spans_batch: ClassVar[bool] = False  # its computation mixes the streams of a batch
 
@@ -167,6 +180,9 @@ class EmbeddingStage(Stage):
 
     def replica(self, x, ids, states, seed, training):
         return self.layer(x, training=training), ()
+
+    def portable(self):
+        return {"kind": "embedding", "weights": {"embeddings": _array(self.layer.embeddings)}}
 
 
 class RecurrentStage(Stage):
@@ -214,11 +230,24 @@ class RecurrentStage(Stage):
                                      tf.convert_to_tensor(cell.recurrent_kernel), recurrent_bias)
 
     def replica(self, x, ids, states, seed, training):
-        _, x, new_states = self.layer.inner_loop(x, list(states), mask=None, training=training)
+        x, new_states = upstream.rnn_inner_loop(self.layer, x, states, training)
         return x, tuple(new_states)
 
     def replica_state(self):
         return {name: self.layer.cell.units for name in self.carried_variables()}
+
+    def portable(self):
+        cell = self.layer.cell
+        settings = {"kind": self.kind.name, "units": cell.units,
+                    "activation": _activation(self.layer, "activation")}
+        if self.kind.name != "rnn":
+            settings["recurrent_activation"] = _activation(self.layer, "recurrent_activation")
+        if self.kind.name == "gru" and not cell.reset_after:  # Keras's and cuDNN's form is the one bin/train builds
+            raise UserError(f"layer {self.layer.name!r}: a GRU with reset_after=False has no portable form")
+        weights = {"kernel": _array(cell.kernel), "recurrent_kernel": _array(cell.recurrent_kernel)}
+        if cell.use_bias:
+            weights["bias"] = _array(cell.bias)
+        return {**settings, "weights": weights}
 
 
 class BatchNormStage(Stage):
@@ -236,6 +265,15 @@ class BatchNormStage(Stage):
 
     def replica(self, x, ids, states, seed, training):
         return self.layer(x, training=training), ()
+
+    def portable(self):
+        layer = self.layer
+        if layer.axis not in (-1, len(layer.input.shape) - 1):
+            raise UserError(f"layer {layer.name!r}: batch normalisation over axis {layer.axis} has no portable form")
+        weights = {"moving_mean": _array(layer.moving_mean), "moving_variance": _array(layer.moving_variance)}
+        weights.update({name: _array(getattr(layer, name)) for name in ("gamma", "beta")
+                        if getattr(layer, name) is not None})
+        return {"kind": "batchnorm", "epsilon": float(layer.epsilon), "weights": weights}
 
 
 class DropoutStage(Stage):
@@ -301,6 +339,13 @@ class CopyStage(Stage):
     def replica_state(self):
         raise self._no_replica_form()
 
+    def portable(self):
+        layer = self.layer
+        return {"kind": "copy", "memory_size": layer.memory_size, "num_heads": layer.num_heads,
+                "head_size": layer.head_size,
+                "weights": {name: _array(getattr(layer, name))
+                            for name in ("query_kernel", "key_kernel", "value_embeddings", "output_kernel")}}
+
     @staticmethod
     def _no_replica_form() -> UserError:
         # its memory is (N, M, H) state that the per-replica state code does not split yet
@@ -310,6 +355,12 @@ class CopyStage(Stage):
 
 class LogitsStage(Stage):
     role = "logits"
+
+    def portable(self):
+        weights = {"kernel": _array(self.layer.kernel)}
+        if self.layer.use_bias:
+            weights["bias"] = _array(self.layer.bias)
+        return {"kind": "dense", "activation": _activation(self.layer, "activation"), "weights": weights}
 
     def window(self, x, ids, training):
         return self.layer(x, training=training)
@@ -327,7 +378,7 @@ class LogitsStage(Stage):
 # Which role each stock layer plays. Exact types: a subclass could compute something else.
 ROLES = {keras.layers.Embedding: EmbeddingStage, keras.layers.BatchNormalization: BatchNormStage,
          keras.layers.Dropout: DropoutStage, keras.layers.Dense: LogitsStage, CopyAttention: CopyStage,
-         **{kind.layer_class: RecurrentStage for kind in RECURRENT_KINDS.values()}}
+         **{layer_class: RecurrentStage for layer_class in RECURRENT_LAYERS}}
 
 
 def layer_stack(model: keras.Model) -> List[Stage]:
@@ -343,8 +394,7 @@ def layer_stack(model: keras.Model) -> List[Stage]:
         if role is None:
             raise UserError(f"not a char-RNN model: layer {layer.name!r} is a {type(layer).__name__}")
         if role is RecurrentStage:
-            kind = next(k for k in RECURRENT_KINDS.values() if type(layer) is k.layer_class)
-            stages.append(RecurrentStage(layer, kind))
+            stages.append(RecurrentStage(layer, RECURRENT_LAYERS[type(layer)]))
         else:
             stages.append(role(layer))
     roles = [s.role for s in stages]
@@ -376,7 +426,7 @@ def build_model(config: ModelConfig, batch_size: int) -> keras.Model:
     x = keras.layers.Embedding(config.vocab_size, config.wordvec_size, name="embedding")(ids)  # (N, T, D)
     if config.embedding_dropout > 0:
         x = keras.layers.Dropout(config.embedding_dropout, name="embedding_dropout")(x)
-    rnn_class = RECURRENT_KINDS[config.model_type].layer_class
+    rnn_class = getattr(keras.layers, RECURRENT_KINDS[config.model_type].layer)
     for i in range(config.num_layers):
         # The defaults (tanh/sigmoid, use_bias, no recurrent dropout, unroll=False and GRU reset_after)
         # are exactly what cuDNN needs; they are left alone on purpose.
@@ -459,6 +509,11 @@ def state_sizes(model: keras.Model) -> List[int]:
 
 
 StepFn = Callable[[tf.Tensor, Tuple[tf.Tensor, ...]], Tuple[tf.Tensor, Tuple[tf.Tensor, ...]]]
+
+
+def portable_layers(model: keras.Model) -> List[Dict[str, object]]:
+    """The step form of every layer that does something in it, in order, as plain arrays (Stage.portable)."""
+    return [form for form in (stage.portable() for stage in layer_stack(model)) if form is not None]
 
 
 def make_step_fn(model: keras.Model) -> StepFn:

@@ -176,19 +176,15 @@ def fine_tune_config(base: ModelConfig, vocab: Vocabulary, changes: Dict[str, ob
     return dataclasses.replace(base, vocab_size=vocab.size, **kept)
 
 
-def fine_tune_start(base, vocab: Vocabulary, changes: Dict[str, object], batch_size: int):
-    """A CharRNN for `vocab` starting from `base` (a CharRNN at `batch_size`), with the regularisation in
-    `changes`: `base` itself where neither changes it (a fine-tune on the base's own vocabulary, as before).
-
-    Returns:
-      (the CharRNN, the VocabularyMap used).
-    """
+def fine_tune_start(base, vocab: Vocabulary, mapping: VocabularyMap, changes: Dict[str, object], batch_size: int):
+    """A CharRNN for `vocab` starting from `base` (a CharRNN at `batch_size`) through `mapping` (vocabulary_map of
+    their vocabularies, worked out before TensorFlow loads), with the regularisation in `changes`: `base` itself
+    where neither changes it (a fine-tune on the base's own vocabulary, as before)."""
     from kerascharrnn.models.charrnn import CharRNN
 
-    mapping = vocabulary_map(base.vocab, vocab)
     config = fine_tune_config(base.config, vocab, changes)
     if base.vocab == vocab and config == base.config and base.batch_size == batch_size:
-        return base, mapping
+        return base
     charrnn = CharRNN.build(config, vocab, batch_size)
     charrnn.model.set_weights(transferred_weights(base.model, charrnn.model, mapping))
-    return charrnn, mapping
+    return charrnn

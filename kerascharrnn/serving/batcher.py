@@ -21,13 +21,15 @@ from typing import AsyncIterator, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from kerascharrnn.config import ServeConfig
 from kerascharrnn.inference.engines import Engine
-from kerascharrnn.inference.sampling import Generation, Piece
-from kerascharrnn.inference.settings import SamplingSettings
+from kerascharrnn.inference.generation import Generation, Piece
+from kerascharrnn.sampling_settings import SamplingSettings
 
 log = logging.getLogger("kerascharrnn.serve")
-STREAM_CHUNK = 16  # characters per model call while a reply streams or a request waits to join the batch
-BULK_CHUNK = 128  # otherwise (replies sent whole, nobody waiting): fewer calls, less overhead per character
+# The server's steps per model call (bin/sample's, longer, are generation.STREAM_CHUNK and BULK_CHUNK):
+SERVING_STREAM_CHUNK = 16  # while a reply streams or a request waits to join the batch
+SERVING_BULK_CHUNK = 128  # otherwise (replies sent whole, nobody waiting): fewer calls, less overhead per character
 FIRST_PIECE = 4  # a streamed reply's first piece: a new row reads its prompt and makes this many in one call
 _GRACE_SECONDS = 5.0  # past a job's time limit, its wait ends even if the worker never answers
 # The loops traced before the first client (each set of filters is a loop of its own): plain sampling (the writing
@@ -97,7 +99,13 @@ class Job:
         if self.seed is None:
             self.rows_done.add(row)
 
-    def _send(self, item) -> None:  # from the worker thread
+    def listen(self) -> None:
+        """Pieces go to the running event loop's coroutine that awaits `pieces` (called as the job is submitted)."""
+        self._loop = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+
+    def send(self, item) -> None:  # from the worker thread
+        """Hands the awaiting coroutine a (row, Piece), an error, or None (the job is over)."""
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
@@ -142,8 +150,8 @@ class BatchingSampler:
       clock: seconds (time.monotonic); the jobs' time limits are read from it.
     """
 
-    def __init__(self, engine: Engine, max_rows: int = 64, max_waiting: int = 256,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, engine: Engine, max_rows: int = ServeConfig.max_batch_rows,
+                 max_waiting: int = ServeConfig.max_waiting, clock: Callable[[], float] = time.monotonic):
         self._engine = engine
         self._max_rows = max_rows
         self._max_waiting = max_waiting
@@ -174,8 +182,7 @@ class BatchingSampler:
         """Queues a job (on the event loop's thread); its pieces arrive through job.pieces()."""
         if len(job.prompts) > self._max_rows:
             raise ValueError(f"a job of {len(job.prompts)} rows; the batch holds {self._max_rows}")
-        job._loop = asyncio.get_running_loop()
-        job._queue = asyncio.Queue()
+        job.listen()
         job.deadline = self._clock() + job.time_limit
         with self._ready:
             if len(self._waiting) >= self._max_waiting:
@@ -219,7 +226,7 @@ class BatchingSampler:
         jobs = sorted({job for job, _ in members.values()} | set(joining), key=lambda job: job.number)
         while jobs:
             suspect = jobs.pop()
-            suspect._send(error)
+            suspect.send(error)
             if suspect in joining:
                 joining.remove(suspect)
             rows = [row for row, (job, _) in members.items() if job is suspect]
@@ -233,7 +240,7 @@ class BatchingSampler:
             except Exception as e:  # noqa: BLE001 - the next suspect
                 error = e
         for job in jobs:
-            job._send(error)
+            job.send(error)
         members.clear()
         return None
 
@@ -242,7 +249,7 @@ class BatchingSampler:
         batch (None once it drained)."""
         if joining:
             if run is None:
-                run = self._engine.sampler.generate([], 0, seed=joining[0].seed, chunk_size=STREAM_CHUNK,
+                run = self._engine.sampler.generate([], 0, seed=joining[0].seed, chunk_size=SERVING_STREAM_CHUNK,
                                                     include_prompt=True, drop_finished=True)
             while joining:  # one at a time: a job that cannot join leaves those before it in
                 job = joining[0]
@@ -252,7 +259,7 @@ class BatchingSampler:
         self._drop_gone(run, members)
         if run is None or run.done:  # (a row with no id to make is done at once)
             for job in {job for job, _ in members.values()}:
-                job._send(None)
+                job.send(None)
             members.clear()
             return None
         pieces = run.advance(self._chunk(run, members))
@@ -264,7 +271,7 @@ class BatchingSampler:
                 piece = _without_prompt(piece, len(job.prompts[own]))
             if len(piece.ids):
                 job.started = True
-                job._send((own, piece))
+                job.send((own, piece))
         done = [row for row, piece in pieces.items() if piece.done]
         finished = {members[row][0] for row in done}
         for row in done:
@@ -278,9 +285,9 @@ class BatchingSampler:
         long ones when every reply goes whole."""
         fresh = [row for row, (job, _) in members.items() if job.stream and not job.started]
         if fresh:
-            return min(run.steps_to_new(fresh) + FIRST_PIECE, 4 * STREAM_CHUNK)
+            return min(run.steps_to_new(fresh) + FIRST_PIECE, 4 * SERVING_STREAM_CHUNK)
         streaming = self._waiting or any(job.stream for job, _ in members.values())
-        return STREAM_CHUNK if streaming else BULK_CHUNK
+        return SERVING_STREAM_CHUNK if streaming else SERVING_BULK_CHUNK
 
     def _admit(self, seeded: Optional[bool], rows_in_batch: int) -> List[Job]:
         """The waiting jobs that join the batch now, in arrival order: a seeded job only into a batch of its own
@@ -309,7 +316,7 @@ class BatchingSampler:
             for job in late:
                 self._waiting.remove(job)
         for job in gone | set(late):  # a cancelled job's wait ends too (its handler may still be waiting)
-            job._send(None if job.cancelled else Expired(f"not done within its time limit of {job.time_limit:g} s"))
+            job.send(None if job.cancelled else Expired(f"not done within its time limit of {job.time_limit:g} s"))
         rows = [row for row, (job, own) in members.items() if job in gone or own in job.rows_done]
         if rows and run is not None:
             left = sum(1 for row in rows if members[row][0].cancelled)
@@ -326,7 +333,7 @@ class BatchingSampler:
         """Tells each job with no row left in the batch that it is done."""
         still = {job for job, _ in members.values()}
         for job in set(jobs) - still:
-            job._send(None)
+            job.send(None)
 
 
 def _without_prompt(piece: Piece, prompt_length: int) -> Piece:

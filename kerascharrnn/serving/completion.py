@@ -15,7 +15,7 @@ from typing import AsyncIterator, List, Optional, Sequence, Tuple, Union
 
 from starlette.requests import Request
 
-from kerascharrnn.inference.sampling import Piece
+from kerascharrnn.inference.generation import Piece
 from kerascharrnn.serving.batcher import Expired, Job, ModelFailed
 from kerascharrnn.serving.context import Serving, client_of, finished_rows, started_pieces
 from kerascharrnn.serving.request import SamplingRequest

@@ -17,7 +17,7 @@ from starlette.requests import Request
 
 from kerascharrnn.config import ServeConfig
 from kerascharrnn.inference.engines import Engine
-from kerascharrnn.inference.sampling import Piece
+from kerascharrnn.inference.generation import Piece
 from kerascharrnn.serving.batcher import BatchingSampler, Expired, Job, Overloaded
 from kerascharrnn.serving.errors import ClientError
 from kerascharrnn.serving.rules import describe_characters, unknown_in

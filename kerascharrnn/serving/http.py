@@ -4,6 +4,7 @@ import collections
 import json
 
 from kerascharrnn import upstream
+from kerascharrnn.config import ServeConfig
 from kerascharrnn.serving.app import log
 
 # Request line plus headers that h11 buffers before giving up (its default is 16 KiB). Larger, so that
@@ -24,7 +25,8 @@ def server_config(application, host: str, port: int, config, log_level: str = "i
                           h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES)
 
 
-def http_protocol_class(head_timeout: float = 10.0, max_idle: int = 512):
+def http_protocol_class(head_timeout: float = ServeConfig.head_timeout,
+                        max_idle: int = ServeConfig.max_idle_connections):
     """uvicorn's h11 protocol (upstream.h11_protocol_class), with its plain-text "Invalid HTTP request
     received." 400 replaced by a JSON body with a "message" (rnn-writer shows `{}` for a body without one).
 

@@ -12,7 +12,7 @@ from typing import List, Literal, Optional
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from kerascharrnn.inference.settings import BOUNDS, SEED_MAX
+from kerascharrnn.sampling_settings import BOUNDS, SEED_MAX
 from kerascharrnn.serving import request
 from kerascharrnn.serving.completion import Completion
 from kerascharrnn.serving.context import Serving, WireModel, request_schema

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Union
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from kerascharrnn.inference.settings import MAX_PENALTY_RANGE
+from kerascharrnn.sampling_settings import MAX_PENALTY_RANGE
 from kerascharrnn.serving import chat, request
 from kerascharrnn.serving.completion import Completion, Delta, Expired, Token, failure, token_bytes, token_text
 from kerascharrnn.serving.context import Serving, WireModel, request_schema

@@ -1,5 +1,5 @@
 """One request for text, whatever API it came through: every API of bin/serve translates its wire format into a
-SamplingRequest (`build`), which holds the one set of bounds (inference/settings.py) and this server's caps, and
+SamplingRequest (`build`), which holds the one set of bounds (sampling_settings.py) and this server's caps, and
 translates the result back (completion.py). What the translations share is here too: a logit bias in any of
 the wire forms, stop strings, and fill-in-the-middle markup meant for another model.
 """
@@ -13,7 +13,7 @@ import re
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from kerascharrnn.config import ServeConfig
-from kerascharrnn.inference.settings import SamplingSettings, SettingError, fold_seed
+from kerascharrnn.sampling_settings import SamplingSettings, SettingError, fold_seed
 from kerascharrnn.serving.errors import ClientError
 from kerascharrnn.vocab import Vocabulary
 

@@ -13,7 +13,7 @@ from typing import List, Optional
 import numpy as np
 from fastapi import APIRouter, Query, Request
 
-from kerascharrnn.inference.settings import SamplingSettings
+from kerascharrnn.sampling_settings import SamplingSettings
 from kerascharrnn.serving.batcher import Job
 from kerascharrnn.serving.context import Serving, authorized, client_of, finished_rows, log
 from kerascharrnn.serving.rules import (

@@ -184,7 +184,7 @@ def write_checkpoint(trainer: TrainerProtocol, charrnn: CharRNN, progress: Progr
                      val_loss: Optional[float], elapsed_s: float, num_train_batches: int) -> str:
     """The checkpoint of this iteration, and `_best` if the val loss is the lowest yet, and the loss plot;
     returns the record's path. Only the chief writes; every worker updates the best val loss."""
-    config = trainer.config
+    config = trainer.recorded_config()
     best = min(progress.best_val, val_loss) if val_loss is not None else progress.best_val
     record = ckpt.CheckpointRecord(
         path="", iteration=iteration, model_file="", state_file="", model_config=charrnn.config,
@@ -237,6 +237,17 @@ def make_trainer(config: TrainConfig, charrnn: CharRNN, layouts: Dict[str, batch
     if strategy is None:  # replicas=1: a run resumed from a distributed checkpoint records one device
         return Trainer(dataclasses.replace(config, replicas=1), charrnn, layouts)
     return DistributedTrainer(strategy, config, charrnn, layouts)
+
+
+def progress_line(iteration: int, num_train: int, config: TrainConfig, last_iteration: int, elapsed_s: float,
+                  schedule_end: int = 0) -> str:
+    """Where a run stands: the epoch and iteration against the run's end; with a time budget, the time spent
+    against it and the iteration its fitted schedule ends at (max_epochs and max_iters mean little there)."""
+    epoch = iteration / num_train + 1
+    if not config.max_minutes:
+        return f"Epoch {epoch:.2f} / {config.max_epochs}, i = {iteration} / {last_iteration}"
+    end = f" of ~{schedule_end} (the schedule's end)" if schedule_end else ""
+    return f"Epoch {epoch:.2f}, i = {iteration}{end}, {elapsed_s / 60:.1f} of {config.max_minutes:g} minutes"
 
 
 def train_and_evaluate(
@@ -325,12 +336,12 @@ def train_and_evaluate(
         (other load, the compiled step warming up), and a schedule fixed once ended ~15% early or late.
         """
         per_iteration = probe.seconds_per_iteration(iteration, now)
-        first = not trainer.config.lr_schedule_iters
+        first = not trainer.schedule_length
         trainer.set_schedule_length(fitted_schedule_end(iteration, per_iteration, budget_s - elapsed(now),
                                                         last_iteration))
         if first:
             log(f"Measured {per_iteration * 1000:.1f} ms per iteration, validation included: the cosine schedule"
-                f" ends at iteration {trainer.config.lr_schedule_iters} (refitted at every checkpoint)")
+                f" ends at iteration {trainer.schedule_length} (refitted at every checkpoint)")
 
     last_json = None
     out_of_time = stopped_early = False
@@ -361,14 +372,15 @@ def train_and_evaluate(
                     log(f"Peak memory use: {history['memory_usage'][-1] / 2**20:.1f} MiB")
                 if config.print_every and iteration % config.print_every == 0:
                     tokens_per_s = throughput.report(now)
-                    log(f"Epoch {iteration / num_train + 1:.2f} / {config.max_epochs},"
-                        f" i = {iteration} / {last_iteration}, loss = {loss:f} ({tokens_per_s:,.0f} tokens/s)")
+                    log(progress_line(iteration, num_train, config, last_iteration, elapsed(now),
+                                      trainer.schedule_length if fit_to_budget else 0)
+                        + f", loss = {loss:f} ({tokens_per_s:,.0f} tokens/s)")
                     scalars.write(iteration, train__loss=loss, learning_rate=history["learning_rate_history"][-1],
                                   tokens_per_second=tokens_per_s)
                 out_of_time = elapsed(now) >= budget_s
                 at_end = iteration >= last_iteration or out_of_time
                 due = checkpoint_due(iteration, config.checkpoint_every, at_end)
-                if not due and not trainer.config.lr_schedule_iters and probe.due(iteration, now, 0.1):
+                if not due and not trainer.schedule_length and probe.due(iteration, now, 0.1):
                     fit_schedule(now)  # no checkpoint (validation) to time with came soon enough
                 if due or stop.signum:
                     if out_of_time:

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerascharrnn import devices, resources
+from kerascharrnn import devices, resources, upstream
 from kerascharrnn.config import TrainConfig
 from kerascharrnn.data import batches
 from kerascharrnn.errors import UserError
@@ -58,6 +58,14 @@ class TrainerProtocol(Protocol):
     def set_schedule_length(self, total_iterations: int) -> None:
         """Fixes where the cosine schedule ends."""
 
+    @property
+    def schedule_length(self) -> int:
+        """The iteration the cosine schedule ends at (0: not fixed yet)."""
+
+    def recorded_config(self) -> TrainConfig:
+        """`config` as a checkpoint records it: with the path this run trains through and where its schedule
+        ends, so that a resumed run takes the same path and follows the same curve."""
+
     def state_arrays(self) -> Dict[str, np.ndarray]:
         """The training state beyond the weights, by name (every worker of a cluster must call it)."""
 
@@ -71,8 +79,9 @@ class TrainerProtocol(Protocol):
 class Trainer:
     """TrainerProtocol on one device, over a CharRNN built at the run's batch size.
 
-    `config.fused` is resolved here ("auto" -> "split"/"on"/"off"); `self.config` holds the resolved
-    value, which the checkpoints record so that a resumed run takes the same path.
+    `config` is the run's, kept as given; `config.fused` ("auto" -> "split"/"on"/"off") is chosen here and the
+    schedule's end may be fitted as the run goes: `recorded_config()` is the config with both, as the checkpoints
+    record it.
     """
 
     is_chief = True
@@ -88,7 +97,7 @@ class Trainer:
             model, config.fused, on_gpu=devices.on_gpu(), cpu_cores=resources.cpu_cores(),
             speeds=lambda path: calibration.measured_speed(
                 calibration.config_key(charrnn.config, dataclasses.replace(config, fused=path))))
-        self.config = dataclasses.replace(config, fused=self.path_choice.path)
+        self.config = config
         self.schedule = schedule.TrainingSchedule(config, layouts["train"].num_batches)
         # torch-rnn clamps every gradient element to [-grad_clip, grad_clip]: that is clipvalue.
         options = dict(learning_rate=self.schedule, epsilon=1e-8, clipvalue=config.grad_clip or None)
@@ -133,7 +142,13 @@ class Trainer:
 
     def set_schedule_length(self, total_iterations: int) -> None:
         self.schedule.total.assign(total_iterations)
-        self.config = dataclasses.replace(self.config, lr_schedule_iters=total_iterations)
+
+    @property
+    def schedule_length(self) -> int:
+        return int(self.schedule.total.numpy())
+
+    def recorded_config(self) -> TrainConfig:
+        return dataclasses.replace(self.config, fused=self.path_choice.path, lr_schedule_iters=self.schedule_length)
 
     @property
     def iteration(self) -> int:
@@ -166,8 +181,8 @@ class Trainer:
     # so a reordering (a later Keras) would otherwise restore silently wrong.
     def _named_variables(self) -> Dict[str, tf.Variable]:
         named = {}
-        for v in self.optimizer.variables:  # "adam/lstm_0_lstm_cell_kernel_momentum": drop the optimizer's name
-            named["optimizer/" + v.path.split("/", 1)[-1]] = v
+        for name, v in upstream.optimizer_variable_names(self.optimizer).items():
+            named["optimizer/" + name] = v
         for stage in stack.layer_stack(self.model):
             # a layer's own name, not the variable path: seed generators are numbered per process
             for k, v in enumerate(stage.layer.non_trainable_variables):

@@ -1,8 +1,9 @@
-// The writing page: rnn-writer's controls in a browser, over the server's own OpenAI-style completions API.
-// Tab shows a suggestion at the cursor (streamed in as it is made, from the text before the cursor), Down/Up
-// move through the suggestions (more are fetched when the last is near), Tab again or Enter takes it, Left
-// or Escape dismisses it, any other key goes on editing. Everything is served by bin/serve: nothing else
-// is fetched. The text and the settings stay in this browser (localStorage).
+// The writing page: rnn-writer's controls in a browser. Tab shows a suggestion at the cursor (streamed in as it is
+// made, from the text before the cursor), Down/Up move through the suggestions (more are asked for when the last is
+// near), Tab again or Enter takes it, Left or Escape dismisses it, any other key goes on editing. The suggestions
+// come from the server's own OpenAI-style completions API (GET /write of bin/serve), or, in a folder written by
+// `bin/export --web`, from the model running in this page (export/runtime.js defines KerasCharRNN before this script):
+// nothing else is fetched. The text and the settings stay in this browser (localStorage).
 "use strict";
 
 const LOOKBACK = 200; // characters before the cursor that prime the model
@@ -98,55 +99,30 @@ function show() {
   say(`Suggestion ${offer.index + 1} of ${offer.items.length}` + (item && !item.done ? " (coming)" : ""));
 }
 
-// Streams n completions of the prompt into offer.items (server-sent events, one chunk per piece of text).
+// Streams n completions of the prompt into offer.items, a piece of text at a time.
 async function fetchMore() {
   const current = offer;
   const { temperature, length, count } = settings();
-  // this request's own items: chunks fill these objects, wherever they stand in the list by then
+  // this request's own items: pieces fill these objects, wherever they stand in the list by then
   const mine = Array.from({ length: count }, () => ({ text: "", done: false }));
   current.items.push(...mine);
   const controller = new AbortController();
   current.requests.push(controller);
   let quietTimer = null;
-  const heard = () => { // the server said something: the wait for the next word starts again
+  const heard = () => { // the source said something: the wait for the next word starts again
     clearTimeout(quietTimer);
-    quietTimer = setTimeout(() => controller.abort(new Error(`the server sent nothing for ${QUIET_MS / 1000} s`)),
-                            QUIET_MS);
+    quietTimer = setTimeout(() => controller.abort(new Error(`the ${source.local ? "model" : "server"} sent nothing`
+                                                             + ` for ${QUIET_MS / 1000} s`)), QUIET_MS);
   };
   show();
   try {
     if (!modelName) await loadModel();
     heard();
-    const reply = await fetch("/v1/completions", {
-      method: "POST", headers: headers(), signal: controller.signal,
-      body: JSON.stringify({ model: modelName, prompt: current.prompt, max_tokens: length, temperature, n: count,
-                             stream: true }) });
-    if (!reply.ok) throw new Error(await problem(reply));
-    const reader = reply.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      heard();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const event = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        if (!event.startsWith("data: ")) continue;
-        const data = event.slice(6);
-        if (data === "[DONE]") break;
-        const chunk = JSON.parse(data);
-        if (chunk.error) throw new Error(chunk.error.message);
-        for (const choice of chunk.choices) {
-          const item = mine[choice.index];
-          item.text += choice.text;
-          if (choice.finish_reason) item.done = true;
-        }
-        if (offer === current) show();
-      }
-    }
+    await source.complete(current.prompt, { max_tokens: length, temperature, n: count }, (index, text, finished) => {
+      mine[index].text += text;
+      if (finished) mine[index].done = true;
+      if (offer === current) show();
+    }, heard, controller.signal);
     if (mine.some((item) => !item.done)) { // the stream ended before its suggestions did
       for (const item of mine) item.done = true;
       if (offer === current) show();
@@ -163,6 +139,50 @@ async function fetchMore() {
     clearTimeout(quietTimer);
   }
 }
+
+// --- where suggestions come from -------------------------------------------------------------------
+
+// The server's /v1/completions: n completions streamed as server-sent events, one chunk per piece of text;
+// onText(index, text, finished) for each piece, heard() whenever the server says anything.
+function serverSource() {
+  return {
+    local: false,
+    async name() {
+      const reply = await fetch("/v1/models", { headers: headers(), signal: AbortSignal.timeout(QUIET_MS) })
+        .catch((error) => { throw error.name === "TimeoutError" ? new Error("the server does not answer") : error; });
+      if (!reply.ok) throw new Error(await problem(reply));
+      return (await reply.json()).data[0].id;
+    },
+    async complete(prompt, { max_tokens, temperature, n }, onText, heard, signal) {
+      const reply = await fetch("/v1/completions", {
+        method: "POST", headers: headers(), signal,
+        body: JSON.stringify({ model: modelName, prompt, max_tokens, temperature, n, stream: true }) });
+      if (!reply.ok) throw new Error(await problem(reply));
+      const reader = reply.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        heard();
+        if (done) return;
+        buffer += decoder.decode(value, { stream: true });
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const event = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          if (!event.startsWith("data: ")) continue;
+          const data = event.slice(6);
+          if (data === "[DONE]") return;
+          const chunk = JSON.parse(data);
+          if (chunk.error) throw new Error(chunk.error.message);
+          for (const choice of chunk.choices) onText(choice.index, choice.text, Boolean(choice.finish_reason));
+        }
+      }
+    },
+  };
+}
+
+const source = window.KerasCharRNN ? window.KerasCharRNN.writingSource() : serverSource();
 
 async function problem(reply) {
   if (reply.status === 401) return "the server needs its API key (Settings)";
@@ -259,10 +279,7 @@ for (const field of fields) {
 }
 
 async function loadModel() {
-  const reply = await fetch("/v1/models", { headers: headers(), signal: AbortSignal.timeout(QUIET_MS) })
-    .catch((error) => { throw error.name === "TimeoutError" ? new Error("the server does not answer") : error; });
-  if (!reply.ok) throw new Error(await problem(reply));
-  modelName = (await reply.json()).data[0].id;
+  modelName = await source.name();
   document.getElementById("model").textContent = "with " + modelName;
 }
 
@@ -270,6 +287,7 @@ async function loadModel() {
   const stored = JSON.parse(localStorage.getItem(STORE.settings) || "{}");
   for (const field of fields) if (stored[field.id] !== undefined) field.value = stored[field.id];
   editor.textContent = localStorage.getItem(STORE.text) || "";
+  if (source.local) document.getElementById("key").closest("label").hidden = true; // no server, no key
   editor.focus();
   placeCursorAtEnd();
   loadModel().catch((error) => say(error.message));

@@ -54,7 +54,7 @@ class DistributedTrainer:
             # the fused XLA path (fused.py) is one-device code: a strategy trains through the Keras layers, and
             # records "off" (a one-device checkpoint that trained fused resumes here too)
             self._trainer = Trainer(dataclasses.replace(config, fused="off"), twin, layouts)
-        self.config = dataclasses.replace(self._trainer.config, replicas=self.replicas)
+        self.config = config
         self.path_choice = path_choice.PathChoice("off", "a distribution strategy: the Keras layers")
         self.optimizer = self._trainer.optimizer
         self.model = twin.model
@@ -198,7 +198,13 @@ class DistributedTrainer:
 
     def set_schedule_length(self, total_iterations: int) -> None:
         self._trainer.set_schedule_length(total_iterations)
-        self.config = dataclasses.replace(self._trainer.config, replicas=self.replicas)
+
+    @property
+    def schedule_length(self) -> int:
+        return self._trainer.schedule_length
+
+    def recorded_config(self):
+        return dataclasses.replace(self._trainer.recorded_config(), replicas=self.replicas)
 
     @property
     def iteration(self) -> int:

@@ -82,7 +82,7 @@ def parse_grid(text: str) -> List[tuple]:
 def measure(framework: str, config: dict) -> dict:
     """One configuration in a fresh process (so memory is per framework and per run)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-m", "kerascharrnn.benchmark.worker", framework, json.dumps(config)],
+    result = subprocess.run([sys.executable, "-m", "kerascharrnn.speed.worker", framework, json.dumps(config)],
                             capture_output=True, text=True, env=env)
     lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
     if result.returncode != 0 or not lines:
@@ -231,7 +231,7 @@ def run_sample(args) -> str:
     from kerascharrnn.config import ModelConfig
     from kerascharrnn.inference import engines
     from kerascharrnn.models.charrnn import CharRNN
-    from kerascharrnn.serving import export
+    from kerascharrnn.export import saved_model as export
     from kerascharrnn.vocab import Vocabulary
 
     if args.checkpoint:
@@ -241,7 +241,7 @@ def run_sample(args) -> str:
         charrnn = CharRNN.build(ModelConfig(vocab_size=vocab.size), vocab, 1)
     vocab = charrnn.vocab
     prompt = vocab.encode(vocab.tokens[0])
-    keras_engine = engines.Engine(vocab, charrnn.sampler())
+    keras_engine = engines.charrnn_engine(charrnn)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         export.export(charrnn, os.path.join(tmp, "1"), source="benchmark", tflite=True)

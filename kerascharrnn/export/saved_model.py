@@ -42,12 +42,12 @@ import kerascharrnn
 from kerascharrnn import upstream
 from kerascharrnn.errors import UserError
 from kerascharrnn.errors import setting as ref
+from kerascharrnn.export import warmup
 from kerascharrnn.inference import sampling
 from kerascharrnn.inference.logits import Filters, Knobs, graph_knob_table, next_ids
-from kerascharrnn.inference.settings import SEED_MAX
 from kerascharrnn.io import artifacts, files
 from kerascharrnn.models.charrnn import CharRNN
-from kerascharrnn.serving import warmup
+from kerascharrnn.sampling_settings import SEED_MAX
 from kerascharrnn.vocab import Vocabulary
 
 GENERATE_SIGNATURE = [

@@ -1,4 +1,5 @@
-"""bin/benchmark's machinery: `report` runs the measurements and writes the tables; `worker` is one
+"""bin/benchmark's machinery (named apart from the repository's benchmarks/, which holds measurement scripts that
+are not installed): `report` runs the measurements and writes the tables; `worker` is one
 measurement in a process of its own; `torch_peer` is the PyTorch model it is compared with.
 
 Installed with the package so that `kerascharrnn-benchmark` works from a wheel; it calls the library

@@ -1,6 +1,6 @@
-"""One benchmark measurement in a process of its own (run by kerascharrnn.benchmark.report).
+"""One benchmark measurement in a process of its own (run by kerascharrnn.speed.report).
 
-    python3 -m kerascharrnn.benchmark.worker tf|torch '{"model_type": "lstm", "num_layers": 2, ...}'
+    python3 -m kerascharrnn.speed.worker tf|torch '{"model_type": "lstm", "num_layers": 2, ...}'
 
 Prints one JSON line: every timed train-step time (after warm-up), and peak RSS growth above this
 framework's idle baseline (RSS once the framework is imported; the kernel's peak counter is reset
@@ -80,7 +80,7 @@ def main(argv):
     if framework == "tf":
         step = tf_step_fn(config, vocab_size)
     else:
-        from kerascharrnn.benchmark import torch_peer
+        from kerascharrnn.speed import torch_peer
 
         step = torch_peer.train_step_fn(config, vocab_size)
     for _ in range(config["warmup"]):
