@@ -162,7 +162,6 @@ def step_only_tflite(tflite: str) -> str:
     out = tflite[:-len(".tflite")] + "_step_batch1.tflite"
     if os.path.exists(out):
         return out
-    import tempfile
 
     import tensorflow as tf
 
@@ -177,11 +176,20 @@ def step_only_tflite(tflite: str) -> str:
     fixed = {name: tf.TensorSpec([1] + spec.shape[1:].as_list(), spec.dtype, name=name)
              for name, spec in exported_step.structured_input_signature[1].items()}
     step = tf.function(lambda **inputs: exported_step(**inputs)).get_concrete_function(**fixed)
+    return _write_tflite(_with_outputs_named(upstream.freeze_variables(step), step), "step", out)
+
+
+def _write_tflite(concrete, signature: str, out: str) -> str:
+    """A .tflite at `out` holding one signature, `concrete` (a frozen concrete function), builtin ops only."""
+    import tempfile
+
+    import tensorflow as tf
+
     holder = tf.Module()
-    holder.step = _with_outputs_named(upstream.freeze_variables(step), step)
+    setattr(holder, signature, concrete)
     with tempfile.TemporaryDirectory() as tmp:
-        tf.saved_model.save(holder, tmp, signatures={"step": holder.step})
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["step"])
+        tf.saved_model.save(holder, tmp, signatures={signature: concrete})
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[signature])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         flatbuffer = converter.convert()
     with open(out, "wb") as f:
@@ -199,7 +207,6 @@ def steps_tflite(tflite: str) -> str:
     out = tflite[:-len(".tflite")] + "_steps_batch1.tflite"
     if os.path.exists(out):
         return out
-    import tempfile
 
     import tensorflow as tf
 
@@ -225,16 +232,7 @@ def steps_tflite(tflite: str) -> str:
         tf.TensorSpec([1, vocab_size], tf.float32, name="logits"), tf.TensorSpec([1, width], tf.int32, name="prompt"),
         tf.TensorSpec([1, width], tf.int32, name="in_prompt"),
         *[tf.TensorSpec([1, spec.shape[1]], tf.float32, name=spec.name) for spec in specs])
-    holder = tf.Module()
-    holder.steps = export._with_outputs_named(upstream.freeze_variables(concrete), concrete)
-    with tempfile.TemporaryDirectory() as tmp:
-        tf.saved_model.save(holder, tmp, signatures={"steps": holder.steps})
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["steps"])
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        flatbuffer = converter.convert()
-    with open(out, "wb") as f:
-        f.write(flatbuffer)
-    return out
+    return _write_tflite(export._with_outputs_named(upstream.freeze_variables(concrete), concrete), "steps", out)
 
 
 def output_aliases(tflite: str, signature: str = "step") -> dict[str, str]:

@@ -19,6 +19,7 @@ import base64
 import hashlib
 import json
 import os
+from html import escape
 from importlib import resources
 from typing import TYPE_CHECKING, Dict
 
@@ -54,17 +55,13 @@ def page_html(title: str) -> str:
             '<link rel="stylesheet" href="write.css">',
         '<script src="/write/write.js"></script>':
             "".join(f'<script src="{name}"></script>\n' for name in SCRIPTS) + '<script src="write.js"></script>',
-        "<title>Write with kerascharrnn</title>": f"<title>Write with {_escaped(title)}</title>",
+        "<title>Write with kerascharrnn</title>": f"<title>Write with {escape(title)}</title>",
     }
     for old, new in replacements.items():
         if old not in html:  # write.html changed: this must follow it
             raise AssertionError(f"serving/static/write.html no longer has {old!r}")
         html = html.replace(old, new)
     return html
-
-
-def _escaped(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _weights(form: Dict[str, object]) -> Dict[str, object]:
@@ -78,11 +75,15 @@ def _vocabulary(vocab: Vocabulary) -> Dict[str, object]:
     return {"tokens": list(vocab.tokens), "encoding": "bytes" if vocab.is_bytes else vocab.encoding}
 
 
-def model_script(charrnn: CharRNN, name: str) -> str:
+def model_spec(charrnn: CharRNN, name: str) -> Dict[str, object]:
+    """What model.js defines: the name, the vocabulary and each layer's portable form, weights in base64."""
     from kerascharrnn.models import stack
 
-    spec = {"format": FORMAT, "name": name, "vocab": _vocabulary(charrnn.vocab),
+    return {"format": FORMAT, "name": name, "vocab": _vocabulary(charrnn.vocab),
             "layers": [_weights(form) for form in stack.portable_layers(charrnn.model)]}
+
+
+def model_script(spec: Dict[str, object]) -> str:
     # ASCII only: the script is read right whatever charset a static host sends with it
     return f"KerasCharRNN.define({json.dumps(spec, ensure_ascii=True, separators=(',', ':'))});\n"
 
@@ -111,14 +112,15 @@ def check_target(directory: str, overwrite: bool) -> None:
 def export_web(charrnn: CharRNN, directory: str, *, name: str, source: str, overwrite: bool = False) -> dict:
     """Writes the folder (atomically: complete or not at all); returns its info (web.json)."""
     check_target(directory, overwrite)
-    script = model_script(charrnn, name)
+    spec = model_spec(charrnn, name)
+    script = model_script(spec)
     info = {
         "format": "kerascharrnn_web",
         "model_format": FORMAT,
         "kerascharrnn_version": kerascharrnn.__version__,
         "name": name,
         "source_checkpoint": os.path.abspath(source),
-        "layers": [layer["kind"] for layer in json.loads(script[len("KerasCharRNN.define("):-3])["layers"]],
+        "layers": [layer["kind"] for layer in spec["layers"]],
         "parameters": charrnn.count_params(),
         "vocab_size": charrnn.vocab.size,
         "model_sha256": hashlib.sha256(script.encode()).hexdigest(),

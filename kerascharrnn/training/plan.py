@@ -53,7 +53,7 @@ class Request:
         if unknown:
             raise UserError(f"unknown setting {unknown[0]!r}")
         values = {**preset_values(preset), **given}
-        return cls(_replaced(ModelConfig(), values), _replaced(TrainConfig(), values), given=dict(given),
+        return cls(replaced(ModelConfig(), values), replaced(TrainConfig(), values), given=dict(given),
                    preset=preset, corpus=corpus_name)
 
 
@@ -70,7 +70,7 @@ def _fields(config_class) -> set:
     return {field.name for field in dataclasses.fields(config_class)}
 
 
-def _replaced(config, values: Dict[str, Any]):
+def replaced(config, values: Dict[str, Any]):
     """`config` with those of `values` it has a field for."""
     return dataclasses.replace(config, **{k: v for k, v in values.items() if k in _fields(type(config))})
 
@@ -292,7 +292,7 @@ def _planned_fine_tune(request: Request, changes: dict, train_config: TrainConfi
     lowest, highest = FINE_TUNE_VALIDATION
     recipe = {**FINE_TUNE, "checkpoint_every": min(max(layouts["train"].num_batches, lowest), highest)}
     kept = {k: v for k, v in recipe.items() if k not in request.given}
-    train_config = _replaced(train_config, kept)
+    train_config = replaced(train_config, kept)
     changes = {**{k: v for k, v in kept.items() if k in transfer.REGULARISATION}, **changes}
     why = (f"fine-tuning the base model of --init_from (not resized): learning rate {train_config.learning_rate:g},"
            f" {train_config.lr_schedule} to {train_config.min_learning_rate:g} after {train_config.warmup_iters}"

@@ -21,7 +21,7 @@ from kerascharrnn.errors import UserError
 from kerascharrnn.io import lock
 from kerascharrnn.models import transfer
 from kerascharrnn.training.distributed import cluster
-from kerascharrnn.training.plan import Plan, _replaced
+from kerascharrnn.training.plan import Plan, replaced
 
 
 def execute(plan: Plan, gpu: int = -1, log: Callable[[str], None] = print,
@@ -89,4 +89,4 @@ def sized_for_budget(plan: Plan, log: Callable[[str], None] = print):
                            fixed={k: plan.given[k] for k in ("num_layers", "rnn_size") if k in plan.given})
     kept = {k: v for k, v in chosen.values.items() if k not in plan.given}
     log(f"--preset {plan.preset} for {train_config.max_minutes:g} minutes: {chosen.why}")
-    return _replaced(model_config, kept), dataclasses.replace(_replaced(train_config, kept), sized_by=chosen.why)
+    return replaced(model_config, kept), dataclasses.replace(replaced(train_config, kept), sized_by=chosen.why)
