@@ -136,7 +136,8 @@ def test_a_deleted_current_directory_works_with_absolute_paths_and_names_a_relat
 
 
 def test_a_file_name_that_is_not_utf8_works_end_to_end(trained, tmp_path):
-    """Names are the OS's bytes: a series named b"ck\xff" trains, resumes, samples and evaluates."""
+    """Names are the OS's bytes: a series named b"ck\xff" trains, resumes, samples and evaluates. Training and
+    resuming run as processes (the name comes from argv and goes to a real stdout); reading it back in-process."""
     name = os.fsdecode(os.fsencode(str(tmp_path)) + b"/ck\xff")
     assert run_process("train", "--input_h5", trained["h5"], "--checkpoint_name", name, "--max_iters", 2,
                        "--batch_size", 4, "--seq_length", 16, "--print_every", 0).returncode == 0
@@ -144,8 +145,8 @@ def test_a_file_name_that_is_not_utf8_works_end_to_end(trained, tmp_path):
                                               for n in os.listdir(str(tmp_path))]
     resumed = run_process("train", "--resume_from", "latest", "--checkpoint_name", name, "--max_iters", 4)
     assert resumed.returncode == 0 and os.path.exists(f"{name}_4.keras"), resumed.stderr
-    assert run_process("sample", "--checkpoint", f"{name}_4.json", "--length", 10).returncode == 0
-    assert run_process("eval", "--checkpoint", f"{name}_4.keras", "--input_h5", trained["h5"]).returncode == 0
+    assert run_cli("sample", "--checkpoint", f"{name}_4.json", "--length", 10).returncode == 0
+    assert run_cli("eval", "--checkpoint", f"{name}_4.keras", "--input_h5", trained["h5"]).returncode == 0
 
 
 def test_another_keras_backend_or_floatx_is_named(trained, tmp_path):

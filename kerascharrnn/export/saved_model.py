@@ -96,11 +96,13 @@ class CharRNNModule(tf.Module):
         self.token_ids = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(tokens, tf.string), tf.range(vocab.size, dtype=tf.int32)),
             default_value=-1)
-        self.generate_text = tf.function(self._generate_text, input_signature=GENERATE_SIGNATURE)
-        self.generate_text_top_p = tf.function(self._generate_text, input_signature=GENERATE_TOP_P_SIGNATURE)
+        self.generate_text = tf.function(self._generate_text, input_signature=GENERATE_SIGNATURE, autograph=False)
+        self.generate_text_top_p = tf.function(self._generate_text, input_signature=GENERATE_TOP_P_SIGNATURE,
+                                              autograph=False)
         state_specs = [tf.TensorSpec([None, size], tf.float32, name=f"state_{k}")
                        for k, size in enumerate(self._state_sizes)]
-        self.step = tf.function(self._step, input_signature=[tf.TensorSpec([None], tf.int32, name="ids")] + state_specs)
+        self.step = tf.function(self._step, input_signature=[tf.TensorSpec([None], tf.int32, name="ids")] + state_specs,
+                                autograph=False)
 
     def _step(self, ids, *states):
         logits, new_states = self._step_fn(ids, states)
@@ -226,7 +228,8 @@ def tflite_model(saved_model_dir: str, quantize: str = "none") -> bytes:
         return outputs["logits"], [outputs[spec.name] for spec in state_specs]
 
     steps = tf.function(lambda logits, prompt, in_prompt, noise, temperature, *states:
-                        _tflite_steps(run_step, logits, prompt, in_prompt, noise, temperature, states))
+                        _tflite_steps(run_step, logits, prompt, in_prompt, noise, temperature, states),
+                        autograph=False)
     steps = steps.get_concrete_function(
         tf.TensorSpec([None, vocab_size], tf.float32, name="logits"),
         tf.TensorSpec([None, TFLITE_STEPS], tf.int32, name="prompt"),
@@ -255,7 +258,7 @@ def _with_outputs_named(frozen, original):
     def call(*args, **kwargs):
         return tf.nest.pack_sequence_as(original.structured_outputs, frozen(*args, **kwargs))
 
-    return tf.function(call).get_concrete_function(*original.structured_input_signature[0],
+    return tf.function(call, autograph=False).get_concrete_function(*original.structured_input_signature[0],
                                                    **original.structured_input_signature[1])
 
 

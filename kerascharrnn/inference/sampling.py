@@ -47,7 +47,7 @@ def make_chunk_fn(step_fn: Callable, filters: Filters, jit_compile: bool = False
     """chunk_loop as a tf.function (XLA-compiled with jit_compile, for a fixed chunk width; without XLA
     traced once for any batch size and width, so that a server's varying requests trace nothing)."""
     return tf.function(chunk_loop(step_fn, filters, jit_compile), jit_compile=jit_compile,
-                       reduce_retracing=not jit_compile)
+                       reduce_retracing=not jit_compile, autograph=False)
 
 
 def chunk_loop(step_fn: Callable, filters: Filters, jit_compile: bool = False):
@@ -132,7 +132,7 @@ class Sampler(generation.Sampler):
     def for_tf_step(cls, step_fn: Callable, state_sizes: Sequence[int], vocab_size: int, jit_compile: bool = True,
                     chunk_size: Optional[int] = None) -> "Sampler":
         """jit_compile: use XLA for runs of up to XLA_MAX_ROWS rows."""
-        compiled_step = tf.function(step_fn, jit_compile=jit_compile)
+        compiled_step = tf.function(step_fn, jit_compile=jit_compile, autograph=False)
 
         def numpy_step(ids, states):
             logits, states = compiled_step(tf.constant(ids, tf.int32), tuple(tf.constant(s) for s in states))

@@ -16,7 +16,7 @@ from kerascharrnn.models import stack
 def make_eval_step(model: keras.Model):
     """A compiled (inputs, targets, row_weights) -> (summed loss, token count) for a stateful model."""
 
-    @tf.function
+    @tf.function(autograph=False)
     def eval_step(inputs, targets, row_weights):
         logits = model(inputs, training=False)
         per_token = keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)  # (N, T)
@@ -59,7 +59,7 @@ def dynamic_split_loss(charrnn, h5_path: str, split: str, num_tokens: int, seq_l
     layout = batches.stream_layout(num_tokens, 1, seq_length, allow_fewer_streams=True)
     optimizer = keras.optimizers.SGD(learning_rate)
 
-    @tf.function
+    @tf.function(autograph=False)
     def predict_then_adapt(inputs, targets):
         with tf.GradientTape() as tape:
             per_token = keras.losses.sparse_categorical_crossentropy(targets, model(inputs, training=False),

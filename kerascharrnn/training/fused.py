@@ -93,7 +93,7 @@ def split_loss_and_grads(model: keras.Model, loss_fn: Callable, parts: int = 2) 
     stages = stack.layer_stack(model)
     variables = model.trainable_variables
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=True, autograph=False)
     def piece(inputs, targets, states, draws):
         with tf.GradientTape() as tape:
             logits, new_states = run_stages(stages, inputs, states, draws)
@@ -102,9 +102,9 @@ def split_loss_and_grads(model: keras.Model, loss_fn: Callable, parts: int = 2) 
 
     # compiled as the whole-batch path is, so that the layers draw the same numbers (TensorFlow's
     # stateless RNG gives other numbers under XLA than without it)
-    draw = tf.function(lambda inputs: _random_draws(stages, inputs), jit_compile=True)
+    draw = tf.function(lambda inputs: _random_draws(stages, inputs), jit_compile=True, autograph=False)
 
-    @tf.function(jit_compile=True)  # one launch for what would be dozens of small ops
+    @tf.function(jit_compile=True, autograph=False)  # one launch for what would be dozens of small ops
     def combine(results, weights):
         loss = tf.add_n([w * r[0] for w, r in zip(weights, results)])
         grads = [_weighted_sum([r[1][i] for r in results], weights) for i in range(len(variables))]

@@ -113,10 +113,10 @@ class Trainer:
         self._eval_step = evaluate.make_eval_step(model)
         if self.path_choice.path == "split":
             self._split_loss_and_grads = fused.split_loss_and_grads(model, self._loss)
-            self._apply_gradients = tf.function(self._apply_gradients, jit_compile=True)
-            self.train_step = tf.function(self._split_train_step)  # its pieces are XLA computations
+            self._apply_gradients = tf.function(self._apply_gradients, jit_compile=True, autograph=False)
+            self.train_step = tf.function(self._split_train_step, autograph=False)  # its pieces are XLA computations
         else:
-            self.train_step = tf.function(self._train_step, jit_compile=self.path_choice.fused)
+            self.train_step = tf.function(self._train_step, jit_compile=self.path_choice.fused, autograph=False)
 
     def _train_step(self, inputs, targets):
         with tf.GradientTape() as tape:

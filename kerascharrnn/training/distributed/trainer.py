@@ -73,8 +73,8 @@ class DistributedTrainer:
         ids = strategy.experimental_distribute_values_from_function(lambda ctx: ctx.replica_id_in_sync_group)
         self._local_ids = [int(i) for i in strategy.experimental_local_results(ids)]
         self._states = self._distribute_rows([np.zeros((config.batch_size, h), np.float32) for h in self._sizes])
-        self._train_fn = tf.function(self._train_step)
-        self._eval_fn = tf.function(self._eval_step)
+        self._train_fn = tf.function(self._train_step, autograph=False)
+        self._eval_fn = tf.function(self._eval_step, autograph=False)
         self._dropout_seed = int(config.seed or 0)
 
     # --- per-replica values ---------------------------------------------------------------------------
