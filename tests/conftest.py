@@ -50,10 +50,6 @@ def shared_file(relative: str) -> str:
 # Set before anything imports Keras, which reads KERAS_HOME once; tests never touch the user's cache.
 _KERAS_HOME = tempfile.mkdtemp(prefix="kerascharrnn-keras-home-")
 os.environ["KERAS_HOME"] = _KERAS_HOME
-# XLA's compiled programs kept on disk (TensorFlow's persistent cache, keyed by the program) for this process and
-# the tools' processes it starts: the suite's many small trainings and samplers compile the same few programs.
-os.environ["TF_XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("TF_XLA_FLAGS"),
-                                                     f"--tf_xla_persistent_cache_directory={_KERAS_HOME}/xla"]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
