@@ -152,7 +152,7 @@ def _graph_function_calls():
 def test_every_graph_function_skips_autograph():
     """Our graph functions are plain Python over tensors (loops are tf.while_loop, branches on Python values):
     autograph's rewrite of them and of every Keras layer they call bought nothing and cost more than a second at
-    each process's first step (a tiny training run in-process: 4.7 -> 3.3 s). A new tf.function says it too."""
+    each process's first step (a tiny training run in-process: 0.70 of the time). A new tf.function says it too."""
     calls = dict(_graph_function_calls())
     assert len(calls) >= 15  # the walk finds them
     converted = [where for where, call in calls.items()
