@@ -259,7 +259,7 @@ def _with_outputs_named(frozen, original):
         return tf.nest.pack_sequence_as(original.structured_outputs, frozen(*args, **kwargs))
 
     return tf.function(call, autograph=False).get_concrete_function(*original.structured_input_signature[0],
-                                                   **original.structured_input_signature[1])
+                                                                    **original.structured_input_signature[1])
 
 
 def _tflite_steps(run_step, logits, prompt, in_prompt, noise, temperature, states):
