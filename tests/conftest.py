@@ -5,6 +5,7 @@ Tests that need ../shared (tiny-shakespeare, the torch-rnn checkpoint) skip with
 missing; the others run."""
 
 import contextlib
+import fcntl
 import os
 import random
 import shutil
@@ -67,16 +68,35 @@ def keras_home():
     return _KERAS_HOME
 
 
+def made_once(tmp_path_factory, name: str, make) -> str:
+    """The directory `name` that `make(directory)` fills once per test run: under pytest-xdist the first worker
+    to ask makes it while the others wait on a file lock, then they all read it (xdist's own recipe for
+    session fixtures). Its files are read, never changed, by the tests."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, above every worker's own
+    directory = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (directory / "made").exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            make(directory)
+            (directory / "made").touch()
+    return str(directory)
+
+
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory):
     """The first 40,000 characters of tiny-shakespeare, preprocessed: (txt, h5, json)."""
     from kerascharrnn.data.preprocess import preprocess
 
-    root = tmp_path_factory.mktemp("corpus")
-    txt = root / "small.txt"
-    txt.write_text(shakespeare_text()[:40_000], encoding="utf-8")
-    preprocess(str(txt), str(root / "small.h5"), str(root / "small.json"), quiet=True)
-    return str(txt), str(root / "small.h5"), str(root / "small.json")
+    def make(root):
+        (root / "small.txt").write_text(shakespeare_text()[:40_000], encoding="utf-8")
+        preprocess(str(root / "small.txt"), str(root / "small.h5"), str(root / "small.json"), quiet=True)
+
+    root = made_once(tmp_path_factory, "corpus", make)
+    return tuple(os.path.join(root, name) for name in ("small.txt", "small.h5", "small.json"))
 
 
 TINY_TRAIN_FLAGS = dict(batch_size=4, seq_length=16, max_epochs=1, max_iters=40, checkpoint_every=20,
@@ -99,13 +119,23 @@ def train_in_process(config, model_config, **kwargs):
 
 @pytest.fixture(scope="session")
 def trained(small_corpus, tmp_path_factory):
-    """One tiny LSTM trained for 40 iterations in-process; returns the TrainResult and paths."""
+    """One tiny LSTM trained for 40 iterations in-process (once per run); returns its TrainResult and paths."""
+    from kerascharrnn.io import checkpoint as ckpt
+    from kerascharrnn.training.loop import TrainResult
+
     _, h5, js = small_corpus
-    prefix = str(tmp_path_factory.mktemp("cv") / "checkpoint")
-    config = TrainConfig(input_h5=h5, input_json=js, checkpoint_name=prefix, **TINY_TRAIN_FLAGS)
     vocab = Vocabulary.load(js)
     model_config = ModelConfig(vocab_size=vocab.size, rnn_size=32, wordvec_size=16, num_layers=2)
-    result = train_in_process(config, model_config)
+
+    def config_in(directory):
+        return TrainConfig(input_h5=h5, input_json=js, checkpoint_name=os.path.join(directory, "checkpoint"),
+                           **TINY_TRAIN_FLAGS)
+
+    config = config_in(made_once(tmp_path_factory, "cv", lambda d: train_in_process(config_in(d), model_config)))
+    prefix = config.checkpoint_name
+    history = ckpt.read_record(prefix + "_40.json").history
+    result = TrainResult(prefix + "_40.json", 40, history["train_loss_history"], history["val_loss_history"],
+                         best_json=prefix + "_best.json")
     return {"result": result, "prefix": prefix, "h5": h5, "json": js, "vocab": vocab,
             "keras": prefix + "_40.keras", "config": config, "model_config": model_config}
 
@@ -176,18 +206,23 @@ def sentence_corpus(size: int, rng: random.Random) -> str:
 
 @pytest.fixture(scope="session")
 def sentence_model(tmp_path_factory):
+    """A 1 x 64 LSTM that writes short sentences (made once per run): its .keras file."""
     from kerascharrnn.data.preprocess import preprocess
 
-    root = tmp_path_factory.mktemp("sentences")
-    (root / "s.txt").write_text(sentence_corpus(30_000, random.Random(0)), encoding="utf-8")
-    preprocess(str(root / "s.txt"), str(root / "s.h5"), str(root / "s.json"), quiet=True)
-    config = TrainConfig(input_h5=str(root / "s.h5"), input_json=str(root / "s.json"), batch_size=8,
-                         seq_length=32, max_epochs=3, max_iters=300, checkpoint_every=300, print_every=0, seed=3,
-                         learning_rate=1e-2, checkpoint_name=str(root / "cv" / "s"))
-    vocab = Vocabulary.load(config.input_json)
-    model_config = ModelConfig(vocab_size=vocab.size, rnn_size=64, wordvec_size=16, num_layers=1)
-    result = train_in_process(config, model_config)
-    return os.path.splitext(result.checkpoint_json)[0] + ".keras"
+    def make(root):
+        (root / "s.txt").write_text(sentence_corpus(30_000, random.Random(0)), encoding="utf-8")
+        preprocess(str(root / "s.txt"), str(root / "s.h5"), str(root / "s.json"), quiet=True)
+        config = TrainConfig(input_h5=str(root / "s.h5"), input_json=str(root / "s.json"), batch_size=8,
+                             seq_length=32, max_epochs=3, max_iters=300, checkpoint_every=300, print_every=0, seed=3,
+                             learning_rate=1e-2, checkpoint_name=str(root / "cv" / "s"))
+        vocab = Vocabulary.load(config.input_json)
+        model_config = ModelConfig(vocab_size=vocab.size, rnn_size=64, wordvec_size=16, num_layers=1)
+        result = train_in_process(config, model_config)
+        (root / "model").write_text(os.path.splitext(result.checkpoint_json)[0] + ".keras")
+
+    root = made_once(tmp_path_factory, "sentences", make)
+    with open(os.path.join(root, "model"), encoding="utf-8") as f:
+        return f.read()
 
 
 def free_port() -> int:

@@ -6,6 +6,7 @@ set up before TensorFlow starts, which in the pytest process it already has."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,24 +192,26 @@ def test_mirrored_gives_one_device_losses_and_samples_on_one_device(small_corpus
 
 @pytest.mark.slow
 def test_mirrored_resume_is_exact_with_dropout(small_corpus, tmp_path):
-    """Stopped at 12 (mid-way between checkpoints), resumed to 30: the uninterrupted run's numbers. With
-    dropout, whose per-replica draws are keyed by the iteration."""
+    """The run's checkpoint of iteration 12, copied elsewhere and resumed to 30: the uninterrupted run's numbers.
+    With dropout, whose per-replica draws are keyed by the iteration."""
     _, h5, _ = small_corpus
-    args = ["--input_h5", h5, *SMALL, "--strategy", "mirrored", "--cpu_replicas", "2", "--dropout", "0.2"]
-    _train(*args, "--checkpoint_name", tmp_path / "full")
-    _train(*[a if a != "30" else "12" for a in args], "--checkpoint_name", tmp_path / "part")
-    _train("--resume_from", tmp_path / "part_12.json", "--max_iters", "30")
+    _train("--input_h5", h5, *[a if a != "10" else "6" for a in SMALL], "--strategy", "mirrored", "--cpu_replicas", "2",
+           "--dropout", "0.2", "--checkpoint_name", tmp_path / "full")
+    (tmp_path / "part").mkdir()
+    for ext in (".keras", ".state.npz", ".json"):
+        shutil.copy(tmp_path / f"full_12{ext}", tmp_path / "part")
+    _train("--resume_from", tmp_path / "part" / "full_12.json", "--max_iters", "30")
     full_train, full_val, _ = _history(str(tmp_path / "full_30.json"))
-    resumed_train, resumed_val, _ = _history(str(tmp_path / "part_30.json"))
+    resumed_train, resumed_val, _ = _history(str(tmp_path / "part" / "full_30.json"))
     print(f"mirrored resume: train {np.abs(resumed_train - full_train).max():.3g},"
           f" val {abs(resumed_val[-1] - full_val[-1]):.3g}")
     np.testing.assert_allclose(resumed_train, full_train, atol=1e-5, rtol=0)
     np.testing.assert_allclose(resumed_val[-1], full_val[-1], atol=1e-5)
     # another replica count re-splits the carried (N, H) state: it runs (not exact, dropout draws differ)
-    one = run_cli("train", "--resume_from", tmp_path / "part_12.json", "--max_iters", "14", "--strategy",
+    one = run_cli("train", "--resume_from", tmp_path / "part" / "full_12.json", "--max_iters", "14", "--strategy",
                   "one_device", "--cpu_replicas", "0")
     assert one.returncode == 0, one.stderr[-3000:]
-    assert ckpt.read_record(str(tmp_path / "part_14.json")).train_config.replicas == 1
+    assert ckpt.read_record(str(tmp_path / "part" / "full_14.json")).train_config.replicas == 1
 
 
 # --- multi_worker: 2 processes on 127.0.0.1 --------------------------------------------------------

@@ -3,18 +3,20 @@ files, zip members that climb out, records that hold what no run writes, per-mac
 locale that is not UTF-8, signals during an export. Each works where it can; otherwise one line on stderr and a
 non-zero exit, never an internal error (70), never a hang, never damage to another file."""
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 
 import numpy as np
 import pytest
-from conftest import REPO, run_cli, run_process
+from conftest import REPO, run_cli
 
 
 def one_line(result, code=1, *fragments):
@@ -105,6 +107,29 @@ def test_a_state_saved_as_float64_resumes_or_says_why_not(trained, tmp_path):
 # --- the per-machine files ---------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def woken_if_blocked(fifo, seconds=60):
+    """Fails the test rather than hang the suite if the tool blocks opening `fifo`: after `seconds` it is opened
+    from here at both ends (without blocking), which releases a reader or a writer waiting in open()."""
+    fired = []
+
+    def wake():
+        fired.append(True)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        finally:
+            os.close(reader)
+
+    timer = threading.Timer(seconds, wake)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+    assert not fired, f"the tool blocked opening {fifo}"
+
+
 @pytest.mark.parametrize("kind", ["fifo", "link to a fifo", "a speed of 1e300", "JSON true", "a speed of 1e308"])
 def test_the_speeds_file_neither_hangs_nor_misleads(trained, tmp_path, kind):
     home = tmp_path / "keras"
@@ -118,8 +143,9 @@ def test_the_speeds_file_neither_hangs_nor_misleads(trained, tmp_path, kind):
     else:
         value = {"a speed of 1e300": 1e300, "JSON true": True, "a speed of 1e308": 1e308}[kind]
         speeds.write_text(json.dumps({"any machine": {"any model": value}}))
-    result = run_process("train", "--preset", "auto", "--max_minutes", 1, "--input_h5", trained["h5"],
-                         "--checkpoint_name", tmp_path / "ck", env={"KERAS_HOME": str(home)}, timeout=120)
+    with woken_if_blocked(speeds):
+        result = run_cli("train", "--preset", "auto", "--max_minutes", 1, "--input_h5", trained["h5"],
+                         "--checkpoint_name", tmp_path / "ck", env={"KERAS_HOME": str(home)})
     one_line(result, 1, "step_speeds.json")
 
 
@@ -127,8 +153,9 @@ def test_a_calibration_file_that_is_a_pipe_does_not_hang_a_plain_run(trained, tm
     home = tmp_path / "keras"
     (home / "kerascharrnn").mkdir(parents=True)
     os.mkfifo(home / "kerascharrnn" / "calibration.json")
-    result = run_process("train", "--input_h5", trained["h5"], "--max_iters", 2, "--checkpoint_name", tmp_path / "ck",
-                         env={"KERAS_HOME": str(home)}, timeout=120)
+    with woken_if_blocked(home / "kerascharrnn" / "calibration.json"):
+        result = run_cli("train", "--input_h5", trained["h5"], "--max_iters", 2, "--checkpoint_name",
+                         tmp_path / "ck", env={"KERAS_HOME": str(home)})
     one_line(result, 1, "calibration.json: not a regular file")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch_format as t7
 import torchfile
-from conftest import run_cli, run_process, shared_file
+from conftest import run_cli, shared_file
 
 from kerascharrnn.errors import UserError
 from kerascharrnn.io import torch_checkpoint
@@ -457,7 +457,7 @@ def test_tools_take_the_real_t7(tmp_path, keras_home):
     assert sample.returncode == 0, sample.stderr
     assert json.loads(sample.stdout) == expected  # torch-rnn's own greedy text
 
-    converted = run_process("convert", "--checkpoint", path, "--output", tmp_path / "t.keras")  # bin/convert's smoke run
+    converted = run_cli("convert", "--checkpoint", path, "--output", tmp_path / "t.keras")
     assert converted.returncode == 0, converted.stderr
     assert "lstm 2 x 128" in converted.stdout and "14000 iterations" in converted.stdout
     # plain Keras loads it; torch-rnn's parameter count is the same

@@ -91,7 +91,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(trained, tmp_path):
     with open(trained["config"].input_h5.replace(".h5", ".txt"), encoding="utf-8") as f:
         (tmp_path / "mini.txt").write_text(f.read()[:3000], encoding="utf-8")
     preprocess(str(tmp_path / "mini.txt"), str(tmp_path / "mini.h5"), str(tmp_path / "mini.json"), quiet=True)
-    base = dataclasses.replace(trained["config"], max_iters=0, max_epochs=2, checkpoint_every=7,
+    base = dataclasses.replace(trained["config"], max_iters=0, max_epochs=2, checkpoint_every=20,
                                checkpoint_name=str(tmp_path / "full"), lr_decay_every=1,
                                input_h5=str(tmp_path / "mini.h5"), input_json=str(tmp_path / "mini.json"))
     model_config = dataclasses.replace(trained["model_config"], dropout=0.2)

@@ -1,7 +1,7 @@
 """Every bin/ wrapper and console script, run as the process a user starts: the tests call the tools'
 main() in-process, so this is where the entry points themselves are run (the tools that need TensorFlow
 also run as processes where a process is the point: signals and kills in test_reliability.py, workers
-in test_distribute.py, the server in conftest.py, bin/convert in test_torch_checkpoint.py)."""
+in test_distribute.py, the server in conftest.py)."""
 
 import json
 import shutil
