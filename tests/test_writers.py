@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import subprocess
+import threading
 import time
 
 import httpx
@@ -255,19 +256,53 @@ def test_api_key_is_required_in_each_apis_shape(sentence_model):
 
 
 def test_a_full_queue_answers_429_with_retry_after_and_nothing_waits_forever(sentence_model):
-    """Requests with their own seed each run alone: with room for one waiting request, a burst of them finds the
-    queue full, and is answered at once, never queued."""
-    with serving_in_thread(sentence_model, max_waiting=1) as (base, _):
+    """Requests with their own seed each run alone: while one runs, with room for one waiting request, a burst of
+    them finds the queue full and is answered at once, never queued; the one that waited runs after it. (The
+    model's steps wait on a gate until the burst is answered, so the order does not hang on the machine's speed.)"""
+    from kerascharrnn.inference import engines
+    from kerascharrnn.inference.generation import Sampler
+
+    engine = engines.open_engine("checkpoint", sentence_model, jit_compile=False)
+    stepping, gate = threading.Event(), threading.Event()
+
+    def gated_step(ids, states):
+        stepping.set()
+        assert gate.wait(60)
+        return engine.sampler._numpy_step(ids, states)
+
+    gated = engines.Engine(engine.vocab, Sampler.for_numpy_step(gated_step, engine.sampler.state_sizes,
+                                                                engine.vocab.size), engine.source)
+
+    def completion(seed):
+        return {"model": MODEL, "prompt": "the", "max_tokens": 20, "seed": seed}
+
+    with serving_in_thread(sentence_model, engine=gated, max_waiting=1) as (base, _):
         async def burst():
             async with httpx.AsyncClient(timeout=120) as http:
-                return await asyncio.gather(*(http.post(base + "/v1/completions", json={
-                    "model": MODEL, "prompt": "the", "max_tokens": 2000, "seed": i + 1}) for i in range(24)))
+                running = asyncio.create_task(http.post(base + "/v1/completions", json=completion(100)))
+                async with asyncio.timeout(60):
+                    while not stepping.is_set():  # it runs: the model is taken
+                        await asyncio.sleep(0.02)
+                    sent = [asyncio.create_task(http.post(base + "/v1/completions", json=completion(i + 1)))
+                            for i in range(24)]
+                    while sum(task.done() for task in sent) < len(sent) - 1:  # all but one answered at once
+                        await asyncio.sleep(0.02)
+                waiting = [i for i, task in enumerate(sent) if not task.done()]
+                gate.set()
+                return await running, await asyncio.gather(*sent), waiting
 
-        replies = asyncio.run(burst())
+        try:
+            first, replies, waiting = asyncio.run(burst())
+        finally:
+            gate.set()
         statuses = [r.status_code for r in replies]
-        assert set(statuses) == {200, 429} and statuses.count(200) >= 2, statuses
+        assert len(waiting) == 1, (waiting, statuses)
+        waited = waiting[0]
+        assert first.status_code == 200 and statuses[waited] == 200, (first.text, statuses)
+        assert statuses.count(429) == len(replies) - 1, statuses
         busy = next(r for r in replies if r.status_code == 429)
         assert busy.headers["Retry-After"] == "1" and busy.json()["error"]["code"] == "rate_limit_exceeded"
+        assert len(replies[waited].json()["choices"][0]["text"]) == 20
         assert httpx.get(base + "/healthz").json()["waiting"] == 0
 
 
