@@ -25,10 +25,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 from absl import flags
 
 from kerascharrnn import config as config_lib
+from kerascharrnn import stopping
 from kerascharrnn.errors import UserError
 
 # Exit codes: 1 bad input, 2 bad flags, 70 (sysexits.h's EX_SOFTWARE) an internal error, 128 + n a signal.
-USER_ERROR_EXIT, FLAGS_EXIT, INTERNAL_ERROR_EXIT, INTERRUPTED_EXIT = 1, 2, 70, 130
+USER_ERROR_EXIT, FLAGS_EXIT, INTERNAL_ERROR_EXIT = 1, 2, 70
 _HELP_FLAGS = ("help", "helpfull", "helpshort")
 
 
@@ -39,36 +40,6 @@ def flag_name(setting: str) -> str:
 
 def _prog(argv: Sequence[str]) -> str:
     return os.path.basename(argv[0]) if argv else "kerascharrnn"
-
-
-class Stopped(BaseException):
-    """A SIGTERM or SIGHUP: raised where the process is, so that what it holds (a temporary directory, a lock)
-    is given back on the way out, as for Ctrl-C. (bin/train stops its own way: at the next step, with a
-    checkpoint.)"""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _stop(signum, frame) -> None:
-    raise Stopped(signum)
-
-
-@contextlib.contextmanager
-def _stopped_by_signals():
-    """SIGTERM and SIGHUP raise Stopped for the block (on the main thread; the handlers before it come back)."""
-    previous = {}
-    try:
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            previous[signum] = signal.signal(signum, _stop)
-    except ValueError:  # not the main thread: the default (the process ends)
-        pass
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _fail(prog: str, message: str, code: int = USER_ERROR_EXIT) -> int:
@@ -228,27 +199,47 @@ def main(argv: Optional[Sequence[str]], define_flags: Callable[[flags.FlagValues
     problem = environment_problem(flag_values)
     if problem:
         return _fail(prog, problem)
+    stop = None
     try:
-        with _stopped_by_signals():
+        with stopping.stop_raised_on_signals() as stop:
             code = run(flag_values, rest)
-        return 0 if code is None else code
-    except UserError as e:
-        return _fail(prog, e.render(flag_name))
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return INTERRUPTED_EXIT
-    except Stopped as e:
-        print(f"{prog}: stopped by {signal.Signals(e.signum).name} (what it was writing is removed)",
-              file=sys.stderr)
-        return 128 + e.signum
-    except BrokenPipeError:  # e.g. `bin/sample ... | head`
+    except BaseException as e:  # noqa: BLE001 - sorted below; what is not ours to handle is raised again
+        if stop is not None and stop.signum is not None:  # whatever came out: a stop raised inside C code can
+            return _stopped(prog, stop.signum, finished=False)  # come out as another exception (stopping.py)
+        return _failed(prog, argv, e)
+    if stop.signum is not None:  # C code swallowed the stop after the last write (stopping.py)
+        return _stopped(prog, stop.signum, finished=True)
+    return 0 if code is None else code
+
+
+def _stopped(prog: str, signum: int, finished: bool) -> int:
+    """Says that a stop signal ended the tool, and what became of its work; the exit code 128 + the signal's."""
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    if finished:
+        what += " (after it had finished: what it wrote is complete)"
+    elif signum != signal.SIGINT:  # Ctrl-C's line says only that, as every tool's does
+        what += " (what it was writing is removed)"
+    print(f"{prog}: {what}", file=sys.stderr)
+    return 128 + signum
+
+
+def _failed(prog: str, argv: Sequence[str], error: BaseException) -> int:
+    """The exit code for what came out of a tool's run, after one line on stderr."""
+    if isinstance(error, UserError):
+        return _fail(prog, error.render(flag_name))
+    if isinstance(error, KeyboardInterrupt):
+        return _stopped(prog, signal.SIGINT, finished=False)
+    if isinstance(error, stopping.Stopped):
+        return _stopped(prog, error.signum, finished=False)
+    if isinstance(error, BrokenPipeError):  # e.g. `bin/sample ... | head`
         _stdout_gone()
         return 0
-    except Exception as e:  # noqa: BLE001 - the one place that catches everything; see report_internal_error
-        reason = _missing_dependency(e) or _out_of_memory(e)
-        if reason:
-            return _fail(prog, reason)
-        return report_internal_error(prog, argv, e)
+    if not isinstance(error, Exception):  # SystemExit and the like: not ours
+        raise error
+    reason = _missing_dependency(error) or _out_of_memory(error)
+    if reason:
+        return _fail(prog, reason)
+    return report_internal_error(prog, argv, error)
 
 
 # Flags that name files or directories: their values are paths as the OS has them (any bytes; a name that is not

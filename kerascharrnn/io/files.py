@@ -11,7 +11,7 @@ import stat
 import tempfile
 from typing import Iterator, Optional
 
-from kerascharrnn import upstream
+from kerascharrnn import stopping, upstream
 from kerascharrnn.errors import UserError
 from kerascharrnn.errors import setting as ref
 
@@ -138,6 +138,7 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
         yield tmp
         os.chmod(tmp, mode)
         require_replaceable(path)  # again: it may have appeared while the file was written
+        stopping.raise_if_stop_requested()  # a stop that C code swallowed while the file was written
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -223,6 +224,7 @@ def atomic_dir(path: str, overwrite: bool = False) -> Iterator[str]:
     try:
         yield tmp
         os.chmod(tmp, mode)  # mkdtemp's 0700 would hide the export from a server running as another user
+        stopping.raise_if_stop_requested()  # a stop that C code swallowed while the directory was written
         if os.path.exists(path):
             if not overwrite:
                 raise UserError(f"{path} already exists (pass {ref('overwrite')} to replace it)")

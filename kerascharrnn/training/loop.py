@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import signal
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -28,6 +27,7 @@ from kerascharrnn.io import checkpoint as ckpt
 from kerascharrnn.io import files
 from kerascharrnn.io.series import BEST, Series
 from kerascharrnn.models.charrnn import CharRNN
+from kerascharrnn.stopping import StopSignals
 from kerascharrnn.training import path_choice, plots
 from kerascharrnn.training.distributed.trainer import DistributedTrainer
 from kerascharrnn.training.trainer import Trainer, TrainerProtocol
@@ -43,33 +43,6 @@ class TrainResult:
     val_loss_history: List[float]
     interrupted_by: Optional[int] = None  # the signal number, if stopped by one
     best_json: Optional[str] = None  # the checkpoint of the lowest val loss (NAME_best.json), if any
-
-
-# Signals that stop a run with a checkpoint: Ctrl-C, a kill (a container stop), a closed terminal or ssh
-# session.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class StopSignals:
-    """Turns STOP_SIGNALS into a flag checked between steps, so that a checkpoint can be written."""
-
-    def __init__(self):
-        self.signum = None
-        self._previous = {}
-
-    def __enter__(self):
-        for signum in STOP_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 def parameter_advice(num_params: int, num_characters: int) -> str:
