@@ -9,6 +9,7 @@ import fcntl
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,18 @@ from kerascharrnn.config import ModelConfig, TrainConfig
 from kerascharrnn.vocab import Vocabulary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _stop_signals_live():
+    """A suite started under nohup ignores SIGHUP, one started as a shell's background job SIGINT, and every
+    process a test starts inherits that: the tests that stop a tool with these signals need them as a terminal
+    has them (a tool keeps a signal its caller ignores: stopping.py)."""
+    for signum, handler in ((signal.SIGHUP, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler)):
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            signal.signal(signum, handler)
+
+
+_stop_signals_live()
 
 
 def _shared_dir():
