@@ -7,6 +7,7 @@ import math
 import os
 import tarfile
 
+import h5py
 import numpy as np
 import pytest
 from conftest import run_cli, shakespeare_text, shared_file
@@ -206,6 +207,7 @@ def test_a_corpus_of_gutenberg_books_is_their_text_without_the_project_s_wrappin
     [joined] = (home / "datasets" / "kerascharrnn").glob("gutenberg-84-2-books-*.txt")
     assert joined.read_text(encoding="utf-8") == text[30_000:60_000] + "\n\n\n" + text[:30_000] + "\n"
     assert _record(tmp_path / "cv" / "g_2.json")["train_config"]["input_h5"].startswith(str(home))
+    _assert_held_out(home, "gutenberg-84-2-books-*.h5", len(joined.read_text(encoding="utf-8")))
     for name, message in (("gutenberg:84+x", "book numbers joined by +"), ("gutenbergs", "unknown --corpus"),
                           ("gutenberg:12", "could not fetch Project Gutenberg book 12")):
         refused = run_cli("train", "--corpus", name, "--checkpoint_name", tmp_path / "cv" / "r",
@@ -220,6 +222,18 @@ def test_a_corpus_of_gutenberg_books_is_their_text_without_the_project_s_wrappin
     assert refused.returncode == 1 and "Project Gutenberg book 8 is not UTF-8 text" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert corpus.gutenberg_books("novels") == corpus.NOVELS and len(set(corpus.NOVELS)) == 20
+
+
+def _assert_held_out(home, pattern, characters):
+    """A base model's corpus keeps 2% each for validation and test (corpus.BASE_CORPUS_HELD_OUT), in a cache file
+    of its own."""
+    from kerascharrnn.data import corpus
+
+    [h5] = (home / "datasets" / "kerascharrnn").glob(pattern)
+    assert corpus.BASE_CORPUS_HELD_OUT == 0.02 and "-held-out-0.02" in h5.name
+    with h5py.File(h5, "r") as f:
+        assert len(f["val"]) == len(f["test"]) == int(0.02 * characters)
+        assert len(f["train"]) + 2 * int(0.02 * characters) == characters
 
 
 def _npm_package(path, files):
@@ -253,6 +267,7 @@ def test_the_state_of_the_union_corpus_is_its_addresses_in_date_order_wrapped_as
     assert [" ".join(p.split()) for p in paragraphs] == [first, second]  # in date order, the stray \x02 dropped
     assert max(map(len, text.read_text(encoding="utf-8").splitlines())) <= corpus.SOTU_WIDTH
     assert _record(tmp_path / "cv" / "s_2.json")["train_config"]["input_h5"].startswith(str(home))
+    _assert_held_out(home, "sotu-*.h5", len(text.read_text(encoding="utf-8")))
 
     for damaged in ("package/README.md", None):  # no addresses in it; not an archive at all (a new hash: rebuilt)
         if damaged:
