@@ -84,9 +84,11 @@ def stdlib_sources(limit_bytes: int = STDLIB_CORPUS_BYTES) -> list:
     return chosen
 
 
-def _prepared(name: str, text_path: str, held_out: Optional[float] = None) -> Tuple[str, str]:
-    """(h5, json) of a corpus's text, preprocessed once into the cache: `held_out` of it for validation and as
-    much for test (None: bin/preprocess's defaults), named apart from a split of other fractions."""
+def _prepared(text_path: str, held_out: Optional[float] = None, name: Optional[str] = None) -> Tuple[str, str]:
+    """(h5, json) of a corpus's text, preprocessed once into the cache under `name` (default: the text file's):
+    `held_out` of it for validation and as much for test (None: bin/preprocess's defaults), named apart from a
+    split of other fractions."""
+    name = name or os.path.splitext(os.path.basename(text_path))[0]
     if held_out is not None:
         name += f"-held-out-{held_out:g}"
     h5_path = os.path.join(cache_dir(), name + ".h5")
@@ -100,7 +102,7 @@ def _prepared(name: str, text_path: str, held_out: Optional[float] = None) -> Tu
 def stdlib_corpus() -> Tuple[str, str]:
     """(h5, json) of the default corpus, built on first use."""
     text_path = stdlib_text_path()
-    return _prepared(os.path.splitext(os.path.basename(text_path))[0], text_path)
+    return _prepared(text_path)
 
 
 def stdlib_text_path() -> str:
@@ -138,7 +140,7 @@ def tiny_shakespeare_text() -> str:
 
 
 def tiny_shakespeare() -> Tuple[str, str]:
-    return _prepared("tiny_shakespeare", tiny_shakespeare_text())
+    return _prepared(tiny_shakespeare_text(), name="tiny_shakespeare")
 
 
 def gutenberg_books(name: str) -> Tuple[int, ...]:
@@ -188,7 +190,7 @@ def gutenberg_corpus(name: str) -> Tuple[str, str]:
         with files.atomic_path(text_path) as tmp:
             with open(tmp, "w", encoding="utf-8", newline="") as out:
                 out.write("\n\n".join(bodies))
-    return _prepared(os.path.splitext(os.path.basename(text_path))[0], text_path, BASE_CORPUS_HELD_OUT)
+    return _prepared(text_path, BASE_CORPUS_HELD_OUT)
 
 
 def sotu_text(archive: str) -> str:
@@ -220,7 +222,7 @@ def sotu_corpus() -> Tuple[str, str]:
     if not os.path.exists(text_path):
         archive = _download("the State of the Union addresses", SOTU_FILE, SOTU_URL, SOTU_SHA256)
         files.write_text_atomic(text_path, sotu_text(archive))
-    return _prepared(os.path.splitext(os.path.basename(text_path))[0], text_path, BASE_CORPUS_HELD_OUT)
+    return _prepared(text_path, BASE_CORPUS_HELD_OUT)
 
 
 def check_name(name: str) -> None:
