@@ -101,12 +101,16 @@ def made_once(tmp_path_factory, name: str, make) -> str:
 
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory):
-    """The first 40,000 characters of tiny-shakespeare, preprocessed: (txt, h5, json)."""
+    """The first 40,000 characters of tiny-shakespeare, preprocessed: (txt, h5, json). Validation and test keep
+    1,000 characters each (15 batches of the tests' 4 x 16), not torch-rnn's 10%: a training evaluates the
+    validation split at every checkpoint, and the suite's many small trainings spent more steps there than on
+    training."""
     from kerascharrnn.data.preprocess import preprocess
 
     def make(root):
         (root / "small.txt").write_text(shakespeare_text()[:40_000], encoding="utf-8")
-        preprocess(str(root / "small.txt"), str(root / "small.h5"), str(root / "small.json"), quiet=True)
+        preprocess(str(root / "small.txt"), str(root / "small.h5"), str(root / "small.json"), val_frac=0.025,
+                   test_frac=0.025, quiet=True)
 
     root = made_once(tmp_path_factory, "corpus", make)
     return tuple(os.path.join(root, name) for name in ("small.txt", "small.h5", "small.json"))
